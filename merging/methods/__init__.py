@@ -1,0 +1,2 @@
+"""Built-in merge methods; importing this package registers them (one module per method)."""
+from . import averaging, task_arithmetic, ties, dare, tall, consensus, pcb  # noqa: F401

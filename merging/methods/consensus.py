@@ -1,0 +1,33 @@
+"""Consensus Merging (Wang et al., ICML 2024): drop weights that fewer than k tasks' TALL masks select.
+
+c = Σt mt (TALL masks); m_cons = 1{c ≥ k}; Consensus TA: θ = θ0 + λ (m_cons ⊙ Σt τt); Consensus TIES:
+θ = θ0 + λ (m_cons ⊙ TIES(τ)).  k = 0 is plain TA/TIES, k = 1 drops only catastrophic weights, k > T gives θ0.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..params import Param
+from ..registry import MergeMethod, MergeResult, lam_param, register
+from .tall import BASE, TALL_LAMBDA, TIES_K, multitask_vector, tall_masks
+
+
+def run(space, params, progress, context=None) -> MergeResult:
+    tau_mtl, trims = multitask_vector(space, params["base"], params["ties_k"], progress.sub(0.0, 0.5))
+    masks = tall_masks(space, tau_mtl, params["tall_lambda"], progress.sub(0.5, 0.95))
+    agreement = torch.zeros(space.P, dtype=torch.int32, device=space.device)
+    for t in range(masks.T):
+        agreement += masks.get(t)
+    consensus = agreement >= params["k"]
+    masks_out = {"tall": masks, **({"ties_trim": trims} if trims is not None else {})}
+    return MergeResult("consensus", params, params["lam"] * torch.where(consensus, tau_mtl, 0.0), masks=masks_out,
+                       info={"consensus_fraction": float(consensus.float().mean())})
+
+
+METHOD = register(MergeMethod(
+    "consensus", "Consensus Merging",
+    "Remove weights that matter to fewer than k tasks (selfish or useless), then merge the rest.",
+    "Wang et al., Localizing Task Information for Improved Model Merging and Compression, ICML 2024",
+    (Param("k", int, 2, "minimum number of tasks whose TALL mask must select a weight", low=0, high=1000,
+           grid=(0, 1, 2, 3, 4)),
+     BASE, lam_param(0.3), TALL_LAMBDA, TIES_K), run))

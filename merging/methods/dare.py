@@ -1,0 +1,68 @@
+"""DARE (Yu et al., ICML 2024): drop and rescale, then merge with Task Arithmetic or TIES.
+
+Per task and parameter m ~ Bernoulli(p) drops, τ̃t = (1 − m) ⊙ τt / (1 − p) (or, as in mergekit, rescaled so
+that ‖τ̃t‖₁ = ‖τt‖₁).  The drop mask of task t is drawn from a generator seeded with (seed, t) on the space's
+device, so a merge is reproducible on the same kind of device; masks are regenerated instead of stored, keeping
+memory at one stack plus O(P).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..maskset import MaskSet
+from ..maskstats import per_layer_rate
+from ..params import Param
+from ..registry import MergeMethod, MergeResult, lam_param, register
+from .ties import K_PARAM, MERGE_PARAM, ties_vector
+
+
+class DroppedVectors:
+    """A view of a task-vector space whose ``tau(t)`` is the DARE-dropped, rescaled τ̃t."""
+
+    def __init__(self, space, p: float, seed: int, rescale: str):
+        self.space, self.p, self.seed, self.rescale = space, p, seed, rescale
+        self.T, self.P, self.device, self.task_names = space.T, space.P, space.device, space.task_names
+
+    def keep_mask(self, t: int) -> torch.Tensor:
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + t)
+        return torch.rand(self.P, generator=generator, device=self.device) >= self.p
+
+    def tau(self, t: int) -> torch.Tensor:
+        tau = self.space.tau(t)
+        kept = torch.where(self.keep_mask(t), tau, 0.0)
+        if self.rescale == "l1":
+            norm = kept.abs().sum()
+            return kept * (tau.abs().sum() / norm) if norm > 0 else kept
+        return kept / (1.0 - self.p)
+
+
+def run(space, params, progress, context=None) -> MergeResult:
+    dropped = DroppedVectors(space, params["p"], params["seed"], params["rescale"])
+    keeps = MaskSet.empty(space.task_names, space.P, space.device, "dare_keep")
+    for t in range(space.T):
+        keeps.set(t, dropped.keep_mask(t))
+    masks, tables, info = {"dare_keep": keeps}, {}, {}
+    if params["base"] == "ties":
+        merged, trims, conflicts, thresholds = ties_vector(dropped, params["k"], params["merge"], progress)
+        masks["ties_trim"] = trims
+        tables["sign_conflicts"] = per_layer_rate(space.index, conflicts, "sign_conflicts")
+        info = {"thresholds": thresholds, "sign_conflict_rate": float(conflicts.float().mean())}
+    else:
+        merged = torch.zeros(space.P, dtype=torch.float32, device=space.device)
+        for t in range(space.T):
+            progress(t / space.T, f"drop and rescale {space.task_names[t]}")
+            merged += dropped.tau(t)
+    return MergeResult("dare", params, params["lam"] * merged, masks=masks, tables=tables, info=info)
+
+
+METHOD = register(MergeMethod(
+    "dare", "DARE",
+    "Randomly drop most of each task's changes and scale up the rest, then merge (TA or TIES).",
+    "Yu et al., Language Models are Super Mario, ICML 2024",
+    (Param("p", float, 0.9, "drop probability", low=0.0, high=0.99, step=0.01, grid=(0.1, 0.3, 0.5, 0.7, 0.9)),
+     Param("rescale", str, "inverse", "rescale kept entries by 1/(1−p) (inverse) or to match the L1 norm (l1)",
+           choices=("inverse", "l1")),
+     Param("seed", int, 0, "random seed of the drop masks", low=0, high=2**31 - 1),
+     Param("base", str, "ta", "merge the dropped vectors with Task Arithmetic (ta) or TIES (ties)",
+           choices=("ta", "ties")),
+     K_PARAM, MERGE_PARAM, lam_param(0.3)), run))

@@ -1,0 +1,109 @@
+"""The method registry: every merge method is one :class:`MergeMethod` registered by its module.
+
+The CLI and the dashboard list methods, render their parameter specs and run them through :func:`run_merge`.
+Modeled on open_clip's model-config registry: methods register themselves on import of ``merging.methods``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from .maskset import MaskSet
+from .params import Param, resolve_params
+from .progress import Progress, as_progress
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return self.args[0]
+
+
+@dataclass
+class MergeResult:
+    """θ = θ0 + ``delta``; ``task_delta(t)`` differs from ``delta`` only for per-task methods (TALL)."""
+
+    method: str
+    params: dict
+    delta: torch.Tensor
+    masks: dict[str, MaskSet] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    task_masks: MaskSet | None = None  # per-task reconstruction θ̂t = θ0 + m_t ⊙ delta (TALL)
+    seconds: float = 0.0
+    device: str = ""
+
+    @property
+    def per_task(self) -> bool:
+        return self.task_masks is not None
+
+    def task_delta(self, t: int) -> torch.Tensor:
+        if self.task_masks is None:
+            return self.delta
+        return self.delta * self.task_masks.get(t)
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    title: str
+    summary: str  # one line for non-experts
+    paper: str
+    params: tuple[Param, ...]
+    run: Callable[..., MergeResult]  # run(space, params, progress, context) -> MergeResult
+    needs_data: bool = False  # CALM / AdaMerging need a model and unlabeled images (context)
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register(method: MergeMethod) -> MergeMethod:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def list_methods() -> list[MergeMethod]:
+    from . import methods  # noqa: F401  (registers the built-in methods)
+    return list(METHODS.values())
+
+
+def get_method(name: str) -> MergeMethod:
+    from . import methods  # noqa: F401
+    key = name.strip().lower().replace("-", "_")
+    if key not in METHODS:
+        raise UnknownMethodError(f"unknown merge method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[key]
+
+
+def run_merge(space, method: str | MergeMethod, params: Mapping[str, Any] | None = None, progress=None,
+              context: Any = None) -> MergeResult:
+    """Validate ``params`` against the method's spec and run it; the result records time and device."""
+    method = get_method(method) if isinstance(method, str) else method
+    resolved = resolve_params(method.params, params, space.T)
+    if method.needs_data and context is None:
+        raise ValueError(f"{method.title} needs a model and unlabeled data (an evaluation context)")
+    progress = as_progress(progress)
+    start = time.perf_counter()
+    result = method.run(space, resolved, progress, context)
+    if space.device.type == "cuda":
+        torch.cuda.synchronize(space.device)
+    result.seconds = time.perf_counter() - start
+    result.device = str(space.device)
+    progress(1.0, "done")
+    return result
+
+
+def lam_param(default: float, help: str = "scaling coefficient λ: θ = θ0 + λ·τ_merged",
+              grid: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), high: float = 3.0) -> Param:
+    return Param("lam", float, default, help, low=0.0, high=high, step=0.05, grid=tuple(grid))

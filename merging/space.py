@@ -1,0 +1,157 @@
+"""The task-vector space: θ0 and the T task vectors τt = θt − θ0 flattened into one (T, P) tensor.
+
+Only floating-point tensors are merged (integer buffers are carried over from θ0).  The stack lives on the
+chosen device (CUDA when present) in float32 or a requested float dtype; θ0 is kept flat in float32.  Building
+the space reads one fine-tuned checkpoint at a time, so memory is one (T, P) stack plus O(P) work space.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .device import pick_device, pick_dtype
+from .param_index import ParamIndex
+from .progress import Progress, as_progress
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """Checkpoints that cannot be merged: missing/extra keys, shape mismatch, NaN/Inf, empty task list."""
+
+
+def _describe_keys(keys: set, limit: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_compatible(reference: StateDict, other: StateDict, what: str) -> None:
+    """Raise :class:`CheckpointError` naming the offending key if ``other`` cannot be merged with ``reference``."""
+    ref_float = {k for k, v in reference.items() if torch.is_tensor(v) and v.is_floating_point()}
+    other_float = {k for k, v in other.items() if torch.is_tensor(v) and v.is_floating_point()}
+    if ref_float - other_float:
+        raise CheckpointError(f"{what}: missing key(s) {_describe_keys(ref_float - other_float)}")
+    if other_float - ref_float:
+        raise CheckpointError(f"{what}: unexpected key(s) {_describe_keys(other_float - ref_float)}")
+    for key in ref_float:
+        if tuple(reference[key].shape) != tuple(other[key].shape):
+            raise CheckpointError(f"{what}: shape mismatch for {key}: {tuple(other[key].shape)} "
+                                  f"vs pretrained {tuple(reference[key].shape)}")
+
+
+class TaskVectorSpace:
+    """θ0 (P,) float32 and a (T, P) stack of task vectors on one device, plus the parameter index."""
+
+    def __init__(self, index: ParamIndex, base: dict, theta0: torch.Tensor, stack: torch.Tensor,
+                 task_names: Sequence[str], rows: Sequence[int] | None = None):
+        self.index, self.base, self.theta0, self.stack = index, base, theta0, stack
+        self.rows = list(range(stack.shape[0])) if rows is None else list(rows)
+        self.task_names = list(task_names)
+        if len(self.task_names) != len(self.rows):
+            raise ValueError("one task name per row is required")
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def build(cls, pretrained: StateDict, finetuned: Sequence[StateDict | Callable[[], StateDict]],
+              task_names: Sequence[str] | None = None, device: str | torch.device | None = "auto",
+              dtype: str | torch.dtype | None = None, progress=None) -> "TaskVectorSpace":
+        """Flatten θ0 and every θt (a state dict, or a zero-argument loader called once) into the stack."""
+        if len(finetuned) == 0:
+            raise CheckpointError("no fine-tuned checkpoints given: a merge needs at least one task")
+        names = list(task_names) if task_names is not None else [f"task{t}" for t in range(len(finetuned))]
+        if len(names) != len(finetuned):
+            raise CheckpointError(f"{len(names)} task names for {len(finetuned)} fine-tuned checkpoints")
+        if len(set(names)) != len(names):
+            raise CheckpointError(f"duplicate task names: {names}")
+        progress = as_progress(progress)
+        device, dtype = pick_device(device), pick_dtype(dtype)
+        index = ParamIndex.from_state_dict(pretrained)
+        if index.numel == 0:
+            raise CheckpointError("the pretrained checkpoint has no floating-point tensors to merge")
+        theta0 = torch.empty(index.numel, dtype=torch.float32, device=device)
+        for e in index.entries:
+            theta0[e.slice] = pretrained[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32)
+        _check_finite(theta0, index, "pretrained checkpoint")
+        base = {k: v.detach().clone().cpu() for k, v in pretrained.items()
+                if torch.is_tensor(v) and not v.is_floating_point()}
+        base["__order__"] = list(pretrained.keys())
+        stack = torch.empty((len(finetuned), index.numel), dtype=dtype, device=device)
+        for t, item in enumerate(finetuned):
+            progress(t / len(finetuned), f"loading task {names[t]}")
+            state = item() if callable(item) else item
+            check_compatible(pretrained, state, f"fine-tuned checkpoint for task {names[t]!r}")
+            for e in index.entries:
+                stack[t, e.slice] = (state[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32)
+                                     - theta0[e.slice]).to(dtype)
+            del state
+            _check_finite(stack[t], index, f"fine-tuned checkpoint for task {names[t]!r}")
+        progress(1.0, "task vectors ready")
+        return cls(index, base, theta0, stack, names)
+
+    # ---------------------------------------------------------------- access
+    @property
+    def T(self) -> int:
+        return len(self.rows)
+
+    @property
+    def P(self) -> int:
+        return self.index.numel
+
+    @property
+    def device(self) -> torch.device:
+        return self.stack.device
+
+    def tau(self, t: int) -> torch.Tensor:
+        """Task vector t as float32 (a view when the stack is float32 — do not modify it in place)."""
+        return self.stack[self.rows[t]].to(torch.float32)
+
+    def sum_tau(self) -> torch.Tensor:
+        """Σt τt as a new float32 (P,) tensor."""
+        if self.rows == list(range(self.stack.shape[0])):
+            return self.stack.sum(0, dtype=torch.float32)
+        total = torch.zeros(self.P, dtype=torch.float32, device=self.device)
+        for t in range(self.T):
+            total += self.tau(t)
+        return total
+
+    def subset(self, tasks: Sequence[str | int]) -> "TaskVectorSpace":
+        """A view on some tasks (by name or position) sharing the same stack: no copy."""
+        if len(tasks) == 0:
+            raise CheckpointError("select at least one task")
+        picked = []
+        for task in tasks:
+            if isinstance(task, str):
+                if task not in self.task_names:
+                    raise CheckpointError(f"unknown task {task!r}; tasks are {', '.join(self.task_names)}")
+                task = self.task_names.index(task)
+            picked.append(task)
+        return TaskVectorSpace(self.index, self.base, self.theta0, self.stack,
+                               [self.task_names[i] for i in picked], [self.rows[i] for i in picked])
+
+    # ---------------------------------------------------------------- mapping back
+    def state_dict(self, delta: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> dict:
+        """θ0 + delta as a CPU state dict in the original key order (float tensors in their original dtype
+        unless ``dtype`` is given; non-float buffers copied from θ0), ready for ``load_state_dict``."""
+        flat = self.theta0 if delta is None else self.theta0 + delta.to(self.theta0.device, torch.float32)
+        flat = flat.cpu()
+        out = {}
+        for key in self.base["__order__"]:
+            if key in self.index.by_name:
+                e = self.index.by_name[key]
+                out[key] = flat[e.slice].reshape(e.shape).to(dtype or e.dtype).clone()
+            else:
+                out[key] = self.base[key].clone()
+        return out
+
+    def memory_bytes(self) -> int:
+        return self.stack.numel() * self.stack.element_size() + self.theta0.numel() * 4
+
+
+def _check_finite(flat: torch.Tensor, index: ParamIndex, what: str) -> None:
+    bad = ~torch.isfinite(flat)
+    if bool(bad.any()):
+        position = int(bad.nonzero()[0, 0])
+        entry = index.locate(position)
+        raise CheckpointError(f"{what}: non-finite values (NaN/Inf) in {entry.name}")
