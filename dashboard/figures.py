@@ -1,0 +1,234 @@
+"""Plotly figures built from the engine's small pandas tables — pure functions, no state, no Gradio.
+
+Agreement c = Σt m_t over T task masks: c = 0 *catastrophic* (active for no task), c = 1 *selfish* (exactly one
+task), c ≥ 2 *general*; the Consensus mask keeps c ≥ k (Wang et al., ICML 2024).  Normalized accuracy is merged
+accuracy divided by the task's individual fine-tuned accuracy (Ilharco et al., ICLR 2023).
+
+The browser side is the plotly.js 3 bundled with Gradio while Python plotly 7 targets plotly.js 4, so the figures
+stick to long-standing trace types (bar, heatmap, scatter), layout shapes and annotations, and a plain template.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+import plotly.graph_objects as go
+
+CLASS_COLORS = {"catastrophic": "#d62728", "selfish": "#ff7f0e", "general": "#2ca02c"}
+MODEL_ORDER = ("pretrained", "individual", "merged", "TALL-reconstructed")
+MODEL_COLORS = {"pretrained": "#9e9e9e", "individual": "#1f77b4", "merged": "#2ca02c",
+                "TALL-reconstructed": "#9467bd"}
+ORDINAL_COLUMNS = ("stage", "step", "iteration", "epoch", "round")
+PREFERRED_VALUES = ("accuracy", "coefficient", "fraction", "density", "value")
+
+
+def _styled(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 360) -> go.Figure:
+    fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", height=height,
+                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis_title=x, yaxis_title=y,
+                      legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def agreement_histogram(histogram: pd.DataFrame, k: int | None = None, title: str = "") -> go.Figure:
+    """Bars of the fraction of weights with agreement c = 0..T, coloured by class; the consensus threshold k
+    (weights with c < k are removed) as a dashed line at c = k − ½."""
+    fig = go.Figure()
+    for name, group in histogram.groupby("class", sort=False):
+        fig.add_trace(go.Bar(x=group["c"], y=100 * group["fraction"], name=str(name),
+                             marker_color=CLASS_COLORS.get(str(name)), customdata=group["count"],
+                             hovertemplate="c = %{x}<br>%{y:.2f}% of weights (%{customdata:,})<extra>%{fullData.name}"
+                                           "</extra>"))
+    if k is not None:
+        fig.add_shape(type="line", x0=k - 0.5, x1=k - 0.5, y0=0, y1=1, xref="x", yref="paper",
+                      line={"color": "black", "dash": "dash", "width": 2})
+        fig.add_annotation(x=k - 0.5, y=1, xref="x", yref="paper", yanchor="bottom", showarrow=False,
+                           text=f"consensus k = {k}: keep c ≥ {k}")
+    fig.update_xaxes(dtick=1)
+    return _styled(fig, title or "How many tasks use each weight (agreement c)", "agreement c (number of tasks)",
+                   "% of weights")
+
+
+def layer_heatmap(by_layer: pd.DataFrame, title: str = "") -> go.Figure:
+    """Layer × agreement c heatmap of the fraction of the layer's weights with that agreement."""
+    table = by_layer.pivot_table(index="layer", columns="c", values="fraction", observed=True, sort=False)
+    classes = by_layer.drop_duplicates("c").set_index("c")["class"]
+    labels = [f"{c} · {classes[c]}" if classes[c] != "general" else str(c) for c in table.columns]
+    fig = go.Figure(go.Heatmap(z=100 * table.to_numpy(), x=labels, y=[str(v) for v in table.index],
+                               colorscale="Viridis", zmin=0, colorbar={"title": {"text": "%"}},
+                               hovertemplate="%{y}, c = %{x}: %{z:.2f}% of the layer<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _styled(fig, title or "Agreement classes per layer", "agreement c", "layer",
+                   height=max(320, 26 * len(table) + 120))
+
+
+def jaccard_heatmap(jaccard: pd.DataFrame, title: str = "") -> go.Figure:
+    """T×T Jaccard overlap |m_i ∧ m_j| / |m_i ∨ m_j| of the task masks."""
+    names = [str(n) for n in jaccard.index]
+    z = jaccard.to_numpy()
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, zmin=0, zmax=1, colorscale="Blues",
+                               text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                               hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _styled(fig, title or "Mask overlap between tasks (Jaccard)", height=max(360, 40 * len(names) + 120))
+
+
+def density_bars(density: pd.DataFrame, title: str = "") -> go.Figure:
+    """Fraction of weights each task's mask keeps."""
+    fig = go.Figure(go.Bar(x=density["task"], y=100 * density["density"], marker_color="#1f77b4",
+                           text=[f"{100 * v:.1f}%" for v in density["density"]], textposition="outside",
+                           hovertemplate="%{x}: %{y:.2f}% of weights<extra></extra>"))
+    return _styled(fig, title or "Mask density per task", "task", "% of weights kept")
+
+
+def _ordered_models(models) -> list[str]:
+    present = list(dict.fromkeys(models))
+    return [m for m in MODEL_ORDER if m in present] + [m for m in present if m not in MODEL_ORDER]
+
+
+def _with_mean(table: pd.DataFrame, value: str) -> pd.DataFrame:
+    mean = table.groupby("model", sort=False, as_index=False)[value].mean()
+    mean["task"] = "average"
+    return pd.concat([table[["task", "model", value]], mean], ignore_index=True)
+
+
+def accuracy_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
+    """Grouped bars of per-task top-1 accuracy (long table: task, model, accuracy) plus the average."""
+    table = _with_mean(accuracy, "accuracy")
+    fig = go.Figure()
+    for model in _ordered_models(table["model"]):
+        rows = table[table["model"] == model]
+        fig.add_trace(go.Bar(x=rows["task"], y=100 * rows["accuracy"], name=model,
+                             marker_color=MODEL_COLORS.get(model),
+                             hovertemplate="%{x}: %{y:.1f}%<extra>%{fullData.name}</extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 100])
+    return _styled(fig, title or "Accuracy per task", "task", "top-1 accuracy (%)")
+
+
+def normalized_accuracy(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Long table (task, model, normalized) of accuracy / individual fine-tuned accuracy for every model other
+    than ``individual``; empty when the individual baseline is missing."""
+    individual = accuracy[accuracy["model"] == "individual"].set_index("task")["accuracy"]
+    others = accuracy[(accuracy["model"] != "individual") & accuracy["task"].isin(individual.index)].copy()
+    others["normalized"] = others["accuracy"].to_numpy() / individual.loc[others["task"]].clip(lower=1e-12).to_numpy()
+    return others[["task", "model", "normalized"]].reset_index(drop=True)
+
+
+def normalized_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
+    """Grouped bars of normalized accuracy (merged / individual) with the 100 % line."""
+    table = _with_mean(normalized_accuracy(accuracy), "normalized")
+    fig = go.Figure()
+    for model in _ordered_models(table["model"]):
+        rows = table[table["model"] == model]
+        fig.add_trace(go.Bar(x=rows["task"], y=100 * rows["normalized"], name=model,
+                             marker_color=MODEL_COLORS.get(model),
+                             hovertemplate="%{x}: %{y:.1f}% of fine-tuned<extra>%{fullData.name}</extra>"))
+    fig.add_shape(type="line", x0=0, x1=1, y0=100, y1=100, xref="paper", yref="y",
+                  line={"color": "black", "dash": "dot"})
+    fig.update_layout(barmode="group")
+    return _styled(fig, title or "Normalized accuracy (merged ÷ fine-tuned)", "task", "% of fine-tuned accuracy")
+
+
+def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
+    """Average accuracy vs a hyperparameter; ``sweep`` has columns method, param, value, task, accuracy
+    (and optionally normalized).  One line per (method, param); the best value is marked."""
+    fig = go.Figure()
+    value_col = "normalized" if "normalized" in sweep and sweep["normalized"].notna().all() else "accuracy"
+    for (method, param), group in sweep.groupby(["method", "param"], sort=False):
+        mean = group.groupby("value", sort=True)[value_col].mean()
+        best = mean.idxmax()
+        fig.add_trace(go.Scatter(x=mean.index, y=100 * mean.to_numpy(), mode="lines+markers",
+                                 name=f"{method}: {param}",
+                                 hovertemplate=f"{param} = %{{x}}: %{{y:.1f}}%<extra>{method}</extra>"))
+        fig.add_trace(go.Scatter(x=[best], y=[100 * mean[best]], mode="markers", showlegend=False,
+                                 marker={"symbol": "star", "size": 14, "color": "gold",
+                                         "line": {"color": "black", "width": 1}},
+                                 hovertemplate=f"best {param} = %{{x}}<extra>{method}</extra>"))
+    params = ", ".join(dict.fromkeys(sweep["param"]))
+    label = "average normalized accuracy (%)" if value_col == "normalized" else "average accuracy (%)"
+    return _styled(fig, title or f"Sweep over {params}", params, label)
+
+
+def sign_conflict_bars(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """Per-layer rate of TIES sign conflicts (trimmed entries whose sign disagrees with the elected sign)."""
+    fig = go.Figure(go.Bar(x=table["layer"].astype(str), y=100 * table["sign_conflicts_rate"],
+                           marker_color="#d62728", customdata=table["sign_conflicts"],
+                           hovertemplate="%{x}: %{y:.2f}% (%{customdata:,} weights)<extra></extra>"))
+    return _styled(fig, title or "Sign conflicts per layer (TIES)", "layer", "% of the layer's weights")
+
+
+def _numeric(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def _pick_value(columns: list[str]) -> str:
+    for preferred in PREFERRED_VALUES:
+        for column in columns:
+            if preferred in str(column).lower():
+                return column
+    rates = [c for c in columns if str(c).endswith("_rate")]
+    return rates[0] if rates else columns[-1]
+
+
+def table_figure(name: str, table: pd.DataFrame) -> go.Figure | None:
+    """A reasonable figure for any small result table (learned coefficients, per-stage accuracy, …):
+    square labelled matrix → heatmap; two label columns → heatmap of the value; an ordinal column
+    (stage/step/…) → lines; one label column → bars.  ``None`` when nothing numeric is in it."""
+    if table.empty:
+        return None
+    numeric = _numeric(table)
+    if len(table.index) == len(table.columns) and list(map(str, table.index)) == list(map(str, table.columns)) \
+            and len(numeric) == len(table.columns):
+        fig = go.Figure(go.Heatmap(z=table.to_numpy(), x=list(map(str, table.columns)),
+                                   y=list(map(str, table.index)), colorscale="Viridis"))
+        fig.update_yaxes(autorange="reversed")
+        return _styled(fig, name)
+    ordinal = [c for c in table.columns if str(c).lower() in ORDINAL_COLUMNS]
+    labels = [c for c in table.columns if c not in numeric]
+    values = [c for c in numeric if c not in ordinal]
+    if not values:
+        return None
+    value = _pick_value(values)
+    if ordinal:
+        x = ordinal[0]
+        fig = go.Figure()
+        groups = table.groupby(labels[0], sort=False) if labels else [(value, table)]
+        for label, group in groups:
+            fig.add_trace(go.Scatter(x=group[x], y=group[value], mode="lines+markers", name=str(label)))
+        return _styled(fig, name, str(x), str(value))
+    if len(labels) >= 2:
+        grid = table.pivot_table(index=labels[0], columns=labels[1], values=value, sort=False)
+        fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=list(map(str, grid.columns)),
+                                   y=list(map(str, grid.index)), colorscale="Viridis",
+                                   colorbar={"title": {"text": str(value)}}))
+        fig.update_yaxes(autorange="reversed")
+        return _styled(fig, name, str(labels[1]), str(labels[0]))
+    x = table[labels[0]].astype(str) if labels else table.index.astype(str)
+    fig = go.Figure(go.Bar(x=x, y=table[value], name=str(value)))
+    return _styled(fig, name, str(labels[0]) if labels else "", str(value))
+
+
+def run_figures(stats: Mapping[str, object], tables: Mapping[str, pd.DataFrame], accuracy: pd.DataFrame | None,
+                k: int | None = None, mask_kind: str | None = None) -> dict[str, go.Figure | None]:
+    """All figures of one run: mask statistics of ``mask_kind`` (default: the first mask set), accuracy,
+    and the method's own tables.  ``stats`` maps a mask kind to a :class:`merging.maskstats.MaskStats`."""
+    figures: dict[str, go.Figure | None] = dict.fromkeys(
+        ("histogram", "layers", "jaccard", "density", "accuracy", "normalized"))
+    if stats:
+        kind = mask_kind if mask_kind in stats else next(iter(stats))
+        chosen = stats[kind]
+        suffix = f" — {kind} masks"
+        figures["histogram"] = agreement_histogram(chosen.histogram, k,
+                                                   "How many tasks use each weight (agreement c)" + suffix)
+        figures["layers"] = layer_heatmap(chosen.by_layer, "Agreement classes per layer" + suffix)
+        figures["jaccard"] = jaccard_heatmap(chosen.jaccard, "Mask overlap between tasks (Jaccard)" + suffix)
+        figures["density"] = density_bars(chosen.density, "Mask density per task" + suffix)
+    if accuracy is not None and not accuracy.empty:
+        figures["accuracy"] = accuracy_bars(accuracy)
+        if (accuracy["model"] == "individual").any() and (accuracy["model"] != "individual").any():
+            figures["normalized"] = normalized_bars(accuracy)
+    for name, table in tables.items():
+        figures[f"table:{name}"] = (sign_conflict_bars(table) if name == "sign_conflicts"
+                                    else table_figure(name.replace("_", " "), table))
+    return figures
