@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, zoo TEXT NOT NULL, zoo_hash TEXT NOT NULL,
     method TEXT NOT NULL, params TEXT NOT NULL, tasks TEXT NOT NULL, accuracy TEXT NOT NULL,
     normalized TEXT NOT NULL, mean_accuracy REAL, mean_normalized REAL, statistics TEXT NOT NULL,
-    seconds REAL NOT NULL, eval_seconds REAL NOT NULL, device TEXT NOT NULL);
+    seconds REAL NOT NULL, eval_seconds REAL NOT NULL, device TEXT NOT NULL, zoo_path TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS baselines (
     zoo_hash TEXT NOT NULL, split TEXT NOT NULL, model TEXT NOT NULL, accuracy TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (zoo_hash, split, model));
@@ -70,6 +70,7 @@ class RunRecord:
     seconds: float = 0.0
     eval_seconds: float = 0.0
     device: str = ""
+    zoo_path: str = ""
     id: int | None = None
     created: float = field(default_factory=time.time)
 
