@@ -20,19 +20,46 @@ MODEL_COLORS = {"pretrained": "#9e9e9e", "individual": "#1f77b4", "merged": "#2c
                 "TALL-reconstructed": "#9467bd"}
 ORDINAL_COLUMNS = ("stage", "step", "iteration", "epoch", "round")
 PREFERRED_VALUES = ("accuracy", "coefficient", "fraction", "density", "value")
+_AXIS = {"gridcolor": "#e5e5e5", "linecolor": "#bbbbbb", "zerolinecolor": "#bbbbbb", "automargin": True}
+# a small explicit template: plotly's named templates are large (slow to copy per figure) and version-specific
+TEMPLATE = {"layout": {"font": {"family": "sans-serif", "size": 12, "color": "#333"}, "paper_bgcolor": "white",
+                       "plot_bgcolor": "white", "xaxis": _AXIS, "yaxis": _AXIS, "hovermode": "closest",
+                       "colorway": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                                    "#7f7f7f", "#bcbd22", "#17becf"]}}
+
+
+def _figure(*traces) -> go.Figure:
+    return go.Figure(data=list(traces), layout={"template": TEMPLATE})
 
 
 def _styled(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 360) -> go.Figure:
-    fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", height=height,
+    fig.update_layout(title={"text": title, "x": 0.01}, height=height,
                       margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis_title=x, yaxis_title=y,
                       legend={"orientation": "h", "y": -0.2})
     return fig
 
 
+def placeholder(message: str) -> go.Figure:
+    """An empty figure with a note (shown before the first merge; it also makes the browser load plotly.js
+    while the page is idle rather than when the first results arrive)."""
+    fig = _figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font={"size": 14, "color": "#888"})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _styled(fig, "", height=300)
+
+
+def warm_up() -> None:
+    """Build one figure of each trace type so plotly's lazily imported validators are loaded before the first
+    merge's figures are needed."""
+    _figure(go.Bar(x=[0], y=[0]), go.Heatmap(z=[[0]]), go.Scatter(x=[0], y=[0])).to_json()
+
+
 def agreement_histogram(histogram: pd.DataFrame, k: int | None = None, title: str = "") -> go.Figure:
     """Bars of the fraction of weights with agreement c = 0..T, coloured by class; the consensus threshold k
     (weights with c < k are removed) as a dashed line at c = k − ½."""
-    fig = go.Figure()
+    fig = _figure()
     for name, group in histogram.groupby("class", sort=False):
         fig.add_trace(go.Bar(x=group["c"], y=100 * group["fraction"], name=str(name),
                              marker_color=CLASS_COLORS.get(str(name)), customdata=group["count"],
@@ -52,8 +79,8 @@ def layer_heatmap(by_layer: pd.DataFrame, title: str = "") -> go.Figure:
     """Layer × agreement c heatmap of the fraction of the layer's weights with that agreement."""
     table = by_layer.pivot_table(index="layer", columns="c", values="fraction", observed=True, sort=False)
     classes = by_layer.drop_duplicates("c").set_index("c")["class"]
-    labels = [f"{c} · {classes[c]}" if classes[c] != "general" else str(c) for c in table.columns]
-    fig = go.Figure(go.Heatmap(z=100 * table.to_numpy(), x=labels, y=[str(v) for v in table.index],
+    labels = [f"{c}<br>{classes[c]}" if classes[c] != "general" else str(c) for c in table.columns]
+    fig = _figure(go.Heatmap(z=100 * table.to_numpy(), x=labels, y=[str(v) for v in table.index],
                                colorscale="Viridis", zmin=0, colorbar={"title": {"text": "%"}},
                                hovertemplate="%{y}, c = %{x}: %{z:.2f}% of the layer<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
@@ -65,7 +92,7 @@ def jaccard_heatmap(jaccard: pd.DataFrame, title: str = "") -> go.Figure:
     """T×T Jaccard overlap |m_i ∧ m_j| / |m_i ∨ m_j| of the task masks."""
     names = [str(n) for n in jaccard.index]
     z = jaccard.to_numpy()
-    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, zmin=0, zmax=1, colorscale="Blues",
+    fig = _figure(go.Heatmap(z=z, x=names, y=names, zmin=0, zmax=1, colorscale="Blues",
                                text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
                                hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
@@ -74,9 +101,10 @@ def jaccard_heatmap(jaccard: pd.DataFrame, title: str = "") -> go.Figure:
 
 def density_bars(density: pd.DataFrame, title: str = "") -> go.Figure:
     """Fraction of weights each task's mask keeps."""
-    fig = go.Figure(go.Bar(x=density["task"], y=100 * density["density"], marker_color="#1f77b4",
+    fig = _figure(go.Bar(x=density["task"], y=100 * density["density"], marker_color="#1f77b4",
                            text=[f"{100 * v:.1f}%" for v in density["density"]], textposition="outside",
-                           hovertemplate="%{x}: %{y:.2f}% of weights<extra></extra>"))
+                           cliponaxis=False, hovertemplate="%{x}: %{y:.2f}% of weights<extra></extra>"))
+    fig.update_yaxes(range=[0, min(100.0, 115 * float(density["density"].max()) + 1)])
     return _styled(fig, title or "Mask density per task", "task", "% of weights kept")
 
 
@@ -94,7 +122,7 @@ def _with_mean(table: pd.DataFrame, value: str) -> pd.DataFrame:
 def accuracy_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
     """Grouped bars of per-task top-1 accuracy (long table: task, model, accuracy) plus the average."""
     table = _with_mean(accuracy, "accuracy")
-    fig = go.Figure()
+    fig = _figure()
     for model in _ordered_models(table["model"]):
         rows = table[table["model"] == model]
         fig.add_trace(go.Bar(x=rows["task"], y=100 * rows["accuracy"], name=model,
@@ -117,7 +145,7 @@ def normalized_accuracy(accuracy: pd.DataFrame) -> pd.DataFrame:
 def normalized_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
     """Grouped bars of normalized accuracy (merged / individual) with the 100 % line."""
     table = _with_mean(normalized_accuracy(accuracy), "normalized")
-    fig = go.Figure()
+    fig = _figure()
     for model in _ordered_models(table["model"]):
         rows = table[table["model"] == model]
         fig.add_trace(go.Bar(x=rows["task"], y=100 * rows["normalized"], name=model,
@@ -132,7 +160,7 @@ def normalized_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
 def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
     """Average accuracy vs a hyperparameter; ``sweep`` has columns method, param, value, task, accuracy
     (and optionally normalized).  One line per (method, param); the best value is marked."""
-    fig = go.Figure()
+    fig = _figure()
     value_col = "normalized" if "normalized" in sweep and sweep["normalized"].notna().all() else "accuracy"
     for (method, param), group in sweep.groupby(["method", "param"], sort=False):
         mean = group.groupby("value", sort=True)[value_col].mean()
@@ -151,7 +179,7 @@ def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
 
 def sign_conflict_bars(table: pd.DataFrame, title: str = "") -> go.Figure:
     """Per-layer rate of TIES sign conflicts (trimmed entries whose sign disagrees with the elected sign)."""
-    fig = go.Figure(go.Bar(x=table["layer"].astype(str), y=100 * table["sign_conflicts_rate"],
+    fig = _figure(go.Bar(x=table["layer"].astype(str), y=100 * table["sign_conflicts_rate"],
                            marker_color="#d62728", customdata=table["sign_conflicts"],
                            hovertemplate="%{x}: %{y:.2f}% (%{customdata:,} weights)<extra></extra>"))
     return _styled(fig, title or "Sign conflicts per layer (TIES)", "layer", "% of the layer's weights")
@@ -180,7 +208,7 @@ def table_figure(name: str, table: pd.DataFrame) -> go.Figure | None:
     numeric = _numeric(table)
     if len(table.index) == len(table.columns) and list(map(str, table.index)) == list(map(str, table.columns)) \
             and len(numeric) == len(table.columns):
-        fig = go.Figure(go.Heatmap(z=table.to_numpy(), x=list(map(str, table.columns)),
+        fig = _figure(go.Heatmap(z=table.to_numpy(), x=list(map(str, table.columns)),
                                    y=list(map(str, table.index)), colorscale="Viridis"))
         fig.update_yaxes(autorange="reversed")
         return _styled(fig, name)
@@ -192,20 +220,20 @@ def table_figure(name: str, table: pd.DataFrame) -> go.Figure | None:
     value = _pick_value(values)
     if ordinal:
         x = ordinal[0]
-        fig = go.Figure()
+        fig = _figure()
         groups = table.groupby(labels[0], sort=False) if labels else [(value, table)]
         for label, group in groups:
             fig.add_trace(go.Scatter(x=group[x], y=group[value], mode="lines+markers", name=str(label)))
         return _styled(fig, name, str(x), str(value))
     if len(labels) >= 2:
         grid = table.pivot_table(index=labels[0], columns=labels[1], values=value, sort=False)
-        fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=list(map(str, grid.columns)),
+        fig = _figure(go.Heatmap(z=grid.to_numpy(), x=list(map(str, grid.columns)),
                                    y=list(map(str, grid.index)), colorscale="Viridis",
                                    colorbar={"title": {"text": str(value)}}))
         fig.update_yaxes(autorange="reversed")
         return _styled(fig, name, str(labels[1]), str(labels[0]))
     x = table[labels[0]].astype(str) if labels else table.index.astype(str)
-    fig = go.Figure(go.Bar(x=x, y=table[value], name=str(value)))
+    fig = _figure(go.Bar(x=x, y=table[value], name=str(value)))
     return _styled(fig, name, str(labels[0]) if labels else "", str(value))
 
 
@@ -218,12 +246,11 @@ def run_figures(stats: Mapping[str, object], tables: Mapping[str, pd.DataFrame],
     if stats:
         kind = mask_kind if mask_kind in stats else next(iter(stats))
         chosen = stats[kind]
-        suffix = f" — {kind} masks"
-        figures["histogram"] = agreement_histogram(chosen.histogram, k,
-                                                   "How many tasks use each weight (agreement c)" + suffix)
-        figures["layers"] = layer_heatmap(chosen.by_layer, "Agreement classes per layer" + suffix)
-        figures["jaccard"] = jaccard_heatmap(chosen.jaccard, "Mask overlap between tasks (Jaccard)" + suffix)
-        figures["density"] = density_bars(chosen.density, "Mask density per task" + suffix)
+        suffix = f" · {kind}"
+        figures["histogram"] = agreement_histogram(chosen.histogram, k, "Tasks using each weight" + suffix)
+        figures["layers"] = layer_heatmap(chosen.by_layer, "Agreement per layer" + suffix)
+        figures["jaccard"] = jaccard_heatmap(chosen.jaccard, "Mask overlap (Jaccard)" + suffix)
+        figures["density"] = density_bars(chosen.density, "Mask density" + suffix)
     if accuracy is not None and not accuracy.empty:
         figures["accuracy"] = accuracy_bars(accuracy)
         if (accuracy["model"] == "individual").any() and (accuracy["model"] != "individual").any():
