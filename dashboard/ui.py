@@ -323,8 +323,10 @@ class Dashboard:
                 with gr.Tab("Sweep", id="sweep"):
                     with gr.Row():
                         sweep_method = gr.Dropdown(method_choices(self.methods), value=first, label="method")
-                        sweep_param = gr.Dropdown([], label="parameter")
-                        sweep_values = gr.Textbox(label="values (comma-separated; default: the paper's grid)")
+                        param_choices, grid = self.sweep_params(first)
+                        sweep_param = gr.Dropdown(param_choices["choices"], value=param_choices["value"],
+                                                  label="parameter", allow_custom_value=True)
+                        sweep_values = gr.Textbox(grid, label="values (comma-separated; default: the paper's grid)")
                     with gr.Row():
                         sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep-btn")
                         sweep_cancel = gr.Button("Cancel", variant="stop")
@@ -336,18 +338,19 @@ class Dashboard:
                                               interactive=False, elem_id="runs-table")
                     refresh = gr.Button("Refresh", size="sm")
                     with gr.Row():
-                        cmp_a = gr.Dropdown([], label="run A", elem_id="run-a")
-                        cmp_b = gr.Dropdown([], label="run B", elem_id="run-b")
+                        cmp_a = gr.Dropdown([], label="run A", elem_id="run-a", allow_custom_value=True)
+                        cmp_b = gr.Dropdown([], label="run B", elem_id="run-b", allow_custom_value=True)
                         cmp_btn = gr.Button("Compare", elem_id="compare-btn")
                     cmp_table = gr.Dataframe(label="side by side", interactive=False, elem_id="compare-table")
                     cmp_plot = gr.Plot(label="accuracy of the two runs", elem_id="plot-compare")
                     gr.Markdown("#### Downloads")
                     with gr.Row():
-                        dl_run = gr.Dropdown([], label="run")
+                        dl_run = gr.Dropdown([], label="run", allow_custom_value=True)
                         dl_fmt = gr.Radio([("open_clip safetensors", "open_clip"), ("Hugging Face CLIP", "hf"),
                                            ("TALL compressed", "tall-compressed")], value="open_clip",
                                           label="checkpoint format")
-                        dl_task = gr.Dropdown([""], value="", label="task (TALL: one model per task)")
+                        dl_task = gr.Dropdown([""], value="", label="task (TALL: one model per task)",
+                                              allow_custom_value=True)
                         dl_btn = gr.Button("Download checkpoint")
                     with gr.Row():
                         res_fmt = gr.Radio(["csv", "json"], value="csv", label="results format")
@@ -389,7 +392,6 @@ class Dashboard:
             gr.on([mask_kind.input, table_choice.input], self.on_view, [run_state, mask_kind, table_choice],
                   self.run_targets[:-1], api_visibility="private", **QUICK)
 
-            demo.load(self.sweep_params, sweep_method, [sweep_param, sweep_values], api_visibility="private")
             sweep_method.change(self.sweep_params, sweep_method, [sweep_param, sweep_values],
                                 api_visibility="private", **QUICK)
             sweep_param.input(self.on_sweep_param, [sweep_method, sweep_param], sweep_values,

@@ -49,7 +49,7 @@ def test_layer_heatmap_rows_are_layers_and_values_fractions(stats):
     fig = figures.layer_heatmap(s.by_layer)
     (heat,) = fig.data
     assert list(heat.y) == ["embed", "block.00", "block.01"]
-    assert list(heat.x) == ["0 · catastrophic", "1 · selfish", "2", "3"]
+    assert list(heat.x) == ["0<br>catastrophic", "1<br>selfish", "2", "3"]
     z = np.asarray(heat.z)
     # embed weights have c = 3,1,1,0; block.01 has 2,1,1,1,2,1
     np.testing.assert_allclose(z[0], [25, 50, 0, 25])
