@@ -49,6 +49,7 @@ class TaskVectorSpace:
         self.index, self.base, self.theta0, self.stack = index, base, theta0, stack
         self.rows = list(range(stack.shape[0])) if rows is None else list(rows)
         self.task_names = list(task_names)
+        self._workspace: torch.Tensor | None = None
         if len(self.task_names) != len(self.rows):
             raise ValueError("one task name per row is required")
 
@@ -115,6 +116,12 @@ class TaskVectorSpace:
         for t in range(self.T):
             total += self.tau(t)
         return total
+
+    def workspace(self) -> torch.Tensor:
+        """A reusable (P,) float32 scratch buffer (fresh pages are costly to fault in); never return it."""
+        if self._workspace is None:
+            self._workspace = torch.empty(self.P, dtype=torch.float32, device=self.device)
+        return self._workspace
 
     def subset(self, tasks: Sequence[str | int]) -> "TaskVectorSpace":
         """A view on some tasks (by name or position) sharing the same stack: no copy."""
