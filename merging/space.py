@@ -142,15 +142,7 @@ class TaskVectorSpace:
         """θ0 + delta as a CPU state dict in the original key order (float tensors in their original dtype
         unless ``dtype`` is given; non-float buffers copied from θ0), ready for ``load_state_dict``."""
         flat = self.theta0 if delta is None else self.theta0 + delta.to(self.theta0.device, torch.float32)
-        flat = flat.cpu()
-        out = {}
-        for key in self.base["__order__"]:
-            if key in self.index.by_name:
-                e = self.index.by_name[key]
-                out[key] = flat[e.slice].reshape(e.shape).to(dtype or e.dtype).clone()
-            else:
-                out[key] = self.base[key].clone()
-        return out
+        return self.index.to_state_dict(flat, self.base, self.base["__order__"], dtype)
 
     def memory_bytes(self) -> int:
         return self.stack.numel() * self.stack.element_size() + self.theta0.numel() * 4
