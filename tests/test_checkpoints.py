@@ -237,3 +237,49 @@ def test_export_round_trips_and_refuses_inputs(tmp_path, clip, visual, expected)
         save_open_clip(tmp_path / "merged.safetensors", visual, inputs=[tmp_path / "merged.safetensors"])
     assert (tmp_path / "merged.safetensors").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------- ViT-B-32, all formats
+@pytest.mark.slow  # ~40 s on 2 cores: 88M-parameter tensors in four formats
+def test_vit_b32_every_format_load_merge_export_load_bit_exact(tmp_path, task_vectors_module):
+    """Random-init ViT-B-32 written in each supported format → zoo → Task Arithmetic → export → load."""
+    import json
+
+    from merging import run_merge
+    from merging.checkpoints import export_merge
+    from merging.models import build_clip
+    from merging.zoo import load_zoo
+
+    arch = Architecture("ViT-B-32-quickgelu")
+    torch.manual_seed(0)
+    model = build_clip(arch)
+    theta0 = {k: v.detach().clone() for k, v in model.visual.state_dict().items()}
+    save_file({k: v.detach() for k, v in model.state_dict().items()}, str(tmp_path / "pretrained.safetensors"))
+    finetuned = []
+    for t in range(3):
+        g = torch.Generator().manual_seed(t)
+        finetuned.append({k: v + 1e-3 * torch.randn(v.shape, generator=g) for k, v in theta0.items()})
+    finetuned[1]["proj"] = theta0["proj"]  # CLIPVisionModel files carry no projection: the zoo uses θ0's
+    model.visual.load_state_dict(finetuned[0])
+    del model.transformer
+    torch.save(task_vectors_module.ImageEncoder(model), tmp_path / "t0.pt")  # task_vectors pickled module
+    save_file(open_clip_visual_to_hf(finetuned[1], projection=False), str(tmp_path / "t1.safetensors"))  # HF
+    torch.save(finetuned[2], tmp_path / "t2.pt")  # open_clip visual-only torch state dict
+    del model
+    manifest = {"architecture": {"open_clip": arch.name}, "pretrained": "pretrained.safetensors",
+                "tasks": [{"name": f"t{t}", "finetuned": f"t{t}.{ext}"} for t, ext in
+                          enumerate(("pt", "safetensors", "pt"))]}
+    (tmp_path / "zoo.json").write_text(json.dumps(manifest))
+    zoo = load_zoo(tmp_path)
+    assert_same(zoo.pretrained_state(), theta0)
+    for t in range(3):
+        assert_same(zoo.finetuned_state(f"t{t}"), finetuned[t])
+    space = zoo.build_space(device="cpu")
+    result = run_merge(space, "task_arithmetic", {"lam": 0.3})
+    merged = space.state_dict(result.delta)
+    for fmt in ("open_clip", "hf"):
+        out = tmp_path / f"merged_{fmt}.safetensors"
+        export_merge(out, space, result, fmt, inputs=zoo.inputs())
+        assert_same(load_checkpoint(out, zoo.expected).visual, merged)
+    with pytest.raises(OverwriteError):
+        export_merge(tmp_path / "t1.safetensors", space, result, "hf", inputs=zoo.inputs())
