@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from .checkpoints import (Checkpoint, CheckpointFileError, check_architecture, inspect_checkpoint, load_checkpoint,
                           load_head_tensors)
+from .checkpoints.hf import open_clip_order
 from .context import DataContext
 from .data import build_transform, open_split
 from .device import pick_device
@@ -79,7 +80,7 @@ class Zoo:
         """Hugging Face CLIPVisionModel files have no projection (FusionBench keeps it frozen): use θ0's."""
         if checkpoint.layout == "hf-clip-vision" and "proj" not in checkpoint.visual and "proj" in self.expected \
                 and proj is not None:
-            checkpoint.visual = {**checkpoint.visual, "proj": proj}
+            checkpoint.visual = open_clip_order({**checkpoint.visual, "proj": proj})
         return checkpoint
 
     def validate(self) -> None:

@@ -104,7 +104,7 @@ def read_torch(path: str | os.PathLike, fmt: str) -> dict:
         return load_pickled_module(path)
     except CheckpointFileError:
         raise
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # a damaged file can make torch's reader fail anywhere (struct.error, KeyError, ...)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         problem = "truncated" if isinstance(exc, EOFError) or "central directory" in message else "corrupt"
         raise CheckpointFileError(path, problem, message) from None

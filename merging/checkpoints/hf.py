@@ -94,7 +94,7 @@ def hf_to_open_clip_visual(state: Mapping[str, torch.Tensor]) -> dict:
     converted = _tower_from_hf(tower, _VISION_TOP, "vision")
     if "visual_projection.weight" in state:
         converted["proj"] = _own(state["visual_projection.weight"].t())
-    return _open_clip_order(converted)
+    return open_clip_order(converted)
 
 
 def open_clip_visual_to_hf(visual: Mapping[str, torch.Tensor], projection: bool = True) -> dict:
@@ -128,12 +128,13 @@ def open_clip_text_to_hf(text: Mapping[str, torch.Tensor]) -> dict:
 
 
 _TOP_ORDER = ("class_embedding", "positional_embedding", "proj", "conv1.weight", "ln_pre.weight", "ln_pre.bias")
+_TAIL_ORDER = ("ln_post.weight", "ln_post.bias")
 _BLOCK_ORDER = ("ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
                 "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
                 "mlp.c_proj.weight", "mlp.c_proj.bias")
 
 
-def _open_clip_order(state: dict) -> dict:
+def open_clip_order(state: dict) -> dict:
     """Keys in the order ``open_clip``'s VisionTransformer.state_dict() lists them."""
     def rank(key: str):
         match = _OC_LAYER.match(key)
@@ -142,5 +143,7 @@ def _open_clip_order(state: dict) -> dict:
             return (1, int(match.group(1)), _BLOCK_ORDER.index(rest) if rest in _BLOCK_ORDER else 99, key)
         if key in _TOP_ORDER:
             return (0, _TOP_ORDER.index(key), 0, key)
-        return (2, 0, 0, key)
+        if key in _TAIL_ORDER:
+            return (2, _TAIL_ORDER.index(key), 0, key)
+        return (3, 0, 0, key)
     return {k: state[k] for k in sorted(state, key=rank)}

@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 
 from .errors import CheckpointFileError
-from .hf import ConversionError, hf_to_open_clip_text, hf_to_open_clip_visual
+from .hf import ConversionError, hf_to_open_clip_text, hf_to_open_clip_visual, open_clip_order
 
 _VISUAL_MARKERS = ("conv1.weight", "class_embedding")
 
@@ -42,7 +42,9 @@ def _tensors(raw: Mapping) -> dict[str, torch.Tensor]:
 
 
 def split_towers(path: Path, fmt: str, raw: Mapping) -> Checkpoint:
-    """Normalise a raw loaded object to a :class:`Checkpoint` (raises on an unrecognised layout)."""
+    """Normalise a raw loaded object to a :class:`Checkpoint` (raises on an unrecognised layout).  Visual keys come
+    in open_clip's ``state_dict()`` order whatever the file's order (safetensors sorts keys), so every format
+    gives the same flat parameter layout."""
     state = _tensors(raw)
     if not state:
         raise CheckpointFileError(path, "not a checkpoint", "no tensors found")
@@ -64,9 +66,9 @@ def split_towers(path: Path, fmt: str, raw: Mapping) -> Checkpoint:
     if any(k.startswith("visual.") for k in state):
         visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
         text = {k: v for k, v in state.items() if not k.startswith("visual.")}
-        return Checkpoint(path, fmt, "task_vectors" if pickled else "open_clip", visual, text)
+        return Checkpoint(path, fmt, "task_vectors" if pickled else "open_clip", open_clip_order(visual), text)
     if any(k in state for k in _VISUAL_MARKERS):
-        return Checkpoint(path, fmt, "open_clip-visual", dict(state))
+        return Checkpoint(path, fmt, "open_clip-visual", open_clip_order(state))
     sample = ", ".join(sorted(state)[:4])
     raise CheckpointFileError(path, "unrecognised layout", f"not an open_clip or Hugging Face CLIP image encoder "
                                                            f"(keys like {sample})")
