@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 SPLIT = "test"  # what the accuracy figures report
 SWEEP_SPLITS = ("val", "train")  # sweeps pick hyperparameters on held-out data, never test
-CHECKPOINT_FORMATS = {"open_clip": ".safetensors", "hf": ".hf.safetensors", "tall-compressed": ".tall"}
+CHECKPOINT_FORMATS = {"open_clip": ".safetensors", "hf": ".hf.safetensors", "tall-compressed": ".tall.safetensors"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 

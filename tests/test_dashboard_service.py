@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from ck_tiny_zoo import make_tiny_zoo
 from dashboard.service import Service, Settings, UserError
 from merging import ParameterError, UnknownMethodError
+from merging.compressed import load_compressed
 from merging.evaluation import evaluate
 from merging.maskstats import mask_statistics
 
@@ -152,6 +153,11 @@ def test_exports_are_atomic_files_in_the_session_folder(service, entry, zoo_dir)
     one = load_file(service.export_checkpoint(tall.id, "open_clip", "alice", task="task1"))
     rebuilt = tall.space.state_dict(tall.result.task_delta(1))
     assert all(torch.equal(one["visual." + k], v) for k, v in rebuilt.items())
+    compressed = load_compressed(service.export_checkpoint(tall.id, "tall-compressed", "alice"))
+    assert compressed.task_names == ["task0", "task1", "task2"]
+    assert all(torch.equal(compressed.reconstruct("task1")[k], v) for k, v in rebuilt.items())
+    with pytest.raises(ValueError, match="per-task masks"):
+        service.export_checkpoint(view.id, "tall-compressed", "alice")
     assert not list((service.session_dir("alice") / "exports").glob(".*.tmp"))
 
 
