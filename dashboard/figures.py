@@ -34,8 +34,7 @@ def _figure(*traces) -> go.Figure:
 
 def _styled(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 360) -> go.Figure:
     fig.update_layout(title={"text": title, "x": 0.01}, height=height,
-                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis_title=x, yaxis_title=y,
-                      legend={"orientation": "h", "y": -0.2})
+                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis_title=x, yaxis_title=y)
     return fig
 
 
@@ -83,7 +82,8 @@ def layer_heatmap(by_layer: pd.DataFrame, title: str = "") -> go.Figure:
     fig = _figure(go.Heatmap(z=100 * table.to_numpy(), x=labels, y=[str(v) for v in table.index],
                                colorscale="Viridis", zmin=0, colorbar={"title": {"text": "%"}},
                                hovertemplate="%{y}, c = %{x}: %{z:.2f}% of the layer<extra></extra>"))
-    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(autorange="reversed", type="category")
     return _styled(fig, title or "Agreement classes per layer", "agreement c", "layer",
                    height=max(320, 26 * len(table) + 120))
 

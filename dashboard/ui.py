@@ -25,6 +25,7 @@ WORK = {"concurrency_limit": 16, "concurrency_id": "work"}  # handlers that wait
 QUICK = {"concurrency_limit": None}
 CSS = """
 #status {min-height: 2em}
+.progress-slot {min-height: 4em}
 .gradio-container {max-width: 1500px !important}
 """
 
@@ -133,7 +134,7 @@ class Dashboard:
                     params = collect_params(panel, values[start:start + count], tasks or [])
                 except ValueError as exc:
                     raise gr.Error(str(exc), title="mergescope") from None
-                return json.dumps(params), "Queued…"
+                return json.dumps(params), "Working… (progress under the Merge button)"
             start += count
 
     def on_merge(self, zoo_id: str, method: str, params_json: str, tasks: list[str], request: gr.Request,
@@ -167,7 +168,7 @@ class Dashboard:
                 gr.update(visible=bool(tables)), gr.update(choices=tables, value=table),
                 *[figs[name] for name in PLOTS],
                 figs.get(f"table:{table}") if table else None,
-                view.tables[table] if table else None,
+                view.tables[table].round(4) if table else None,
                 runs, *[gr.update(choices=run_ids) for _ in range(3)],
                 gr.update(choices=[""] + view.record.tasks, value="")]
 
@@ -286,6 +287,7 @@ class Dashboard:
                             with gr.Row():
                                 merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
                                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                            merge_progress = gr.Markdown("", elem_classes="progress-slot")
                             params_json = gr.Textbox(label="parameters sent (JSON)", interactive=False,
                                                      elem_id="params-json")
                         with gr.Column(scale=3):
@@ -317,6 +319,7 @@ class Dashboard:
                                      label=f"pretrained*.safetensors + one fine-tuned file per task "
                                            f"(at most {limit:.0f} MiB)")
                     load_btn = gr.Button("Load", variant="primary", elem_id="load-btn")
+                    load_progress = gr.Markdown("", elem_classes="progress-slot")
                     baseline_md = gr.Markdown("")
                     zoo_md = gr.Markdown("", elem_id="zoo-summary")
                     zoo_table = gr.Dataframe(label="tasks", interactive=False, elem_id="zoo-table")
@@ -365,12 +368,15 @@ class Dashboard:
                                 status]
             failed = "⚠️ The last action failed — see the message in the corner. Nothing you had was changed."
 
-            demo.load(self.on_page_load, None, self.load_targets, api_visibility="private", **WORK) \
-                .then(self.on_baselines, zoo_state, [zoo_table, baseline_md], api_visibility="private", **WORK)
-            load_btn.click(self.on_load, [source, path, upload, zoo_state], self.load_targets, api_name="load_zoo",
-                           **WORK) \
-                .success(self.on_baselines, zoo_state, [zoo_table, baseline_md], api_name="baselines", **WORK) \
-                .failure(lambda: failed, None, status, api_visibility="private")
+            demo.load(self.on_page_load, None, self.load_targets, api_visibility="private", show_progress_on=status,
+                      **WORK) \
+                .then(self.on_baselines, zoo_state, [zoo_table, baseline_md], api_visibility="private",
+                      show_progress_on=baseline_md, **WORK)
+            loading = load_btn.click(self.on_load, [source, path, upload, zoo_state], self.load_targets,
+                                     api_name="load_zoo", show_progress_on=load_progress, **WORK)
+            loading.success(self.on_baselines, zoo_state, [zoo_table, baseline_md], api_name="baselines",
+                            show_progress_on=baseline_md, **WORK)
+            loading.failure(lambda: failed, None, status, api_visibility="private")
             method.change(self.on_method, method, [method_md] + [p.group for p in self.panels.values()],
                           api_visibility="private", **QUICK)
 
@@ -378,16 +384,18 @@ class Dashboard:
                 return dependency.success(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
                                           api_visibility="private", **QUICK)
 
-            merge_btn.click(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
-                            api_visibility="private", **QUICK) \
-                .success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
-                         api_name="merge", **WORK) \
+            collecting = merge_btn.click(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
+                                         api_visibility="private", **QUICK)
+            collecting.failure(lambda: failed, None, status, api_visibility="private")
+            collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
+                               api_name="merge", show_progress_on=merge_progress, **WORK) \
                 .failure(lambda: failed, None, status, api_visibility="private")
             for i, button in enumerate(step_buttons):
                 chosen = button.click(lambda i=i: self.on_guide(i), None, [tabs, method, *[
                     w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
                 merge_chain(chosen).success(self.on_merge, [zoo_state, method, params_json, tasks],
-                                            self.run_targets, api_visibility="private", **WORK)
+                                            self.run_targets, api_visibility="private", show_progress_on=merge_progress,
+                                            **WORK)
             cancel_btn.click(self.on_cancel, None, status, api_name="cancel", **QUICK)
             gr.on([mask_kind.input, table_choice.input], self.on_view, [run_state, mask_kind, table_choice],
                   self.run_targets[:-1], api_visibility="private", **QUICK)
@@ -397,7 +405,7 @@ class Dashboard:
             sweep_param.input(self.on_sweep_param, [sweep_method, sweep_param], sweep_values,
                               api_visibility="private", **QUICK)
             sweep_btn.click(self.on_sweep, [zoo_state, sweep_method, sweep_param, sweep_values, tasks],
-                            [sweep_plot, sweep_table, sweep_md], api_name="sweep", **WORK)
+                            [sweep_plot, sweep_table, sweep_md], api_name="sweep", show_progress_on=sweep_md, **WORK)
             sweep_cancel.click(self.on_cancel, None, sweep_md, api_visibility="private", **QUICK)
 
             history_targets = [runs_table, cmp_a, cmp_b, dl_run]
