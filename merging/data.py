@@ -112,8 +112,3 @@ def csv_dataset(path: Path, transform: Callable | None, classnames: Sequence[str
 def open_split(spec: SplitSpec, transform: Callable | None, classnames: Sequence[str] | None) -> ImageListDataset:
     return (image_folder if spec.kind == "imagefolder" else csv_dataset)(spec.path, transform, classnames)
 
-
-def stack_dataset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (images, labels) of a small dataset as two tensors."""
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
-    return torch.stack(images), torch.tensor(labels)

@@ -127,7 +127,8 @@ class Zoo:
         if task not in self._heads:
             spec = self.manifest.task(task)
             if spec.head is not None and spec.head.templates is not None:  # one text tower for all zero-shot heads
-                todo = [t.name for t in self.manifest.tasks if t.head and t.head.templates and t.name not in self._heads]
+                todo = [t.name for t in self.manifest.tasks
+                        if t.head and t.head.templates and t.name not in self._heads]
                 self._heads.update({t: (w, None) for t, w in self.zero_shot_heads(todo).items()})
             else:
                 self._heads[task] = self._load_head(task)

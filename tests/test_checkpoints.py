@@ -81,7 +81,8 @@ def test_hf_conversion_is_exact_and_uses_hf_names(visual):
     assert torch.equal(hf["vision_model.encoder.layers.1.self_attn.q_proj.weight"], in_proj[:width])
     assert torch.equal(hf["vision_model.encoder.layers.1.self_attn.v_proj.weight"], in_proj[2 * width:])
     assert torch.equal(hf["visual_projection.weight"], visual["proj"].t())
-    assert torch.equal(hf["vision_model.encoder.layers.0.mlp.fc2.bias"], visual["transformer.resblocks.0.mlp.c_proj.bias"])
+    assert torch.equal(hf["vision_model.encoder.layers.0.mlp.fc2.bias"],
+                       visual["transformer.resblocks.0.mlp.c_proj.bias"])
     assert {"vision_model.pre_layrnorm.weight", "vision_model.post_layernorm.bias",
             "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.class_embedding",
             "vision_model.embeddings.position_embedding.weight",

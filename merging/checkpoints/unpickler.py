@@ -75,8 +75,6 @@ def _storage_type(name: str):
 def _rebuild_tensor(storage, storage_offset, size, stride, *rest):
     if not torch.is_tensor(storage):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-    if len(size) == 0:
-        return storage[storage_offset:storage_offset + 1].reshape(()).clone() if storage.numel() else storage.new_empty(())
     return torch.as_strided(storage, tuple(size), tuple(stride), storage_offset)
 
 
