@@ -6,6 +6,7 @@ import sys
 import types
 import zipfile
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,6 +50,7 @@ def test_every_layout_loads_to_the_same_visual_state(tmp_path, clip, visual, exp
         "open_clip.safetensors": lambda p: save_file(full, str(p)),
         "open_clip_full.pt": lambda p: torch.save(full, p),
         "visual_only.pt": lambda p: torch.save(visual, p),
+        "legacy.pt": lambda p: torch.save(visual, p, _use_new_zipfile_serialization=False),
         "wrapped_ddp.pt": lambda p: torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in full.items()}},
                                                p),
         "hf_vision.safetensors": lambda p: save_file(open_clip_visual_to_hf(visual, projection=True), str(p)),
@@ -67,10 +69,12 @@ def test_every_layout_loads_to_the_same_visual_state(tmp_path, clip, visual, exp
             assert set(checkpoint.text) == set(text)
             assert all(torch.equal(checkpoint.text[k], text[k]) for k in text)
     assert layouts == {"open_clip.safetensors": "open_clip", "open_clip_full.pt": "open_clip",
-                       "visual_only.pt": "open_clip-visual", "wrapped_ddp.pt": "open_clip",
+                       "visual_only.pt": "open_clip-visual", "legacy.pt": "open_clip-visual",
+                       "wrapped_ddp.pt": "open_clip",
                        "hf_vision.safetensors": "hf-clip-vision", "hf_clip.bin": "hf-clip"}
     assert detect_format(tmp_path / "open_clip.safetensors") == "safetensors"
     assert detect_format(tmp_path / "visual_only.pt") == "torch"
+    assert detect_format(tmp_path / "legacy.pt") == "torch-legacy"
 
 
 def test_hf_conversion_is_exact_and_uses_hf_names(visual):
@@ -133,6 +137,7 @@ def task_vectors_module(monkeypatch):
             super().__init__()
             self.model = model
             self.cache_dir = "/nowhere"
+            self.val_preprocess = open_clip.image_transform(32, is_train=False)  # torchvision objects, an enum
 
         def __setstate__(self, state):  # never called on load: classes from the file are inert stand-ins
             raise AssertionError("the real class must not be used when loading")
