@@ -8,6 +8,7 @@ name and problem instead of failing halfway through a merge.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,7 +30,8 @@ StateDict = dict[str, torch.Tensor]
 
 
 class Zoo:
-    """Checkpoints, heads and datasets of one zoo; checkpoints load lazily, one at a time."""
+    """Checkpoints, heads and datasets of one zoo; checkpoints load lazily, one at a time.  The cached θ0 and
+    heads are loaded under a lock, so the dashboard's worker threads may share one Zoo."""
 
     def __init__(self, manifest: Manifest, report: Sequence[str] = (), validate: bool = True):
         self.manifest, self.report = manifest, list(report)
@@ -37,6 +39,7 @@ class Zoo:
         self._pretrained: StateDict | None = None
         self._heads: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._transform = None
+        self._lock = threading.RLock()
         if validate:
             self.validate()
 
@@ -94,10 +97,11 @@ class Zoo:
 
     def pretrained_state(self) -> StateDict:
         """θ0 as an open_clip visual state dict on the CPU (loaded once; do not modify the tensors)."""
-        if self._pretrained is None:
-            checkpoint = load_checkpoint(self.manifest.pretrained, self.expected, self._arch_name())
-            self._pretrained = checkpoint.visual
-        return dict(self._pretrained)
+        with self._lock:
+            if self._pretrained is None:
+                checkpoint = load_checkpoint(self.manifest.pretrained, self.expected, self._arch_name())
+                self._pretrained = checkpoint.visual
+            return dict(self._pretrained)
 
     def finetuned_state(self, task: str) -> StateDict:
         path = self.manifest.task(task).finetuned
@@ -124,15 +128,16 @@ class Zoo:
                             pick_device(device))
 
     def head(self, task: str, device: str | torch.device | None = "cpu") -> ClassificationHead:
-        if task not in self._heads:
-            spec = self.manifest.task(task)
-            if spec.head is not None and spec.head.templates is not None:  # one text tower for all zero-shot heads
-                todo = [t.name for t in self.manifest.tasks
-                        if t.head and t.head.templates and t.name not in self._heads]
-                self._heads.update({t: (w, None) for t, w in self.zero_shot_heads(todo).items()})
-            else:
-                self._heads[task] = self._load_head(task)
-        weight, bias = self._heads[task]
+        with self._lock:
+            if task not in self._heads:
+                spec = self.manifest.task(task)
+                if spec.head is not None and spec.head.templates is not None:  # one text tower for all of them
+                    todo = [t.name for t in self.manifest.tasks
+                            if t.head and t.head.templates and t.name not in self._heads]
+                    self._heads.update({t: (w, None) for t, w in self.zero_shot_heads(todo).items()})
+                else:
+                    self._heads[task] = self._load_head(task)
+            weight, bias = self._heads[task]
         return ClassificationHead(weight, bias).to(pick_device(device))
 
     def _load_head(self, task: str):
@@ -163,7 +168,8 @@ class Zoo:
             {**{"visual." + k: v for k, v in checkpoint.visual.items()}, **checkpoint.text}, strict=False)
         if missing or unexpected:
             raise CheckpointFileError(self.manifest.pretrained, "missing keys" if missing else "extra keys",
-                                      ", ".join((missing or unexpected)[:5]))
+                                      "zero-shot heads need the complete text tower: "
+                                      + ", ".join((missing or unexpected)[:5]))
         tokenizer = open_clip.get_tokenizer(self.architecture.name)
         out = {}
         for task in tasks:
