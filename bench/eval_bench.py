@@ -81,7 +81,6 @@ def bench(device: torch.device, images: int, batch: int, repeats: int) -> None:
         ev.accuracy("synthetic", "test")  # warm-up, fills the device cache
         rows[f"Evaluator ({'autocast fp16' if amp else 'fp32'})"] = timed(
             lambda: ev.accuracy("synthetic", "test"), repeats, device)
-        del ev
     plain_loop(zoo, device, batch)  # warm-up
     rows["plain loop (fp32, no_grad)"] = timed(lambda: plain_loop(zoo, device, batch), repeats, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
 from torch.utils.data import Dataset
 
 from .manifest import Preprocess, SplitSpec

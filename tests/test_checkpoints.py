@@ -289,3 +289,30 @@ def test_vit_b32_every_format_load_merge_export_load_bit_exact(tmp_path, task_ve
         assert_same(load_checkpoint(out, zoo.expected).visual, merged)
     with pytest.raises(OverwriteError):
         export_merge(tmp_path / "t1.safetensors", space, result, "hf", inputs=zoo.inputs())
+
+
+def test_export_every_format_from_a_tall_merge(tmp_path):
+    """open_clip / HF exports of θ̂t and the TALL compressed form reproduce the result bit-exactly."""
+    from ck_tiny_zoo import make_tiny_zoo
+    from merging import run_merge
+    from merging.checkpoints import export_merge
+    from merging.compressed import load_compressed
+    from merging.zoo import load_zoo
+
+    make_tiny_zoo(tmp_path / "zoo", n_per_class=1)
+    zoo = load_zoo(tmp_path / "zoo")
+    space = zoo.build_space(device="cpu")
+    result = run_merge(space, "tall", {"tall_lambda": 0.4})
+    export_merge(tmp_path / "tall.safetensors", space, result, "tall-compressed", inputs=zoo.inputs())
+    compressed = load_compressed(tmp_path / "tall.safetensors")
+    for t, task in enumerate(space.task_names):
+        expected = space.state_dict(result.task_delta(t))
+        assert_same(compressed.reconstruct(task), expected)
+        for fmt in ("open_clip", "hf"):
+            out = tmp_path / f"{task}_{fmt}.safetensors"
+            export_merge(out, space, result, fmt, task=t, inputs=zoo.inputs())
+            assert_same(load_checkpoint(out, zoo.expected).visual, expected)
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_merge(tmp_path / "x.bin", space, result, "onnx")
+    with pytest.raises(OverwriteError):
+        export_merge(zoo.inputs()[0], space, result, "tall-compressed", inputs=zoo.inputs())
