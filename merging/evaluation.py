@@ -151,17 +151,20 @@ def evaluate(zoo, weights: Weights = None, tasks: Sequence[str] | None = None, s
 def evaluate_result(zoo, space, result, tasks: Sequence[str] | None = None, split: str = "test", *,
                     reference: Mapping[str, float] | pd.DataFrame | None = None, evaluator: Evaluator | None = None,
                     progress=None, **options) -> pd.DataFrame:
-    """Evaluate a :class:`MergeResult`: θ0 + δ for every task, or θ̂t = θ0 + task_delta(t) per task for TALL
-    (tasks outside the space get the shared δ)."""
-    ev = _evaluator(zoo, evaluator, **options)
+    """Evaluate a :class:`MergeResult`: θ0 + δ for every task (tasks outside the merge too: generalization), or
+    θ̂t = θ0 + task_delta(t) per merged task for TALL."""
     tasks = list(tasks) if tasks is not None else list(space.task_names)
+    outside = [t for t in tasks if t not in space.task_names]
+    if result.per_task and outside:
+        raise ValueError(f"{result.method} reconstructs one model per merged task; {', '.join(outside)} "
+                         f"{'is' if len(outside) == 1 else 'are'} not among them")
+    ev = _evaluator(zoo, evaluator, **options)
     if not result.per_task:
         ev.load_flat(space, result.delta)
 
     def set_weights(task: str) -> None:
         if result.per_task:
-            row = space.task_names.index(task) if task in space.task_names else None
-            ev.load_flat(space, result.delta if row is None else result.task_delta(row))
+            ev.load_flat(space, result.task_delta(space.task_names.index(task)))
 
     return with_normalized(ev.run(set_weights, tasks, split, progress), reference)
 
