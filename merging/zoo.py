@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoints import (Checkpoint, CheckpointFileError, check_architecture, inspect_checkpoint, load_checkpoint,
+from .checkpoints import (Checkpoint, CheckpointFileError, check_architecture, fill_frozen_projection,
+                          inspect_checkpoint, load_checkpoint,
                           load_head_tensors)
-from .checkpoints.hf import open_clip_order
 from .context import DataContext
 from .data import build_transform, open_split
 from .device import pick_device
@@ -80,11 +80,7 @@ class Zoo:
         return f"architecture {self.architecture.name}"
 
     def _complete(self, checkpoint: Checkpoint, proj: torch.Tensor | None) -> Checkpoint:
-        """Hugging Face CLIPVisionModel files have no projection (FusionBench keeps it frozen): use θ0's."""
-        if checkpoint.layout == "hf-clip-vision" and "proj" not in checkpoint.visual and "proj" in self.expected \
-                and proj is not None:
-            checkpoint.visual = open_clip_order({**checkpoint.visual, "proj": proj})
-        return checkpoint
+        return fill_frozen_projection(checkpoint, proj, self.expected)
 
     def validate(self) -> None:
         """Check every checkpoint's layout, keys and shapes (cheap: headers and memory maps)."""

@@ -103,3 +103,13 @@ def check_architecture(path: Path, state: Mapping[str, torch.Tensor], expected: 
 def _list(keys: set, limit: int = 5) -> str:
     keys = sorted(keys)
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def fill_frozen_projection(checkpoint: Checkpoint, proj: torch.Tensor | None, expected: Mapping) -> Checkpoint:
+    """Hugging Face CLIPVisionModel files have no projection (FusionBench keeps it frozen): use θ0's."""
+    if checkpoint.layout == "hf-clip-vision" and "proj" not in checkpoint.visual and "proj" in expected \
+            and proj is not None:
+        from .hf import open_clip_order
+
+        checkpoint.visual = open_clip_order({**checkpoint.visual, "proj": proj})
+    return checkpoint
