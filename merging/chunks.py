@@ -35,6 +35,11 @@ def map_chunks(numel: int, body: Callable[[int, int], R], chunk: int = CHUNK) ->
     return out
 
 
+NUMPY_KERNELS = True  # tests turn this off to run the torch (GPU) code paths on CPU
+_NUMPY_DTYPES = (torch.float32, torch.bool, torch.uint8, torch.int8)
+
+
 def use_numpy(tensor: torch.Tensor) -> bool:
-    """The chunked numpy path applies to contiguous CPU float32 tensors."""
-    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous()
+    """Whether the chunked numpy kernels apply: contiguous CPU tensors of float32, bool or bytes."""
+    return NUMPY_KERNELS and tensor.device.type == "cpu" and tensor.dtype in _NUMPY_DTYPES and \
+        tensor.is_contiguous()

@@ -54,13 +54,21 @@ def _space(args) -> tuple[TaskVectorSpace, object, list]:
         return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype), zoo, zoo.inputs()
     if not args.pretrained or not args.finetuned:
         raise CheckpointError("give --zoo, or --pretrained and at least one --finetuned checkpoint")
-    from .checkpoints import load_visual
+    from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
-    pretrained = load_visual(args.pretrained)
+    pretrained = load_checkpoint(args.pretrained).visual
     shapes = {k: tuple(v.shape) for k, v in pretrained.items()}
-    loaders = [lambda p=p: load_visual(p, shapes) for p in args.finetuned]
-    space = TaskVectorSpace.build(pretrained, loaders, names, device=args.device, dtype=args.dtype)
+
+    def loader(path):
+        def load():
+            checkpoint = fill_frozen_projection(load_checkpoint(path), pretrained.get("proj"), shapes)
+            check_architecture(Path(path), checkpoint.visual, shapes, "the pretrained checkpoint's architecture")
+            return checkpoint.visual
+        return load
+
+    space = TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
+                                  dtype=args.dtype)
     return space, None, [args.pretrained, *args.finetuned]
 
 

@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
 from torch.utils.data import Dataset
 
 from .manifest import Preprocess, SplitSpec
@@ -112,8 +111,3 @@ def csv_dataset(path: Path, transform: Callable | None, classnames: Sequence[str
 def open_split(spec: SplitSpec, transform: Callable | None, classnames: Sequence[str] | None) -> ImageListDataset:
     return (image_folder if spec.kind == "imagefolder" else csv_dataset)(spec.path, transform, classnames)
 
-
-def stack_dataset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (images, labels) of a small dataset as two tensors."""
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
-    return torch.stack(images), torch.tensor(labels)

@@ -23,13 +23,17 @@ COLUMNS = ["task", "split", "accuracy", "correct", "n"]
 
 
 class Evaluator:
-    """Reusable evaluation state for one zoo: the encoder module, heads, and small datasets cached in memory."""
+    """Reusable evaluation state for one zoo: the encoder module, heads, and preprocessed splits cached on the
+    evaluation device when they fit in ``cache_bytes`` (default 1 GiB on CPU, 4 GiB on CUDA), so repeated
+    evaluations (λ grids, dashboards) neither decode images nor copy them to the GPU again."""
 
     def __init__(self, zoo, device: str | torch.device | None = "auto", batch_size: int = 256,
                  num_workers: int = 0, amp: bool = True, amp_dtype: torch.dtype = torch.float16,
-                 cache_bytes: int = 1 << 30):
+                 cache_bytes: int | None = None):
         self.zoo, self.device = zoo, pick_device(device)
-        self.batch_size, self.num_workers, self.cache_bytes = batch_size, num_workers, cache_bytes
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.cache_bytes = cache_bytes if cache_bytes is not None else (4 << 30 if self.device.type == "cuda"
+                                                                        else 1 << 30)
         self.amp = amp and self.device.type == "cuda"
         self.amp_dtype = amp_dtype
         self.encoder = zoo.encoder(self.device)
@@ -69,7 +73,7 @@ class Evaluator:
             dataset = self.zoo.dataset(task, split)
             first = dataset[0][0]
             if len(dataset) * first.numel() * first.element_size() <= self.cache_bytes:
-                batches = [(x, y) for x, y in self._loader(dataset)]
+                batches = [(x.to(self.device), y) for x, y in self._loader(dataset)]
                 dataset = (torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
             self._data[key] = dataset
         return self._data[key]
@@ -100,13 +104,14 @@ class Evaluator:
     def accuracy(self, task: str, split: str, progress=None) -> tuple[int, int]:
         """(correct, n) of the encoder as it is now, with task's head, on task's split."""
         progress = as_progress(progress)
-        n_total, correct, seen = self.size(task, split), 0, 0
+        n_total, seen = self.size(task, split), 0
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # summed on the device: no sync per batch
         for images, labels in self.batches(task, split):
             progress(seen / max(n_total, 1), f"evaluating {task} ({split})")
             logits = self.predict(images, task)
-            correct += int((logits.argmax(1).cpu() == labels).sum())
+            correct += (logits.argmax(1) == labels.to(self.device, non_blocking=True)).sum()
             seen += len(labels)
-        return correct, seen
+        return int(correct), seen
 
     def run(self, set_weights: Callable[[str], None], tasks: Sequence[str], split: str, progress=None) -> pd.DataFrame:
         progress = as_progress(progress)
@@ -146,17 +151,20 @@ def evaluate(zoo, weights: Weights = None, tasks: Sequence[str] | None = None, s
 def evaluate_result(zoo, space, result, tasks: Sequence[str] | None = None, split: str = "test", *,
                     reference: Mapping[str, float] | pd.DataFrame | None = None, evaluator: Evaluator | None = None,
                     progress=None, **options) -> pd.DataFrame:
-    """Evaluate a :class:`MergeResult`: θ0 + δ for every task, or θ̂t = θ0 + task_delta(t) per task for TALL
-    (tasks outside the space get the shared δ)."""
-    ev = _evaluator(zoo, evaluator, **options)
+    """Evaluate a :class:`MergeResult`: θ0 + δ for every task (tasks outside the merge too: generalization), or
+    θ̂t = θ0 + task_delta(t) per merged task for TALL."""
     tasks = list(tasks) if tasks is not None else list(space.task_names)
+    outside = [t for t in tasks if t not in space.task_names]
+    if result.per_task and outside:
+        raise ValueError(f"{result.method} reconstructs one model per merged task; {', '.join(outside)} "
+                         f"{'is' if len(outside) == 1 else 'are'} not among them")
+    ev = _evaluator(zoo, evaluator, **options)
     if not result.per_task:
         ev.load_flat(space, result.delta)
 
     def set_weights(task: str) -> None:
         if result.per_task:
-            row = space.task_names.index(task) if task in space.task_names else None
-            ev.load_flat(space, result.delta if row is None else result.task_delta(row))
+            ev.load_flat(space, result.task_delta(space.task_names.index(task)))
 
     return with_normalized(ev.run(set_weights, tasks, split, progress), reference)
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .chunks import map_chunks
+from .chunks import map_chunks, use_numpy
 
 _SHIFTS = {}
 
@@ -74,8 +74,8 @@ class MaskSet:
     def set(self, t: int, mask: torch.Tensor) -> None:
         if mask.numel() != self.numel:
             raise ValueError(f"mask has {mask.numel()} elements, expected {self.numel}")
-        mask = mask.reshape(-1).to(self.packed.device)
-        if self.packed.device.type == "cpu":
+        mask = mask.reshape(-1).to(self.packed.device).contiguous()
+        if use_numpy(mask):
             bits, row = mask.numpy(), self.packed[t].numpy()
             map_chunks(self.numel, lambda a, b: np.copyto(row[a // 8:(b + 7) // 8], np.packbits(bits[a:b])))
         else:
@@ -83,7 +83,7 @@ class MaskSet:
 
     def get(self, t: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Mask t as (P,) bool; pass a reusable uint8 buffer of ``8·⌈P/8⌉`` elements as ``out``."""
-        if self.packed.device.type == "cpu":
+        if use_numpy(self.packed):
             row = self.packed[t].numpy()
             bits = (out if out is not None else self.buffer()).numpy()
             map_chunks(self.numel, lambda a, b: np.copyto(

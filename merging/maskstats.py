@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .chunks import use_numpy
 from .maskset import MaskSet
 from .param_index import ParamIndex
 
@@ -56,7 +57,7 @@ def per_entry_histogram(masks: MaskSet, index: ParamIndex, chunk: int = CHUNK):
 def entry_sums(index: ParamIndex, values: torch.Tensor) -> np.ndarray:
     """Per-tensor sums of a (P,) bool or numeric vector, as float64 (one pass, no P-sized index array)."""
     lengths = [e.numel for e in index.entries]
-    if values.device.type == "cpu":
+    if use_numpy(values):
         flat = values.numpy()
         count = np.count_nonzero if flat.dtype == np.bool_ else lambda v: v.sum(dtype=np.float64)
         return np.array([count(flat[e.slice]) for e in index.entries], dtype=np.float64)

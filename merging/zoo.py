@@ -8,15 +8,16 @@ name and problem instead of failing halfway through a merge.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoints import (Checkpoint, CheckpointFileError, check_architecture, inspect_checkpoint, load_checkpoint,
+from .checkpoints import (Checkpoint, CheckpointFileError, check_architecture, fill_frozen_projection,
+                          inspect_checkpoint, load_checkpoint,
                           load_head_tensors)
-from .checkpoints.hf import open_clip_order
 from .context import DataContext
 from .data import build_transform, open_split
 from .device import pick_device
@@ -29,7 +30,8 @@ StateDict = dict[str, torch.Tensor]
 
 
 class Zoo:
-    """Checkpoints, heads and datasets of one zoo; checkpoints load lazily, one at a time."""
+    """Checkpoints, heads and datasets of one zoo; checkpoints load lazily, one at a time.  The cached θ0 and
+    heads are loaded under a lock, so the dashboard's worker threads may share one Zoo."""
 
     def __init__(self, manifest: Manifest, report: Sequence[str] = (), validate: bool = True):
         self.manifest, self.report = manifest, list(report)
@@ -37,6 +39,7 @@ class Zoo:
         self._pretrained: StateDict | None = None
         self._heads: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._transform = None
+        self._lock = threading.RLock()
         if validate:
             self.validate()
 
@@ -77,11 +80,7 @@ class Zoo:
         return f"architecture {self.architecture.name}"
 
     def _complete(self, checkpoint: Checkpoint, proj: torch.Tensor | None) -> Checkpoint:
-        """Hugging Face CLIPVisionModel files have no projection (FusionBench keeps it frozen): use θ0's."""
-        if checkpoint.layout == "hf-clip-vision" and "proj" not in checkpoint.visual and "proj" in self.expected \
-                and proj is not None:
-            checkpoint.visual = open_clip_order({**checkpoint.visual, "proj": proj})
-        return checkpoint
+        return fill_frozen_projection(checkpoint, proj, self.expected)
 
     def validate(self) -> None:
         """Check every checkpoint's layout, keys and shapes (cheap: headers and memory maps)."""
@@ -94,10 +93,11 @@ class Zoo:
 
     def pretrained_state(self) -> StateDict:
         """θ0 as an open_clip visual state dict on the CPU (loaded once; do not modify the tensors)."""
-        if self._pretrained is None:
-            checkpoint = load_checkpoint(self.manifest.pretrained, self.expected, self._arch_name())
-            self._pretrained = checkpoint.visual
-        return dict(self._pretrained)
+        with self._lock:
+            if self._pretrained is None:
+                checkpoint = load_checkpoint(self.manifest.pretrained, self.expected, self._arch_name())
+                self._pretrained = checkpoint.visual
+            return dict(self._pretrained)
 
     def finetuned_state(self, task: str) -> StateDict:
         path = self.manifest.task(task).finetuned
@@ -124,14 +124,16 @@ class Zoo:
                             pick_device(device))
 
     def head(self, task: str, device: str | torch.device | None = "cpu") -> ClassificationHead:
-        if task not in self._heads:
-            spec = self.manifest.task(task)
-            if spec.head is not None and spec.head.templates is not None:  # one text tower for all zero-shot heads
-                todo = [t.name for t in self.manifest.tasks if t.head and t.head.templates and t.name not in self._heads]
-                self._heads.update({t: (w, None) for t, w in self.zero_shot_heads(todo).items()})
-            else:
-                self._heads[task] = self._load_head(task)
-        weight, bias = self._heads[task]
+        with self._lock:
+            if task not in self._heads:
+                spec = self.manifest.task(task)
+                if spec.head is not None and spec.head.templates is not None:  # one text tower for all of them
+                    todo = [t.name for t in self.manifest.tasks
+                            if t.head and t.head.templates and t.name not in self._heads]
+                    self._heads.update({t: (w, None) for t, w in self.zero_shot_heads(todo).items()})
+                else:
+                    self._heads[task] = self._load_head(task)
+            weight, bias = self._heads[task]
         return ClassificationHead(weight, bias).to(pick_device(device))
 
     def _load_head(self, task: str):
@@ -162,7 +164,8 @@ class Zoo:
             {**{"visual." + k: v for k, v in checkpoint.visual.items()}, **checkpoint.text}, strict=False)
         if missing or unexpected:
             raise CheckpointFileError(self.manifest.pretrained, "missing keys" if missing else "extra keys",
-                                      ", ".join((missing or unexpected)[:5]))
+                                      "zero-shot heads need the complete text tower: "
+                                      + ", ".join((missing or unexpected)[:5]))
         tokenizer = open_clip.get_tokenizer(self.architecture.name)
         out = {}
         for task in tasks:

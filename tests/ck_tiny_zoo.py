@@ -15,6 +15,7 @@ TINY_CONFIG = {"embed_dim": 16,
                "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 CLASSES = ["cat", "dog", "bird"]
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 
 
 def tiny_clip(seed: int = 0):
@@ -31,15 +32,32 @@ def write_images(folder: Path, n_per_class: int, seed: int, classes=CLASSES) -> 
     for c, name in enumerate(classes):
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
-            pixels = rng.integers(0, 256, size=(40, 36, 3), dtype=np.uint8)
-            pixels[..., c] = 255 - c * 40  # a class-dependent channel so heads can separate them
+            colour = np.array(COLOURS[c % len(COLOURS)], dtype=np.int64)  # class colour + noise: separable classes
+            noise = rng.integers(-110, 111, size=(40, 36, 3))
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
             path = folder / name / f"{i}.png"
             Image.fromarray(pixels).save(path)
             rows.append((f"{folder.name}/{name}/{i}.png", name))
     return rows
 
 
-def make_tiny_zoo(root: Path, n_tasks: int = 2, n_per_class: int = 3, noise: float = 0.02) -> Path:
+def class_means(model, visual: dict, folder: Path) -> torch.Tensor:
+    """A nearest-class-mean head (3, 16) for the fine-tuned encoder: scale · normalized mean feature per class."""
+    import open_clip
+
+    model.visual.load_state_dict(visual)
+    transform = open_clip.image_transform(32, is_train=False)
+    rows = []
+    with torch.no_grad():
+        for name in CLASSES:
+            images = torch.stack([transform(Image.open(p)) for p in sorted((folder / name).glob("*.png"))])
+            features = model.visual(images)
+            mean = (features / features.norm(dim=1, keepdim=True)).mean(0)
+            rows.append(20 * mean / mean.norm())
+    return torch.stack(rows)
+
+
+def make_tiny_zoo(root: Path, n_tasks: int = 2, n_per_class: int = 3, noise: float = 0.1) -> Path:
     """Pretrained (full open_clip state dict), fine-tuned visual-only checkpoints, a weight head and zero-shot
     heads, ImageFolder and CSV splits; returns the manifest path."""
     root.mkdir(parents=True, exist_ok=True)
@@ -57,11 +75,11 @@ def make_tiny_zoo(root: Path, n_tasks: int = 2, n_per_class: int = 3, noise: flo
         task = {"name": f"task{t}", "finetuned": f"finetuned/task{t}.safetensors", "classnames": CLASSES}
         data = root / "data" / f"task{t}"
         if t % 2 == 0:
-            save_file({"weight": torch.randn(len(CLASSES), 16, generator=g), "bias": torch.randn(3, generator=g)},
-                      str(root / "heads" / f"task{t}.safetensors"))
-            task["head"] = {"weights": f"heads/task{t}.safetensors"}
             write_images(data / "val", n_per_class, seed=10 * t)
             write_images(data / "test", n_per_class, seed=10 * t + 1)
+            save_file({"weight": class_means(model, visual, data / "val"), "bias": 0.1 * torch.randn(3, generator=g)},
+                      str(root / "heads" / f"task{t}.safetensors"))
+            task["head"] = {"weights": f"heads/task{t}.safetensors"}
             task["data"] = {"val": {"imagefolder": f"data/task{t}/val"}, "test": {"imagefolder": f"data/task{t}/test"}}
         else:
             task["head"] = {"templates": ["a photo of a {}.", "a {} in the wild."]}

@@ -1,5 +1,6 @@
-"""Plain reference implementations of the merge methods, written straightforwardly from ALGORITHMS.md over a
-dense (T, P) tensor with torch.kthvalue / torch.sort, to check the engine's fast paths against."""
+"""Plain reference implementations of the merge methods, written straightforwardly from ALGORITHMS.md with
+torch.kthvalue for every order statistic.  They take the (T, P) task-vector tensor and loop over tasks, so the
+benchmark (bench/merge_bench.py) can run them at ViT size too."""
 import math
 
 import torch
@@ -9,41 +10,39 @@ def ta(theta0, taus, lam):
     return theta0 + lam * taus.sum(0)
 
 
-def ties_trimmed(taus, K):
-    T, P = taus.shape
+def ties_keep(tau, K):
+    P = tau.numel()
     k = max(P - math.floor(P * K / 100), 1)
-    thr = taus.abs().kthvalue(k, dim=1, keepdim=True).values
-    keep = taus.abs() >= thr
-    return torch.where(keep, taus, torch.zeros_like(taus)), keep
+    return tau.abs() >= tau.abs().kthvalue(k).values
 
 
 def ties_merged(taus, K, merge):
-    trimmed, keep = ties_trimmed(taus, K)
-    gamma = torch.sign(trimmed.sum(0))
+    keeps = [ties_keep(tau, K) for tau in taus]
+    elected = sum(torch.where(keep, tau, 0.0) for keep, tau in zip(keeps, taus))
+    gamma = torch.sign(elected)
     gamma[gamma == 0] = torch.sign(gamma.sum())
-    agree = (torch.sign(trimmed) == gamma) & (trimmed != 0)
-    total = (trimmed * agree).sum(0)
+    total = torch.zeros_like(elected)
+    count = torch.zeros_like(elected)
+    for keep, tau in zip(keeps, taus):
+        trimmed = torch.where(keep, tau, 0.0)
+        agree = (torch.sign(trimmed) == gamma) & (trimmed != 0)
+        total += torch.where(agree, trimmed, 0.0)
+        count += agree
     if merge == "mean":
-        total = total / agree.sum(0).clamp(min=1)
-    return total, keep
+        total = total / count.clamp(min=1)
+    return total, torch.stack(keeps)
 
 
 def ties(theta0, taus, K, merge, lam):
     return theta0 + lam * ties_merged(taus, K, merge)[0]
 
 
-def dare_dropped(taus, p, seed, rescale):
-    out = []
-    for t in range(taus.shape[0]):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + t)
-        keep = torch.rand(taus.shape[1], generator=g) >= p
-        kept = taus[t] * keep
-        if rescale == "l1":
-            kept = kept * (taus[t].abs().sum() / kept.abs().sum())
-        else:
-            kept = kept / (1 - p)
-        out.append(kept)
-    return torch.stack(out)
+def dare_dropped(tau, t, p, seed, rescale):
+    g = torch.Generator().manual_seed(seed * 1_000_003 + t)
+    kept = tau * (torch.rand(tau.numel(), generator=g) >= p)
+    if rescale == "l1":
+        return kept * (tau.abs().sum() / kept.abs().sum())
+    return kept / (1 - p)
 
 
 def tall_masks(taus, tau_mtl, lambdas):
@@ -52,24 +51,47 @@ def tall_masks(taus, tau_mtl, lambdas):
 
 def consensus(theta0, taus, k, lam, lambdas, base="ta", ties_k=20):
     tau_mtl = taus.sum(0) if base == "ta" else ties_merged(taus, ties_k, "sum")[0]
-    masks = tall_masks(taus, tau_mtl, lambdas)
-    keep = masks.sum(0) >= k
-    return theta0 + lam * tau_mtl * keep
+    agreement = sum(taus[t].abs() > lambdas[t] * (tau_mtl - taus[t]).abs() for t in range(taus.shape[0]))
+    return theta0 + lam * tau_mtl * (agreement >= k)
+
+
+def _sorted_at(x, position):
+    """sorted(x)[position] (0-based), as the official PCB code indexes its sorted copy."""
+    return x.kthvalue(position + 1).values
+
+
+def _pcb_clip(tau, q):
+    P = tau.numel()
+    lo, hi = _sorted_at(tau.abs(), int(P * q)), _sorted_at(tau.abs(), int(P * (1 - q) - 1))
+    a = torch.maximum(torch.minimum(tau.abs(), hi), lo)
+    return a, (a - lo) / (hi - lo)
 
 
 def pcb(theta0, taus, r, q, lams):
     T, P = taus.shape
-    a = taus.abs()
-    s = a.sort(dim=1).values
-    lo, hi = s[:, int(P * q)], s[:, int(P * (1 - q) - 1)]
-    a = torch.maximum(torch.minimum(a, hi[:, None]), lo[:, None])
-    norm = (a - lo[:, None]) / (hi - lo)[:, None]
-    intra = torch.exp(T * norm ** 2)
-    inter = torch.tanh(taus * (torch.sign(taus) * norm).sum(0))
-    beta = intra * inter
-    bs = beta.sort(dim=1).values
-    floor = bs[:, int(P * (1 - r))]
-    score = (torch.maximum(beta, floor[:, None]) - floor[:, None]) / (bs[:, -1] - floor)[:, None]
-    clipped = torch.sign(taus) * a
-    lams = torch.as_tensor(lams, dtype=taus.dtype)[:, None]
-    return theta0 + (lams * score * clipped).sum(0) / score.sum(0).clamp(min=1e-12), score > 0
+    direction = sum(torch.sign(tau) * _pcb_clip(tau, q)[1] for tau in taus)
+    numerator, denominator, kept = 0, 0, []
+    for t, tau in enumerate(taus):
+        a, norm = _pcb_clip(tau, q)
+        beta = torch.exp(T * norm ** 2) * torch.tanh(tau * direction)
+        floor = _sorted_at(beta, int(P * (1 - r)))
+        score = (torch.maximum(beta, floor) - floor) / (beta.max() - floor)
+        numerator = numerator + lams[t] * score * torch.sign(tau) * a
+        denominator = denominator + score
+        kept.append(score > 0)
+    return theta0 + numerator / denominator.clamp(min=1e-12), torch.stack(kept)
+
+
+def mask_stats(masks):
+    """Agreement histogram (counts of c = 0..T), per-task active counts and the T×T Jaccard matrix of dense
+    (T, P) bool masks."""
+    T = masks.shape[0]
+    c = masks.sum(0)
+    histogram = [int((c == v).sum()) for v in range(T + 1)]
+    jaccard = torch.ones(T, T, dtype=torch.float64)
+    for i in range(T):
+        for j in range(T):
+            union = int((masks[i] | masks[j]).sum())
+            if union:
+                jaccard[i, j] = int((masks[i] & masks[j]).sum()) / union
+    return histogram, masks.sum(1).tolist(), jaccard

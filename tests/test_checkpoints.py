@@ -6,6 +6,7 @@ import sys
 import types
 import zipfile
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,6 +50,7 @@ def test_every_layout_loads_to_the_same_visual_state(tmp_path, clip, visual, exp
         "open_clip.safetensors": lambda p: save_file(full, str(p)),
         "open_clip_full.pt": lambda p: torch.save(full, p),
         "visual_only.pt": lambda p: torch.save(visual, p),
+        "legacy.pt": lambda p: torch.save(visual, p, _use_new_zipfile_serialization=False),
         "wrapped_ddp.pt": lambda p: torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in full.items()}},
                                                p),
         "hf_vision.safetensors": lambda p: save_file(open_clip_visual_to_hf(visual, projection=True), str(p)),
@@ -67,10 +69,12 @@ def test_every_layout_loads_to_the_same_visual_state(tmp_path, clip, visual, exp
             assert set(checkpoint.text) == set(text)
             assert all(torch.equal(checkpoint.text[k], text[k]) for k in text)
     assert layouts == {"open_clip.safetensors": "open_clip", "open_clip_full.pt": "open_clip",
-                       "visual_only.pt": "open_clip-visual", "wrapped_ddp.pt": "open_clip",
+                       "visual_only.pt": "open_clip-visual", "legacy.pt": "open_clip-visual",
+                       "wrapped_ddp.pt": "open_clip",
                        "hf_vision.safetensors": "hf-clip-vision", "hf_clip.bin": "hf-clip"}
     assert detect_format(tmp_path / "open_clip.safetensors") == "safetensors"
     assert detect_format(tmp_path / "visual_only.pt") == "torch"
+    assert detect_format(tmp_path / "legacy.pt") == "torch-legacy"
 
 
 def test_hf_conversion_is_exact_and_uses_hf_names(visual):
@@ -81,7 +85,8 @@ def test_hf_conversion_is_exact_and_uses_hf_names(visual):
     assert torch.equal(hf["vision_model.encoder.layers.1.self_attn.q_proj.weight"], in_proj[:width])
     assert torch.equal(hf["vision_model.encoder.layers.1.self_attn.v_proj.weight"], in_proj[2 * width:])
     assert torch.equal(hf["visual_projection.weight"], visual["proj"].t())
-    assert torch.equal(hf["vision_model.encoder.layers.0.mlp.fc2.bias"], visual["transformer.resblocks.0.mlp.c_proj.bias"])
+    assert torch.equal(hf["vision_model.encoder.layers.0.mlp.fc2.bias"],
+                       visual["transformer.resblocks.0.mlp.c_proj.bias"])
     assert {"vision_model.pre_layrnorm.weight", "vision_model.post_layernorm.bias",
             "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.class_embedding",
             "vision_model.embeddings.position_embedding.weight",
@@ -132,6 +137,7 @@ def task_vectors_module(monkeypatch):
             super().__init__()
             self.model = model
             self.cache_dir = "/nowhere"
+            self.val_preprocess = open_clip.image_transform(32, is_train=False)  # torchvision objects, an enum
 
         def __setstate__(self, state):  # never called on load: classes from the file are inert stand-ins
             raise AssertionError("the real class must not be used when loading")
@@ -283,3 +289,30 @@ def test_vit_b32_every_format_load_merge_export_load_bit_exact(tmp_path, task_ve
         assert_same(load_checkpoint(out, zoo.expected).visual, merged)
     with pytest.raises(OverwriteError):
         export_merge(tmp_path / "t1.safetensors", space, result, "hf", inputs=zoo.inputs())
+
+
+def test_export_every_format_from_a_tall_merge(tmp_path):
+    """open_clip / HF exports of θ̂t and the TALL compressed form reproduce the result bit-exactly."""
+    from ck_tiny_zoo import make_tiny_zoo
+    from merging import run_merge
+    from merging.checkpoints import export_merge
+    from merging.compressed import load_compressed
+    from merging.zoo import load_zoo
+
+    make_tiny_zoo(tmp_path / "zoo", n_per_class=1)
+    zoo = load_zoo(tmp_path / "zoo")
+    space = zoo.build_space(device="cpu")
+    result = run_merge(space, "tall", {"tall_lambda": 0.4})
+    export_merge(tmp_path / "tall.safetensors", space, result, "tall-compressed", inputs=zoo.inputs())
+    compressed = load_compressed(tmp_path / "tall.safetensors")
+    for t, task in enumerate(space.task_names):
+        expected = space.state_dict(result.task_delta(t))
+        assert_same(compressed.reconstruct(task), expected)
+        for fmt in ("open_clip", "hf"):
+            out = tmp_path / f"{task}_{fmt}.safetensors"
+            export_merge(out, space, result, fmt, task=t, inputs=zoo.inputs())
+            assert_same(load_checkpoint(out, zoo.expected).visual, expected)
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_merge(tmp_path / "x.bin", space, result, "onnx")
+    with pytest.raises(OverwriteError):
+        export_merge(zoo.inputs()[0], space, result, "tall-compressed", inputs=zoo.inputs())

@@ -75,3 +75,21 @@ def test_corrupt_file_and_overwrite_refused(files, capsys):
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "merging", "methods"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "consensus" in done.stdout and "tall_lambda" in done.stdout
+
+
+def test_hf_vision_finetunes_merge_with_an_open_clip_pretrained(tmp_path, capsys):
+    """HF CLIPVisionModel fine-tunes carry no projection; the CLI takes θ0's, as a zoo does."""
+    from ck_tiny_zoo import tiny_clip
+    from merging.checkpoints import open_clip_visual_to_hf
+    pre = {k: v.clone() for k, v in tiny_clip(0).visual.state_dict().items()}
+    save_file(pre, str(tmp_path / "pre.safetensors"))
+    paths = []
+    for i in range(2):
+        ft = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in pre.items()}
+        paths.append(tmp_path / f"hf{i}.safetensors")
+        save_file(open_clip_visual_to_hf(ft, projection=False), str(paths[-1]))
+    out = tmp_path / "merged.safetensors"
+    code = main(["merge", "--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned", *map(str, paths),
+                 "--method", "task_arithmetic", "--out", str(out), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert torch.equal(load_file(str(out))["visual.proj"], pre["proj"])

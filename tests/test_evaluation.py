@@ -127,6 +127,12 @@ def test_results_are_evaluated_per_task_for_tall(zoo):
     ta = run_merge(space, "task_arithmetic", {"lam": 0.5})
     assert evaluate_result(zoo, space, ta, split="val", evaluator=ev).equals(
         evaluate(zoo, space.state_dict(ta.delta), split="val", evaluator=ev))
+    one = space.subset(["task0"])  # held-out task1: shared merges generalize, TALL has no θ̂ for it
+    held_out = evaluate_result(zoo, one, run_merge(one, "task_arithmetic", {"lam": 0.5}), ["task1"], "val",
+                               evaluator=ev)
+    assert held_out.equals(evaluate(zoo, one.state_dict(0.5 * one.sum_tau()), ["task1"], "val", evaluator=ev))
+    with pytest.raises(ValueError, match="task1 is not among them"):
+        evaluate_result(zoo, one, run_merge(one, "tall", {}), ["task0", "task1"], "val", evaluator=ev)
     baselines = evaluate_baselines(zoo, split="val", evaluator=ev)
     assert list(baselines.columns) == ["task", "split", "pretrained", "finetuned"]
     assert baselines["pretrained"].tolist() == evaluate(zoo, None, split="val", evaluator=ev)["accuracy"].tolist()

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 import reference as ref
 from engine_fixtures import dense, space as make_space
 from merging import TaskVectorSpace, run_merge
-from merging.methods import ties as ties_module
+from merging import chunks
+from merging.maskstats import mask_statistics
 from merging.param_index import ParamEntry, ParamIndex
 
 
@@ -78,20 +79,31 @@ def sp():
 def test_ties_matches_reference(sp, K, merge, lam):
     out, result = merged(sp, "ties", k=K, merge=merge, lam=lam)
     torch.testing.assert_close(out, ref.ties(sp.theta0, dense(sp), K, merge, lam), **close)
-    assert torch.equal(result.masks["ties_trim"].to_bool(), ref.ties_trimmed(dense(sp), K)[1])
+    assert torch.equal(result.masks["ties_trim"].to_bool(), ref.ties_merged(dense(sp), K, merge)[1])
 
 
-def test_ties_numpy_and_torch_paths_identical(sp, monkeypatch):
-    fast, _ = merged(sp, "ties", k=20, merge="mean", lam=1.0)
-    monkeypatch.setattr(ties_module, "use_numpy", lambda x: False)
-    plain, _ = merged(sp, "ties", k=20, merge="mean", lam=1.0)
-    assert torch.equal(fast, plain)
+@pytest.mark.parametrize("method,params", [("ties", {"merge": "mean"}), ("ties", {"merge": "sum", "k": 50}),
+                                           ("dare", {"base": "ties", "p": 0.3}), ("tall", {"base": "ties"}),
+                                           ("consensus", {}), ("pcb", {})])
+def test_cpu_kernels_and_gpu_code_paths_identical(sp, monkeypatch, method, params):
+    """The chunked numpy kernels (CPU) and the whole-tensor torch code (used on CUDA) give identical results."""
+    fast = run_merge(sp, method, params)
+    monkeypatch.setattr(chunks, "NUMPY_KERNELS", False)
+    plain = run_merge(sp, method, params)
+    assert torch.equal(fast.delta, plain.delta)
+    assert fast.masks.keys() == plain.masks.keys()
+    for name in fast.masks:
+        assert torch.equal(fast.masks[name].packed, plain.masks[name].packed)
+        a, b = mask_statistics(fast.masks[name], sp.index), mask_statistics(plain.masks[name], sp.index)
+        assert a.histogram.equals(b.histogram) and a.by_layer.equals(b.by_layer)
+    for name in fast.tables:
+        assert fast.tables[name].equals(plain.tables[name])
 
 
 @pytest.mark.parametrize("base,rescale", [("ta", "inverse"), ("ta", "l1"), ("ties", "inverse")])
 def test_dare_matches_reference(sp, base, rescale):
     out, result = merged(sp, "dare", p=0.5, seed=7, rescale=rescale, base=base, lam=0.4)
-    dropped = ref.dare_dropped(dense(sp), 0.5, 7, rescale)
+    dropped = torch.stack([ref.dare_dropped(tau, t, 0.5, 7, rescale) for t, tau in enumerate(dense(sp))])
     expected = ref.ta(sp.theta0, dropped, 0.4) if base == "ta" else ref.ties(sp.theta0, dropped, 20, "mean", 0.4)
     torch.testing.assert_close(out, expected, **close)
     assert 0.4 < result.masks["dare_keep"].to_bool().float().mean() < 0.6

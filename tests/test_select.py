@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from merging import select
+from merging import chunks, select
 from merging.select import kth_smallest, quantile, top_fraction_threshold
 
 
@@ -15,7 +15,7 @@ def path(request, monkeypatch):
     monkeypatch.setattr(select, "SMALL", 64)  # exercise the bracket and recursion on small inputs
     monkeypatch.setattr(select, "SAMPLE", 32)
     if request.param == "torch":
-        monkeypatch.setattr(select, "use_numpy", lambda x: False)
+        monkeypatch.setattr(chunks, "NUMPY_KERNELS", False)
     return request.param
 
 
@@ -32,8 +32,7 @@ def test_kth_matches_kthvalue_on_adversarial_values(data, where):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(select, "SMALL", 16)
             mp.setattr(select, "SAMPLE", 8)
-            if not use:
-                mp.setattr(select, "use_numpy", lambda x: False)
+            mp.setattr(chunks, "NUMPY_KERNELS", use)
             assert torch.equal(kth_smallest(x, k), torch.kthvalue(x, k).values)
 
 

@@ -12,7 +12,7 @@ from .errors import PROBLEMS, CheckpointFileError, UnsafePickleError
 from .export import EXPORT_FORMATS, export_merge, save_hf, save_open_clip
 from .formats import detect_format, read_tensors, safetensors_header
 from .hf import hf_to_open_clip_text, hf_to_open_clip_visual, open_clip_text_to_hf, open_clip_visual_to_hf
-from .layout import Checkpoint, check_architecture, split_towers
+from .layout import Checkpoint, check_architecture, fill_frozen_projection, split_towers
 
 
 def load_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | None = None,
@@ -85,6 +85,6 @@ def load_head_tensors(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tens
 
 
 __all__ = ["Checkpoint", "CheckpointFileError", "EXPORT_FORMATS", "PROBLEMS", "UnsafePickleError",
-           "check_architecture", "detect_format", "export_merge", "hf_to_open_clip_text", "hf_to_open_clip_visual", "inspect_checkpoint",
-           "load_checkpoint", "load_head_tensors", "load_visual", "open_clip_text_to_hf", "open_clip_visual_to_hf",
+           "check_architecture", "detect_format", "fill_frozen_projection", "export_merge", "hf_to_open_clip_text", "hf_to_open_clip_visual",
+           "inspect_checkpoint", "load_checkpoint", "load_head_tensors", "load_visual", "open_clip_text_to_hf", "open_clip_visual_to_hf",
            "read_tensors", "safetensors_header", "save_hf", "save_open_clip"]

@@ -54,10 +54,7 @@ def export_merge(path: str | os.PathLike, space, result, fmt: str = "open_clip",
     if fmt == "tall-compressed":
         from ..compressed import save_compressed
 
-        if not result.per_task:
-            raise ValueError("the TALL compressed form needs a TALL result (per-task masks)")
-        ensure_not_input(path, inputs)
-        save_compressed(path, space, result)
+        save_compressed(path, space, result, inputs=inputs)
         return
     delta = result.delta if task is None else result.task_delta(task)
     visual = space.state_dict(delta, dtype=dtype)

@@ -83,10 +83,11 @@ def check_architecture(path: Path, state: Mapping[str, torch.Tensor], expected: 
     if (blocks(have) != blocks(want) or any(k in mismatched for k in _VISUAL_MARKERS)
             or len(have & want) < len(want) // 2):
         found = ", ".join(f"{k} {tuple(state[k].shape)}" for k in _VISUAL_MARKERS if k in state)
+        wanted = ", ".join(f"{k} {tuple(expected[k])}" for k in _VISUAL_MARKERS if k in expected)
         raise CheckpointFileError(path, "wrong architecture",
                                   f"{blocks(have)} transformer blocks ({found or 'no ViT embedding'}); "
                                   f"{arch_name} has {blocks(want)} blocks "
-                                  f"({', '.join(f'{k} {tuple(expected[k])}' for k in _VISUAL_MARKERS if k in expected)})")
+                                  f"({wanted})")
     if want - have:
         raise CheckpointFileError(path, "missing keys", _list(want - have))
     if have - want:
@@ -102,3 +103,13 @@ def check_architecture(path: Path, state: Mapping[str, torch.Tensor], expected: 
 def _list(keys: set, limit: int = 5) -> str:
     keys = sorted(keys)
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def fill_frozen_projection(checkpoint: Checkpoint, proj: torch.Tensor | None, expected: Mapping) -> Checkpoint:
+    """Hugging Face CLIPVisionModel files have no projection (FusionBench keeps it frozen): use θ0's."""
+    if checkpoint.layout == "hf-clip-vision" and "proj" not in checkpoint.visual and "proj" in expected \
+            and proj is not None:
+        from .hf import open_clip_order
+
+        checkpoint.visual = open_clip_order({**checkpoint.visual, "proj": proj})
+    return checkpoint

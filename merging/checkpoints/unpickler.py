@@ -12,6 +12,7 @@ Nothing from the file is imported or called.  Globals resolve to:
 * anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) raises :class:`UnsafePickleError`
   before it could be called.
 
+Tensor data is not copied: stored records are viewed through a copy-on-write memory map of the file.
 Tensors are then collected by walking the stand-ins' ``_parameters`` / ``_buffers`` / ``_modules`` exactly as
 ``nn.Module.state_dict`` names them.
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import mmap
 import pickle
+import struct
 import sys
 import zipfile
 from pathlib import Path
@@ -75,8 +78,6 @@ def _storage_type(name: str):
 def _rebuild_tensor(storage, storage_offset, size, stride, *rest):
     if not torch.is_tensor(storage):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-    if len(size) == 0:
-        return storage[storage_offset:storage_offset + 1].reshape(()).clone() if storage.numel() else storage.new_empty(())
     return torch.as_strided(storage, tuple(size), tuple(stride), storage_offset)
 
 
@@ -149,6 +150,21 @@ def _zip_records(path: Path):
     return archive, pickles[0][: -len("data.pkl")]
 
 
+def _record_bytes(archive: zipfile.ZipFile, record: str, mapped: mmap.mmap):
+    """A stored (uncompressed) record as a zero-copy view of the mapped file; a compressed one is read."""
+    info = archive.getinfo(record)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return bytearray(archive.read(record))
+    local = info.header_offset
+    if mapped[local:local + 4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {record}")
+    name_len, extra_len = struct.unpack("<HH", mapped[local + 26:local + 30])
+    start = local + 30 + name_len + extra_len
+    if start + info.file_size > len(mapped):
+        raise zipfile.BadZipFile(f"record {record} runs past the end of the file")
+    return memoryview(mapped)[start:start + info.file_size]
+
+
 def load_pickled_module(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a torch zip checkpoint holding pickled modules/dicts, named like ``state_dict()``."""
     path = Path(path)
@@ -157,13 +173,15 @@ def load_pickled_module(path: str | Path) -> dict[str, torch.Tensor]:
         names = set(archive.namelist())
         byteorder = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
         cache: dict[str, torch.Tensor] = {}
+        with open(path, "rb") as handle:  # copy-on-write map: lazy, writable, private to this process
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
 
         def storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
             if key not in cache:
                 record = f"{prefix}data/{key}"
                 if record not in names:
                     raise CheckpointFileError(path, "corrupt", f"tensor data record {record} is missing")
-                raw = bytearray(archive.read(record))
+                raw = _record_bytes(archive, record, mapped)
                 itemsize = torch.empty((), dtype=dtype).element_size()
                 if len(raw) < numel * itemsize:
                     raise CheckpointFileError(path, "truncated", f"tensor data record {record} is short")

@@ -96,7 +96,7 @@ def _trim(tau, magnitude, threshold, trims: MaskSet, t: int, elected: torch.Tens
     def body(a: int, b: int) -> None:
         keep = mag[a:b] >= thr
         row[a // 8:(b + 7) // 8] = np.packbits(keep)
-        np.add(acc[a:b], src[a:b], out=acc[a:b], where=keep)
+        acc[a:b] += src[a:b] * keep  # (ufunc where= is far slower)
 
     map_chunks(src.size, body)
 
