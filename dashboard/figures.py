@@ -185,6 +185,58 @@ def sign_conflict_bars(table: pd.DataFrame, title: str = "") -> go.Figure:
     return _styled(fig, title or "Sign conflicts per layer (TIES)", "layer", "% of the layer's weights")
 
 
+def coefficient_heatmap(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """AdaMerging's learned λ_{t,l}: task × layer heatmap (mean over a layer's tensors; task-wise: one column)."""
+    grid = table.pivot_table(index="task", columns="layer", values="coefficient", aggfunc="mean", sort=False)
+    fig = _figure(go.Heatmap(z=grid.to_numpy(), x=list(map(str, grid.columns)), y=list(map(str, grid.index)),
+                             colorscale="Viridis", colorbar={"title": {"text": "λ"}},
+                             hovertemplate="%{y}, %{x}: λ = %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(autorange="reversed", type="category")
+    return _styled(fig, title or "Learned merging coefficients (AdaMerging)", "layer", "task")
+
+
+def stage_accuracy(stages: pd.DataFrame, title: str = "") -> go.Figure:
+    """CALM's sequential stages: pseudo-label accuracy of the merged model on the tasks merged so far, per stage
+    (stage 0 is the Task Arithmetic group)."""
+    labels = [f"{s}: {t}" for s, t in zip(stages["stage"], stages["task"])]
+    fig = _figure(go.Scatter(x=labels, y=100 * stages["accuracy"].astype(float), mode="lines+markers",
+                             name="accuracy", customdata=stages["tasks_merged"],
+                             hovertemplate="%{x}<br>%{y:.1f}% on %{customdata} merged tasks<extra></extra>"))
+    fig.update_xaxes(type="category")
+    return _styled(fig, title or "Accuracy after each merging stage (CALM)", "stage", "accuracy (%)")
+
+
+def training_curve(history: pd.DataFrame, title: str = "") -> go.Figure:
+    """Per-update objective (entropy, loss, …) of a learned merge; accuracy, when reported, on a right axis."""
+    x = list(range(1, len(history) + 1))
+    fig = _figure()
+    skip = {"step", "stage", "seconds", "accuracy"}
+    for column in _numeric(history):
+        if column not in skip and history[column].notna().any():
+            fig.add_trace(go.Scatter(x=x, y=history[column], mode="lines", name=str(column)))
+    if "accuracy" in history and history["accuracy"].notna().any():
+        fig.add_trace(go.Scatter(x=x, y=100 * history["accuracy"].astype(float), mode="lines", name="accuracy (%)",
+                                 yaxis="y2", line={"dash": "dot"}))
+        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": {"text": "accuracy (%)"},
+                                  "showgrid": False})
+    return _styled(fig, title or "Training curve", "update", "objective")
+
+
+DEDICATED = {"sign_conflicts": (sign_conflict_bars, {"layer", "sign_conflicts", "sign_conflicts_rate"}),
+             "coefficients": (coefficient_heatmap, {"task", "layer", "coefficient"}),
+             "stages": (stage_accuracy, {"stage", "task", "tasks_merged", "accuracy"}),
+             "history": (training_curve, {"step"})}
+
+
+def method_table_figure(name: str, table: pd.DataFrame) -> go.Figure | None:
+    """The dedicated figure for a known result table (when it has the expected columns), else a generic one."""
+    builder, columns = DEDICATED.get(name, (None, set()))
+    if builder is not None and columns <= set(table.columns) and not table.empty:
+        return builder(table)
+    return table_figure(name.replace("_", " "), table)
+
+
 def _numeric(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])
             and not pd.api.types.is_bool_dtype(table[c])]
@@ -256,6 +308,5 @@ def run_figures(stats: Mapping[str, object], tables: Mapping[str, pd.DataFrame],
         if (accuracy["model"] == "individual").any() and (accuracy["model"] != "individual").any():
             figures["normalized"] = normalized_bars(accuracy)
     for name, table in tables.items():
-        figures[f"table:{name}"] = (sign_conflict_bars(table) if name == "sign_conflicts"
-                                    else table_figure(name.replace("_", " "), table))
+        figures[f"table:{name}"] = method_table_figure(name, table)
     return figures

@@ -149,3 +149,27 @@ def test_figures_serialise_without_numpy_only_types(stats):
     import json
     for fig in figures.run_figures({"tall": s}, {}, ACCURACY, k=1).values():
         assert json.loads(fig.to_json())["data"]
+
+
+def test_adamerging_coefficients_heatmap_averages_a_layers_tensors():
+    # coefficient_table format of merging.methods.adamerging: task, entry, layer, kind, coefficient
+    table = pd.DataFrame({"task": ["x"] * 3 + ["y"] * 3, "entry": ["a", "b", "c"] * 2,
+                          "layer": ["embed", "block.00", "block.00"] * 2, "kind": "k",
+                          "coefficient": [0.3, 0.2, 0.4, 0.5, 0.1, 0.1]})
+    heat = figures.method_table_figure("coefficients", table).data[0]
+    assert list(heat.y) == ["x", "y"] and list(heat.x) == ["embed", "block.00"]
+    np.testing.assert_allclose(heat.z, [[0.3, 0.3], [0.5, 0.1]])
+
+
+def test_calm_stage_accuracy_and_training_curve():
+    stages = pd.DataFrame({"stage": [0, 1, 2], "task": ["TA group: a, b", "c", "d"], "tasks_merged": [2, 3, 4],
+                           "accuracy": [0.5, 0.6, None], "cross_entropy": [1.0, 0.9, 0.8]})
+    line = figures.method_table_figure("stages", stages).data[0]
+    assert list(line.x) == ["0: TA group: a, b", "1: c", "2: d"]
+    np.testing.assert_allclose(line.y[:2], [50, 60]) and np.isnan(line.y[2])
+    history = pd.DataFrame({"step": [1, 2, 3], "entropy": [0.9, 0.7, 0.6], "accuracy": [0.4, 0.5, 0.55],
+                            "seconds": [0.1, 0.1, 0.1]})
+    traces = figures.method_table_figure("history", history).data
+    assert [t.name for t in traces] == ["entropy", "accuracy (%)"] and traces[1].yaxis == "y2"
+    # a table that only shares the name falls back to the generic figure
+    assert figures.method_table_figure("stages", pd.DataFrame({"x": ["a"], "v": [1.0]})).data[0].type == "bar"
