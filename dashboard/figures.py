@@ -173,6 +173,8 @@ def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
                                          "line": {"color": "black", "width": 1}},
                                  hovertemplate=f"best {param} = %{{x}}<extra>{method}</extra>"))
     params = ", ".join(dict.fromkeys(sweep["param"]))
+    if all(float(v).is_integer() for v in sweep["value"]) and sweep["value"].nunique() <= 20:
+        fig.update_xaxes(dtick=1)  # integer parameters such as the consensus k
     label = "average normalized accuracy (%)" if value_col == "normalized" else "average accuracy (%)"
     return _styled(fig, title or f"Sweep over {params}", params, label)
 

@@ -215,7 +215,7 @@ class Dashboard:
         best = mean.loc[mean["normalized"].idxmax()]
         note = (f"Best {param} = {best['value']:g}: {100 * best['accuracy']:.1f}% average {table['split'].iloc[0]} "
                 f"accuracy ({100 * best['normalized']:.1f}% of fine-tuned).")
-        return figures.sweep_lines(table), table, note
+        return figures.sweep_lines(table), table.round(4), note
 
     # ---------------------------------------------------------------- compare and download
     def on_compare(self, first: str, second: str):
@@ -325,15 +325,18 @@ class Dashboard:
                     zoo_table = gr.Dataframe(label="tasks", interactive=False, elem_id="zoo-table")
                 with gr.Tab("Sweep", id="sweep"):
                     with gr.Row():
-                        sweep_method = gr.Dropdown(method_choices(self.methods), value=first, label="method")
+                        sweep_method = gr.Dropdown(method_choices(self.methods), value=first, label="method",
+                                                   elem_id="sweep-method")
                         param_choices, grid = self.sweep_params(first)
                         sweep_param = gr.Dropdown(param_choices["choices"], value=param_choices["value"],
-                                                  label="parameter", allow_custom_value=True)
-                        sweep_values = gr.Textbox(grid, label="values (comma-separated; default: the paper's grid)")
+                                                  label="parameter", allow_custom_value=True, elem_id="sweep-param")
+                        sweep_values = gr.Textbox(grid, label="values (comma-separated; default: the paper's grid)",
+                                                  elem_id="sweep-values")
                     with gr.Row():
                         sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep-btn")
                         sweep_cancel = gr.Button("Cancel", variant="stop")
-                    sweep_md = gr.Markdown("Accuracy on validation images (never test) for each value.")
+                    sweep_md = gr.Markdown("Accuracy on validation images (never test) for each value.",
+                                           elem_id="sweep-note")
                     sweep_plot = gr.Plot(label="sweep", elem_id="plot-sweep")
                     sweep_table = gr.Dataframe(label="sweep results", interactive=False)
                 with gr.Tab("Compare & download", id="compare"):

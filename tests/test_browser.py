@@ -173,3 +173,16 @@ def test_compare_two_runs(page, app):
     page.wait_for_selector("#plot-compare .js-plotly-plot .trace")
     assert "avg acc %" in page.inner_text("#compare-table")
     _shot(page, "07-compare")
+
+
+def test_sweep_over_consensus_k(page):
+    page.get_by_role("tab", name="Sweep").click()
+    page.locator("#sweep-method input").click()
+    page.locator("#sweep-method").get_by_role("option", name="Consensus Merging", exact=True).click()
+    page.locator("#sweep-param input").click()
+    page.locator("#sweep-param").get_by_role("option", name="k", exact=True).click()
+    page.fill("#sweep-values textarea, #sweep-values input", "0, 1, 2, 4")
+    page.click("#sweep-btn")
+    page.wait_for_selector("#plot-sweep .js-plotly-plot .trace")
+    page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best k')")
+    _shot(page, "08-sweep")

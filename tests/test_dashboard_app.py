@@ -169,3 +169,20 @@ def test_concurrent_clients_all_get_their_own_results(app):
     assert len(ids) == len(methods)
     history = app[1].dashboard.service.history
     assert {history.get(i).method for i in ids} == set(methods)
+
+
+def test_app_flags_and_environment(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parent.parent / "app.py")
+    app_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_module)
+    for name in ("MERGESCOPE_HOST", "MERGESCOPE_PORT", "MERGESCOPE_ZOO", "MERGESCOPE_GPU_SLOTS"):
+        monkeypatch.delenv(name, raising=False)
+    args = app_module.parse_args([])
+    assert (args.host, args.port, args.gpu_slots) == ("127.0.0.1", 7860, 1)
+    assert Path(args.zoo) == Path(__file__).resolve().parent.parent / "assets" / "demo-zoo"
+    monkeypatch.setenv("MERGESCOPE_PORT", "8123")
+    monkeypatch.setenv("MERGESCOPE_ZOO", "/srv/zoo")
+    args = app_module.parse_args(["--host", "0.0.0.0"])
+    assert (args.host, args.port, args.zoo) == ("0.0.0.0", 8123, "/srv/zoo")
