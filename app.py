@@ -3,7 +3,9 @@
 Flags (or environment variables): --host (MERGESCOPE_HOST, default 127.0.0.1), --port (MERGESCOPE_PORT, 7860),
 --zoo (MERGESCOPE_ZOO, default assets/demo-zoo), --data-dir (MERGESCOPE_DATA, run history and downloads; default
 ~/.cache/mergescope), --device (MERGESCOPE_DEVICE: auto, cpu, cuda), --gpu-slots (MERGESCOPE_GPU_SLOTS: jobs
-running at once, default 1), --upload-limit-mb (MERGESCOPE_UPLOAD_LIMIT_MB, default 2048).
+running at once, default 1), --threads (MERGESCOPE_THREADS: CPU threads for torch, default all cores but one, which is
+left to the web server: on 2 cores, 2 intra-op threads make the demo's tiny ops stall behind the server's work),
+--upload-limit-mb (MERGESCOPE_UPLOAD_LIMIT_MB, default 2048).
 """
 import argparse
 import os
@@ -22,6 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=env("MERGESCOPE_DATA", str(Path.home() / ".cache" / "mergescope")))
     parser.add_argument("--device", default=env("MERGESCOPE_DEVICE", "auto"))
     parser.add_argument("--gpu-slots", type=int, default=int(env("MERGESCOPE_GPU_SLOTS", "1")))
+    parser.add_argument("--threads", type=int,
+                        default=int(env("MERGESCOPE_THREADS", str(max(1, len(os.sched_getaffinity(0)) - 1)))))
     parser.add_argument("--upload-limit-mb", type=float, default=float(env("MERGESCOPE_UPLOAD_LIMIT_MB", "2048")))
     return parser.parse_args(argv)
 
@@ -30,8 +34,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import torch
+
     from dashboard.service import Settings
     from dashboard.ui import create_app, launch
+
+    torch.set_num_threads(args.threads)
 
     zoo = args.zoo if args.zoo and Path(args.zoo).exists() else None
     if args.zoo and zoo is None:
