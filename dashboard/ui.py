@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
-import pandas as pd
 
 from . import figures, guide
-from .jobs import CANCELLED, DONE, Job, JobQueue
+from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
 from .service import Service, Settings
 from .widgets import build_panel, collect_params, explain, method_choices, per_task_table
 
@@ -46,7 +45,7 @@ class Dashboard:
         """One job per key for work every session wants (loading a zoo, its baselines); failures are retried."""
         with self._shared_lock:
             job = self._shared.get(key)
-            if job is None or job.state not in (DONE, "queued", "running"):
+            if job is None or job.state not in (DONE, QUEUED, RUNNING):
                 job = self._shared[key] = self.jobs.submit(fn, owner="", label=" ".join(map(str, key)))
             return job
 
@@ -113,8 +112,8 @@ class Dashboard:
             return gr.skip(), "Baseline evaluation was cancelled."
         entry = self.service.zoo(zoo_id)
         n = len(entry.baselines)
-        note = f"Baselines ready for {n} task{'s' if n != 1 else ''} (pretrained and individual fine-tuned, test split)." \
-            if n else "This zoo has no heads or test data: merges show mask statistics only."
+        note = f"Baselines ready for {n} task{'s' if n != 1 else ''} (pretrained and individual fine-tuned, " \
+            "test split)." if n else "This zoo has no heads or test data: merges show mask statistics only."
         return self.service.zoo_table(entry), note
 
     # ---------------------------------------------------------------- merge
@@ -185,6 +184,10 @@ class Dashboard:
     def on_cancel(self, request: gr.Request):
         cancelled = self.jobs.cancel_owner(_session(request))
         return f"Cancelling {len(cancelled)} job(s)…" if cancelled else "Nothing to cancel."
+
+    def on_unload(self, request: gr.Request) -> None:
+        """A closed or reloaded tab cancels its session's jobs (shared loads and baselines are not its own)."""
+        self.jobs.cancel_owner(_session(request))
 
     # ---------------------------------------------------------------- sweep
     def sweep_params(self, method: str):
@@ -417,6 +420,7 @@ class Dashboard:
             cmp_btn.click(self.on_compare, [cmp_a, cmp_b], [cmp_table, cmp_plot], api_name="compare", **QUICK)
             dl_btn.click(self.on_download, [dl_run, dl_fmt, dl_task], dl_file, api_name="download", **WORK)
             res_btn.click(self.on_results, res_fmt, dl_file, api_name="download_results", **QUICK)
+            demo.unload(self.on_unload)
         return demo
 
 

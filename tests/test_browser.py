@@ -133,6 +133,20 @@ def test_cancel_stops_a_running_merge(page, app):
     _shot(page, "04-cancelled")
 
 
+def test_closing_the_tab_cancels_its_merge(browser, app):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(app[0])
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('Loaded')")
+    _choose_method(page, "Slow (test)")
+    page.click("#merge-btn")
+    page.wait_for_function("document.body.innerText.includes('slow step')")
+    (job,) = [j for j in app[1].dashboard.jobs.active() if j.label == f"merge {SLOW}"]
+    context.close()
+    assert job.wait(20) and job.state == "cancelled"
+
+
 def test_a_corrupt_upload_shows_an_error_and_keeps_the_zoo(page, app, tmp_path):
     corrupt = tmp_path / "cars.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00this is not a safetensors header")
