@@ -1,6 +1,7 @@
 """A tiny open_clip ViT, task vectors, heads and unlabeled datasets for the data-driven method tests."""
 from __future__ import annotations
 
+import pytest
 import torch
 from open_clip.model import VisionTransformer
 from torch.utils.data import Dataset, TensorDataset
@@ -33,6 +34,15 @@ class TupleDataset(Dataset):
 
     def __getitem__(self, i):
         return self.images[i], int(self.labels[i])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core machine two threads run ~10× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_encoder() -> torch.nn.Module:
