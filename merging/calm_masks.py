@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import LogitsFn, PassStats, batch_pass
+from .param_index import ParamIndex
 from .select import kth_smallest
 from .unlabeled import Batch
 
@@ -51,20 +52,22 @@ def soft_theta(scores: torch.Tensor, base: torch.Tensor, diff: torch.Tensor) -> 
     return torch.addcmul(base, torch.sigmoid(scores), diff)
 
 
-def mask_loss(scores: torch.Tensor, base: torch.Tensor, diff: torch.Tensor, batches: Sequence[Batch],
-              logits_fn: LogitsFn, sparsity: float, lr: float) -> PassStats:
+def mask_loss(scores: torch.Tensor, base: torch.Tensor, diff: torch.Tensor, index: ParamIndex,
+              batches: Sequence[Batch], logits_fn: LogitsFn, sparsity: float, lr: float) -> PassStats:
     """loss(S) on the given batches (no gradient)."""
-    stats, _ = batch_pass(soft_theta(scores, base, diff), batches, logits_fn, pseudo_label_ce, with_grad=False)
+    stats, _ = batch_pass(soft_theta(scores, base, diff), index, batches, logits_fn, pseudo_label_ce,
+                          with_grad=False)
     stats.regulariser = sparsity / lr * float(torch.sigmoid(scores).sum())
     return stats
 
 
-def mask_update(scores: torch.Tensor, base: torch.Tensor, diff: torch.Tensor, batches: Sequence[Batch],
-                logits_fn: LogitsFn, sparsity: float, lr: float) -> PassStats:
+def mask_update(scores: torch.Tensor, base: torch.Tensor, diff: torch.Tensor, index: ParamIndex,
+                batches: Sequence[Batch], logits_fn: LogitsFn, sparsity: float, lr: float) -> PassStats:
     """One gradient step on ``scores`` in place; returns loss(S) before the step.
 
     ∇_S loss = (∂CE/∂θ ⊙ diff + sparsity/lr) ⊙ σ'(S), so S −= (lr·∂CE/∂θ ⊙ diff + sparsity) ⊙ σ'(S)."""
-    stats, grad = batch_pass(soft_theta(scores, base, diff), batches, logits_fn, pseudo_label_ce, with_grad=True)
+    stats, grad = batch_pass(soft_theta(scores, base, diff), index, batches, logits_fn, pseudo_label_ce,
+                             with_grad=True)
     sig = torch.sigmoid(scores)
     stats.regulariser = sparsity / lr * float(sig.sum())
     step = grad.mul_(diff).mul_(lr).add_(sparsity)

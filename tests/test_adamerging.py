@@ -66,12 +66,12 @@ def test_one_step_lowers_the_entropy(granularity):
     batches = [s.next() for s in streams for _ in range(2)]
     lengths = F.entry_lengths(space.index, space.device)
 
-    def logits_fn(flat, task, images):
-        return F.logits(ctx.encoder, ctx.heads[task], space.index, flat, images)
+    def logits_fn(params, task, images):
+        return F.logits(ctx.encoder, ctx.heads[task], params, images)
 
     def entropy(coefficients):
         theta = space.theta0 + F.weighted_task_sum(coefficients.detach(), space, lengths)
-        return F.batch_pass(theta, batches, logits_fn, batch_entropy, with_grad=False)[0].total
+        return F.batch_pass(theta, space.index, batches, logits_fn, batch_entropy, with_grad=False)[0].total
 
     width = len(space.index) if granularity == "layer" else 1
     coefficients = torch.full((space.T, width), 0.3, requires_grad=True)

@@ -120,8 +120,8 @@ def _stage_inputs(seed=0):
                for i, t in enumerate(space.task_names[:2])}
     batches = [streams[t].next() for t in space.task_names[:2] for _ in range(2)]
 
-    def logits_fn(flat, task, images):
-        return F.logits(ctx.encoder, ctx.heads[task], space.index, flat, images)
+    def logits_fn(params, task, images):
+        return F.logits(ctx.encoder, ctx.heads[task], params, images)
     return space, ctx, base, diff, batches, logits_fn
 
 
@@ -130,9 +130,9 @@ def test_one_mask_update_lowers_the_loss(sparsity):
     space, ctx, base, diff, batches, logits_fn = _stage_inputs()
     scores = torch.randn(space.P, generator=torch.Generator().manual_seed(0))
     lr = 20.0
-    before = mask_loss(scores, base, diff, batches, logits_fn, sparsity, lr)
-    reported = mask_update(scores, base, diff, batches, logits_fn, sparsity, lr)
-    after = mask_loss(scores, base, diff, batches, logits_fn, sparsity, lr)
+    before = mask_loss(scores, base, diff, space.index, batches, logits_fn, sparsity, lr)
+    reported = mask_update(scores, base, diff, space.index, batches, logits_fn, sparsity, lr)
+    after = mask_loss(scores, base, diff, space.index, batches, logits_fn, sparsity, lr)
     assert reported.loss == pytest.approx(before.loss, rel=1e-5)
     assert after.loss < before.loss - 1e-4
 
@@ -149,7 +149,7 @@ def test_mask_update_is_gradient_descent_on_the_stated_loss():
                                                  b.targets) for b in batches)
     loss = loss + sparsity / lr * torch.sigmoid(s).sum()
     loss.backward()
-    mask_update(scores, base, diff, batches, logits_fn, sparsity, lr)
+    mask_update(scores, base, diff, space.index, batches, logits_fn, sparsity, lr)
     torch.testing.assert_close(scores, s.detach() - lr * s.grad, rtol=1e-4, atol=1e-6)
 
 
@@ -271,7 +271,7 @@ def test_pseudo_labels_come_from_the_chosen_model():
             images = torch.stack([data[i][0] for i in range(len(data))])
             labels = torch.tensor([int(data[i][1]) for i in range(len(data))])
             with torch.no_grad():
-                logits = F.logits(ctx.encoder, ctx.heads[task], space.index, flat(t), images)
+                logits = F.logits(ctx.encoder, ctx.heads[task], F.param_views(flat(t), space.index), images)
             kept, targets = class_balanced_selection(logits, 0.9)
             expected.append((kept.numel(), float((labels[kept] == targets).float().mean())))
         got = list(zip(table["kept"], table["pseudo_label_accuracy"]))

@@ -9,6 +9,8 @@ official loop), then clamps λ to [0, 1].  The merged vector is built in O(P) me
 """
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import torch
 
@@ -42,7 +44,7 @@ def adamerging_step(coefficients: torch.Tensor, optimizer: torch.optim.Optimizer
     """One Adam step on the entropy summed over ``batches`` at θ = θ0 + Σt λt τt, then λ ← clamp(λ, 0, 1);
     returns the statistics before the step."""
     theta = space.theta0 + F.weighted_task_sum(coefficients, space, lengths)
-    stats, grad = F.batch_pass(theta, batches, logits_fn, batch_entropy, with_grad=True)
+    stats, grad = F.batch_pass(theta, space.index, batches, logits_fn, batch_entropy, with_grad=True)
     optimizer.zero_grad(set_to_none=True)
     theta.backward(grad)
     optimizer.step()
@@ -75,23 +77,25 @@ def run(space, params, progress, context=None) -> MergeResult:
     streams = [BatchStream(task, context.unlabeled[task], p["batch_size"], generator(p["seed"], t), device)
                for t, task in enumerate(space.task_names)]
 
-    def logits_fn(flat, task, images):
-        return F.logits(context.encoder, context.heads[task], space.index, flat, images, p["amp"])
+    def logits_fn(params, task, images):
+        return F.logits(context.encoder, context.heads[task], params, images, p["amp"])
 
     history = []
     progress(0.0, "AdaMerging: starting")
     with F.eval_mode(context.encoder, *context.heads.values()):
         for step in range(p["steps"]):
+            tic = time.perf_counter()
             batches = [s.next() for s in streams for _ in range(p["batches_per_task"])]
             stats = adamerging_step(coefficients, optimizer, space, batches, logits_fn, lengths)
-            history.append({"step": step + 1, "entropy": stats.total, "accuracy": stats.accuracy})
+            history.append({"step": step + 1, "entropy": stats.total, "accuracy": stats.accuracy,
+                            "seconds": time.perf_counter() - tic})
             acc = "" if stats.accuracy is None else f", acc {stats.accuracy:.1%}"
             progress((step + 1) / p["steps"], f"AdaMerging step {step + 1}/{p['steps']}: entropy {stats.total:.4f}{acc}")
     with torch.no_grad():
         delta = F.weighted_task_sum(coefficients, space, lengths)
     return MergeResult("adamerging", p, delta,
                        tables={"coefficients": coefficient_table(coefficients, space),
-                               "history": pd.DataFrame(history, columns=["step", "entropy", "accuracy"])},
+                               "history": pd.DataFrame(history, columns=["step", "entropy", "accuracy", "seconds"])},
                        info={"granularity": p["granularity"],
                              "final_entropy": history[-1]["entropy"] if history else None})
 

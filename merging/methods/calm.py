@@ -97,8 +97,8 @@ class _Calm:
         self.device = space.device
         self.tasks = space.task_names
 
-    def logits_fn(self, flat, task, images):
-        return F.logits(self.ctx.encoder, self.ctx.heads[task], self.space.index, flat, images, self.p["amp"])
+    def logits_fn(self, params, task, images):
+        return F.logits(self.ctx.encoder, self.ctx.heads[task], params, images, self.p["amp"])
 
     def model_flat(self, kind: str, t: int) -> torch.Tensor:
         if kind == "pretrained":
@@ -124,8 +124,8 @@ class _Calm:
             for kind in kinds:
                 progress((t * len(kinds) + len(out)) / (len(self.tasks) * len(kinds)),
                          f"CALM: pseudo-labelling {task} with the {kind} model")
-                flat = self.model_flat(kind, t)
-                out[kind], truth = dataset_logits(lambda x: self.logits_fn(flat, task, x), self.ctx.unlabeled[task],
+                params = F.param_views(self.model_flat(kind, t), self.space.index)
+                out[kind], truth = dataset_logits(lambda x: self.logits_fn(params, task, x), self.ctx.unlabeled[task],
                                                   pool, self.ctx.batch_size, self.device, progress.check)
             labels[task] = sample_pseudo_labels(out[self.p["pseudo_model"]], pool, self.p["sample_ratio"], truth)
             if labels[task].positions.numel() == 0:
@@ -139,8 +139,8 @@ class _Calm:
         return [streams[task].next() for task in seen for _ in range(self.p["batches_per_task"])]
 
     def evaluate(self, tau_seq, streams, seen) -> F.PassStats:
-        stats, _ = F.batch_pass(self.space.theta0 + tau_seq, self.draw(streams, seen), self.logits_fn,
-                                pseudo_label_ce, with_grad=False)
+        stats, _ = F.batch_pass(self.space.theta0 + tau_seq, self.space.index, self.draw(streams, seen),
+                                self.logits_fn, pseudo_label_ce, with_grad=False)
         return stats
 
     def run(self) -> MergeResult:
@@ -193,8 +193,8 @@ class _Calm:
             steps = []
             for step in range(p["steps"]):
                 tic = time.perf_counter()
-                stats = mask_update(scores, base, diff, self.draw(streams, seen), self.logits_fn, p["sparsity"],
-                                    p["lr"])
+                stats = mask_update(scores, base, diff, space.index, self.draw(streams, seen), self.logits_fn,
+                                    p["sparsity"], p["lr"])
                 steps.append({"stage": j + 1, "task": task, "step": step + 1, "loss": stats.loss,
                               "cross_entropy": stats.total, "sparsity_term": stats.regulariser,
                               "accuracy": stats.accuracy, "seconds": time.perf_counter() - tic})
