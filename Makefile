@@ -2,16 +2,20 @@
 # make test  — install (venv + Debian chromium for the browser tests) and run the whole test suite
 PY ?= python3
 VENV ?= .venv
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# this machine's pip.conf names local index folders that do not all exist; drop pip's warnings about them
+QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 
 .PHONY: app test venv test-venv chromium bench
 
 $(VENV)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q -r requirements.txt $(QUIET_PIP)
 	touch $@
 
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
-	$(VENV)/bin/pip install -q -r requirements-test.txt
+	$(VENV)/bin/pip install -q -r requirements-test.txt $(QUIET_PIP)
 	touch $@
 
 venv: $(VENV)/.installed

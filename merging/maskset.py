@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
+
+from .chunks import map_chunks, use_numpy
 
 _SHIFTS = {}
 
@@ -20,20 +23,26 @@ def _shifts(device: torch.device) -> torch.Tensor:
     return _SHIFTS[key]
 
 
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """(P,) bool → (⌈P/8⌉,) uint8, numpy ``packbits`` order."""
+def pack_bits(mask: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(P,) bool → (⌈P/8⌉,) uint8 in numpy ``packbits`` order (written into ``out`` when given)."""
     mask = mask.reshape(-1)
     pad = (-mask.numel()) % 8
     if pad:
         mask = torch.cat([mask, mask.new_zeros(pad)])
-    bits = mask.view(-1, 8).to(torch.uint8) << _shifts(mask.device)
-    return bits.sum(-1, dtype=torch.uint8)
+    bits = torch.bitwise_left_shift(mask.view(torch.uint8).view(-1, 8), _shifts(mask.device))
+    return torch.sum(bits, -1, dtype=torch.uint8, out=out)
 
 
-def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    """(…, B) uint8 → (…, numel) bool; inverse of :func:`pack_bits` along the last dimension."""
-    bits = (packed.unsqueeze(-1) >> _shifts(packed.device)) & 1
-    return bits.reshape(*packed.shape[:-1], -1)[..., :numel].bool()
+def unpack_bits(packed: torch.Tensor, numel: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(…, B) uint8 → (…, numel) bool; inverse of :func:`pack_bits` along the last dimension.
+
+    ``out`` (uint8, ``packed.numel() * 8`` elements) avoids allocating for one row."""
+    if out is not None:
+        bits = torch.bitwise_right_shift(packed.unsqueeze(-1), _shifts(packed.device), out=out.view(*packed.shape, 8))
+    else:
+        bits = packed.unsqueeze(-1) >> _shifts(packed.device)
+    bits &= 1
+    return bits.reshape(*packed.shape[:-1], -1)[..., :numel].view(torch.bool)
 
 
 class MaskSet:
@@ -65,10 +74,25 @@ class MaskSet:
     def set(self, t: int, mask: torch.Tensor) -> None:
         if mask.numel() != self.numel:
             raise ValueError(f"mask has {mask.numel()} elements, expected {self.numel}")
-        self.packed[t] = pack_bits(mask.to(self.packed.device))
+        mask = mask.reshape(-1).to(self.packed.device).contiguous()
+        if use_numpy(mask):
+            bits, row = mask.numpy(), self.packed[t].numpy()
+            map_chunks(self.numel, lambda a, b: np.copyto(row[a // 8:(b + 7) // 8], np.packbits(bits[a:b])))
+        else:
+            pack_bits(mask, out=self.packed[t])
 
-    def get(self, t: int) -> torch.Tensor:
-        return unpack_bits(self.packed[t], self.numel)
+    def get(self, t: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask t as (P,) bool; pass a reusable uint8 buffer of ``8·⌈P/8⌉`` elements as ``out``."""
+        if use_numpy(self.packed):
+            row = self.packed[t].numpy()
+            bits = (out if out is not None else self.buffer()).numpy()
+            map_chunks(self.numel, lambda a, b: np.copyto(
+                bits[a:b], np.unpackbits(row[a // 8:(b + 7) // 8], count=b - a)))
+            return torch.from_numpy(bits[:self.numel]).view(torch.bool)
+        return unpack_bits(self.packed[t], self.numel, out)
+
+    def buffer(self) -> torch.Tensor:
+        return torch.empty(self.packed.shape[1] * 8, dtype=torch.uint8, device=self.packed.device)
 
     def columns(self, start: int, stop: int) -> torch.Tensor:
         """(T, stop − start) bool for a column range; ``start`` must be a multiple of 8."""

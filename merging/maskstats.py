@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
+from .chunks import use_numpy
 from .maskset import MaskSet
 from .param_index import ParamIndex
 
@@ -38,18 +40,29 @@ class MaskStats:
 def per_entry_histogram(masks: MaskSet, index: ParamIndex, chunk: int = CHUNK):
     """(E, T+1) counts of agreement c per parameter tensor, (T,) active counts, (T, T) intersections."""
     T, device = masks.T, masks.packed.device
-    entry_ids = index.entry_ids(device)
+    ends = torch.tensor([e.offset + e.numel for e in index.entries], device=device)
     hist = torch.zeros(len(index) * (T + 1), dtype=torch.int64, device=device)
     inter = torch.zeros((T, T), dtype=torch.float64, device=device)
     chunk -= chunk % 8
     for start in range(0, masks.numel, chunk):
         stop = min(start + chunk, masks.numel)
         block = masks.columns(start, stop)
-        c = block.sum(0, dtype=torch.int32)
-        hist += torch.bincount(entry_ids[start:stop] * (T + 1) + c, minlength=hist.numel())
+        entry = torch.bucketize(torch.arange(start, stop, device=device), ends, right=True)
+        hist += torch.bincount(entry * (T + 1) + block.sum(0), minlength=hist.numel())
         dense = block.to(torch.float32)
         inter += (dense @ dense.T).to(torch.float64)
     return hist.view(len(index), T + 1).cpu(), inter.diagonal().cpu(), inter.cpu()
+
+
+def entry_sums(index: ParamIndex, values: torch.Tensor) -> np.ndarray:
+    """Per-tensor sums of a (P,) bool or numeric vector, as float64 (one pass, no P-sized index array)."""
+    lengths = [e.numel for e in index.entries]
+    if use_numpy(values):
+        flat = values.numpy()
+        count = np.count_nonzero if flat.dtype == np.bool_ else lambda v: v.sum(dtype=np.float64)
+        return np.array([count(flat[e.slice]) for e in index.entries], dtype=np.float64)
+    return torch.segment_reduce(values.to(torch.float32), "sum",
+                                lengths=torch.tensor(lengths, device=values.device)).double().cpu().numpy()
 
 
 def _grouped(index: ParamIndex, hist: torch.Tensor, key: str) -> pd.DataFrame:
@@ -86,10 +99,8 @@ def mask_statistics(masks: MaskSet, index: ParamIndex) -> MaskStats:
 
 def per_layer_rate(index: ParamIndex, flags: torch.Tensor, name: str) -> pd.DataFrame:
     """Per-layer count and rate of a (P,) bool property (e.g. TIES sign conflicts) as a small table."""
-    entry_ids = index.entry_ids(flags.device)
-    per_entry = torch.bincount(entry_ids, weights=flags.to(torch.float64), minlength=len(index)).cpu()
     table = pd.DataFrame({"layer": [e.layer for e in index.entries], "numel": [e.numel for e in index.entries],
-                          name: per_entry.numpy()})
+                          name: entry_sums(index, flags)})
     table = table.groupby("layer", sort=False).sum().loc[index.layer_order()].reset_index()
     table[name] = table[name].astype("int64")
     table[f"{name}_rate"] = table[name] / table["numel"]

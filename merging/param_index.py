@@ -88,6 +88,17 @@ class ParamIndex:
         numels = torch.tensor([e.numel for e in self.entries], device=device)
         return torch.repeat_interleave(torch.arange(len(self.entries), device=device, dtype=torch.int32), numels)
 
+    def to_state_dict(self, flat: torch.Tensor, extras: dict, order: list[str],
+                      dtype: torch.dtype | None = None) -> dict:
+        """A CPU state dict in ``order``: float entries cut from ``flat`` (cast to their own dtype unless
+        ``dtype`` is given), every other key copied from ``extras``."""
+        flat = flat.cpu()
+        out = {}
+        for key in order:
+            e = self.by_name.get(key)
+            out[key] = flat[e.slice].reshape(e.shape).to(dtype or e.dtype).clone() if e else extras[key].clone()
+        return out
+
     def table(self):
         import pandas as pd
         return pd.DataFrame([{"name": e.name, "shape": "×".join(map(str, e.shape)) or "scalar", "numel": e.numel,

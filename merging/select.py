@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from .chunks import map_chunks, use_numpy
 
 SMALL = 1 << 18  # below this size torch.kthvalue itself is cheap
 SAMPLE = 1 << 16
@@ -40,41 +43,66 @@ def _select(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor
     half = _Z * math.sqrt(SAMPLE * p * (1 - p)) + 16
     lo = sample[max(int(centre - half), 0)]
     hi = sample[min(int(math.ceil(centre + half)), SAMPLE - 1)]
-    below = int(torch.count_nonzero(x < lo))
+    if bool(lo == hi):  # a heavily tied value (e.g. exact zeros): count it instead of gathering it
+        below = int(torch.count_nonzero(x < lo))
+        if k <= below:
+            return _select(x[x < lo], k, generator)
+        equal = int(torch.count_nonzero(x == lo))
+        if k <= below + equal:
+            return lo.clone()
+        return _select(_above(x, lo, k - below - equal), k - below - equal, generator)
+    below, inside = _bracket(x, lo, hi)
     if k <= below:
         return _select(x[x < lo], k, generator)
-    at_lo = int(torch.count_nonzero(x == lo))
-    if k <= below + at_lo:
-        return lo.clone()
-    if bool(lo == hi):
-        return _select(x[x > hi], k - below - at_lo, generator)
-    at_hi = int(torch.count_nonzero(x == hi))
-    inside = x[(x > lo) & (x < hi)]
-    base = below + at_lo
-    if k <= base + inside.numel():
-        return torch.kthvalue(inside, k - base).values
-    if k <= base + inside.numel() + at_hi:
-        return hi.clone()
-    above = x[x > hi]
-    if below + at_lo + inside.numel() + at_hi + above.numel() != n:
+    if k - below <= inside.numel():
+        if inside.numel() == n:  # no progress (adversarial ties): fall back to the plain selection
+            return torch.kthvalue(x, k).values
+        return _select(inside, k - below, generator)
+    rest = k - below - inside.numel()
+    return _select(_above(x, hi, rest), rest, generator)
+
+
+def _bracket(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(#{v < lo}, the elements with lo ≤ v ≤ hi) in one pass (chunked numpy on CPU)."""
+    if not use_numpy(x):
+        mask = x < lo
+        below = int(torch.count_nonzero(mask))
+        torch.logical_not(mask, out=mask)
+        mask &= x <= hi
+        return below, x[mask]
+    values, low, high = x.numpy(), np.float32(lo), np.float32(hi)
+
+    def body(start: int, stop: int):
+        chunk = values[start:stop]
+        lt = chunk < low
+        inside = chunk <= high
+        np.greater(inside, lt, out=inside)  # ≤ hi and not < lo
+        return int(np.count_nonzero(lt)), chunk[inside]
+
+    parts = map_chunks(values.size, body)
+    return sum(p[0] for p in parts), torch.from_numpy(np.concatenate([p[1] for p in parts]))
+
+
+def _above(x: torch.Tensor, value: torch.Tensor, needed: int) -> torch.Tensor:
+    above = x[x > value]
+    if above.numel() < needed:
         raise ValueError("input contains NaN")
-    return _select(above, k - (n - above.numel()), generator)
+    return above
 
 
 def quantile(x: torch.Tensor, q: float, seed: int = 0) -> torch.Tensor:
     """``torch.quantile(x, q)`` (linear interpolation) for any size, computed with :func:`kth_smallest`.
 
-    Follows torch's arithmetic exactly: rank = q·(n−1) in x's dtype, below = floor, above = ceil,
-    result = lerp(x₍below₎, x₍above₎, rank − below)."""
+    Follows torch's arithmetic exactly: q is rounded to x's dtype, rank = q·(n−1) in double precision,
+    result = lerp(x₍⌊rank⌋₎, x₍⌈rank⌉₎, rank − ⌊rank⌋) with the weight in x's dtype."""
     x = x.reshape(-1)
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile q={q} must be in [0, 1]")
-    rank = torch.tensor(q, dtype=x.dtype) * (x.numel() - 1)
-    below = int(rank.to(torch.long))
-    above = int(torch.ceil(rank).to(torch.long))
+    rank = float(torch.tensor(q, dtype=x.dtype)) * (x.numel() - 1)
+    below, above = math.floor(rank), math.ceil(rank)
     v_below = kth_smallest(x, below + 1, seed)
     v_above = v_below if above == below else kth_smallest(x, above + 1, seed)
-    return torch.lerp(v_below, v_above, (rank - below).to(x.device))
+    return torch.lerp(v_below, v_above, torch.tensor(rank - below, dtype=x.dtype, device=x.device))
 
 
 def top_fraction_threshold(magnitude: torch.Tensor, keep_percent: float) -> torch.Tensor:

@@ -49,6 +49,7 @@ class TaskVectorSpace:
         self.index, self.base, self.theta0, self.stack = index, base, theta0, stack
         self.rows = list(range(stack.shape[0])) if rows is None else list(rows)
         self.task_names = list(task_names)
+        self._workspace: torch.Tensor | None = None
         if len(self.task_names) != len(self.rows):
             raise ValueError("one task name per row is required")
 
@@ -116,6 +117,12 @@ class TaskVectorSpace:
             total += self.tau(t)
         return total
 
+    def workspace(self) -> torch.Tensor:
+        """A reusable (P,) float32 scratch buffer (fresh pages are costly to fault in); never return it."""
+        if self._workspace is None:
+            self._workspace = torch.empty(self.P, dtype=torch.float32, device=self.device)
+        return self._workspace
+
     def subset(self, tasks: Sequence[str | int]) -> "TaskVectorSpace":
         """A view on some tasks (by name or position) sharing the same stack: no copy."""
         if len(tasks) == 0:
@@ -135,15 +142,7 @@ class TaskVectorSpace:
         """θ0 + delta as a CPU state dict in the original key order (float tensors in their original dtype
         unless ``dtype`` is given; non-float buffers copied from θ0), ready for ``load_state_dict``."""
         flat = self.theta0 if delta is None else self.theta0 + delta.to(self.theta0.device, torch.float32)
-        flat = flat.cpu()
-        out = {}
-        for key in self.base["__order__"]:
-            if key in self.index.by_name:
-                e = self.index.by_name[key]
-                out[key] = flat[e.slice].reshape(e.shape).to(dtype or e.dtype).clone()
-            else:
-                out[key] = self.base[key].clone()
-        return out
+        return self.index.to_state_dict(flat, self.base, self.base["__order__"], dtype)
 
     def memory_bytes(self) -> int:
         return self.stack.numel() * self.stack.element_size() + self.theta0.numel() * 4

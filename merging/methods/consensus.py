@@ -20,7 +20,7 @@ def run(space, params, progress, context=None) -> MergeResult:
         agreement += masks.get(t)
     consensus = agreement >= params["k"]
     masks_out = {"tall": masks, **({"ties_trim": trims} if trims is not None else {})}
-    return MergeResult("consensus", params, params["lam"] * torch.where(consensus, tau_mtl, 0.0), masks=masks_out,
+    return MergeResult("consensus", params, tau_mtl.masked_fill_(~consensus, 0.0).mul_(params["lam"]), masks=masks_out,
                        info={"consensus_fraction": float(consensus.float().mean())})
 
 

@@ -22,6 +22,7 @@ class DroppedVectors:
     def __init__(self, space, p: float, seed: int, rescale: str):
         self.space, self.p, self.seed, self.rescale = space, p, seed, rescale
         self.T, self.P, self.device, self.task_names = space.T, space.P, space.device, space.task_names
+        self.workspace = space.workspace
 
     def keep_mask(self, t: int) -> torch.Tensor:
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + t)
@@ -46,13 +47,13 @@ def run(space, params, progress, context=None) -> MergeResult:
         merged, trims, conflicts, thresholds = ties_vector(dropped, params["k"], params["merge"], progress)
         masks["ties_trim"] = trims
         tables["sign_conflicts"] = per_layer_rate(space.index, conflicts, "sign_conflicts")
-        info = {"thresholds": thresholds, "sign_conflict_rate": float(conflicts.float().mean())}
+        info = {"thresholds": thresholds, "sign_conflict_rate": int(torch.count_nonzero(conflicts)) / space.P}
     else:
         merged = torch.zeros(space.P, dtype=torch.float32, device=space.device)
         for t in range(space.T):
             progress(t / space.T, f"drop and rescale {space.task_names[t]}")
             merged += dropped.tau(t)
-    return MergeResult("dare", params, params["lam"] * merged, masks=masks, tables=tables, info=info)
+    return MergeResult("dare", params, merged.mul_(params["lam"]), masks=masks, tables=tables, info=info)
 
 
 METHOD = register(MergeMethod(

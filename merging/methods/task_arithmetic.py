@@ -4,7 +4,7 @@ from ..registry import MergeMethod, MergeResult, lam_param, register
 
 def run(space, params, progress, context=None) -> MergeResult:
     progress(0.0, "summing task vectors")
-    return MergeResult("task_arithmetic", params, params["lam"] * space.sum_tau())
+    return MergeResult("task_arithmetic", params, space.sum_tau().mul_(params["lam"]))
 
 
 METHOD = register(MergeMethod(

@@ -1,0 +1,69 @@
+"""Export a merged visual tower: open_clip state dict or Hugging Face CLIP checkpoint (safetensors), or TALL's
+compressed form.  Writes are atomic (:func:`merging.atomic.atomic_path`) and never replace an input file."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Mapping
+
+import torch
+
+from ..atomic import atomic_path, ensure_not_input
+from .hf import open_clip_text_to_hf, open_clip_visual_to_hf
+
+EXPORT_FORMATS = ("open_clip", "hf", "tall-compressed")
+
+
+def _save(path, tensors: Mapping[str, torch.Tensor], inputs: Iterable, metadata: Mapping | None) -> None:
+    from safetensors.torch import save_file
+
+    ensure_not_input(path, inputs)
+    owned = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+    meta = {"format": "pt", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}}
+    with atomic_path(path) as tmp:
+        save_file(owned, str(tmp), metadata=meta)
+
+
+def save_open_clip(path: str | os.PathLike, visual: Mapping[str, torch.Tensor],
+                   text: Mapping[str, torch.Tensor] | None = None, *, inputs: Iterable = (),
+                   metadata: Mapping | None = None) -> None:
+    """``visual.*`` keys (plus the text tower when given: a full CLIP state dict that
+    ``open_clip.create_model(name, pretrained=path)`` loads)."""
+    tensors = {"visual." + k: v for k, v in visual.items()}
+    tensors.update(text or {})
+    _save(path, tensors, inputs, metadata)
+
+
+def save_hf(path: str | os.PathLike, visual: Mapping[str, torch.Tensor],
+            text: Mapping[str, torch.Tensor] | None = None, *, projection: bool = True, inputs: Iterable = (),
+            metadata: Mapping | None = None) -> None:
+    """A Hugging Face ``CLIPVisionModel`` state dict (``CLIPVisionModelWithProjection`` with ``projection``;
+    ``CLIPModel`` when the text tower is given)."""
+    tensors = open_clip_visual_to_hf(visual, projection=projection or bool(text))
+    if text:
+        tensors.update(open_clip_text_to_hf(text))
+    _save(path, tensors, inputs, metadata)
+
+
+def export_merge(path: str | os.PathLike, space, result, fmt: str = "open_clip", *,
+                 text: Mapping[str, torch.Tensor] | None = None, inputs: Iterable = (), task: int | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+    """Write ``θ0 + result.task_delta(task)`` (the shared merge when ``task`` is None) in ``fmt``."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "tall-compressed":
+        from ..compressed import save_compressed
+
+        if not result.per_task:
+            raise ValueError("the TALL compressed form needs a TALL result (per-task masks)")
+        ensure_not_input(path, inputs)
+        save_compressed(path, space, result)
+        return
+    delta = result.delta if task is None else result.task_delta(task)
+    visual = space.state_dict(delta, dtype=dtype)
+    metadata = {"mergescope_method": result.method,
+                "mergescope_params": {k: v for k, v in result.params.items()},
+                "mergescope_tasks": list(space.task_names),
+                **({"mergescope_task": space.task_names[task]} if task is not None else {})}
+    save = save_open_clip if fmt == "open_clip" else save_hf
+    save(path, visual, text, inputs=inputs, metadata=metadata)

@@ -1,0 +1,153 @@
+"""Command line: ``python -m merging {methods,merge,stats}``.
+
+    python -m merging merge --pretrained A --finetuned B C … --method ties --set k=20 --out merged.safetensors
+    python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
+    python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
+
+Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .params import ParameterError, parse_assignments
+from .progress import Cancelled
+from .registry import UnknownMethodError, get_method, list_methods, run_merge
+from .space import CheckpointError, TaskVectorSpace
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m merging", description="mergescope merge engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("methods", help="list merge methods and their parameters")
+    for name in ("merge", "stats"):
+        cmd = sub.add_parser(name, help="merge checkpoints" if name == "merge" else "print mask statistics")
+        source = cmd.add_argument_group("checkpoints (a zoo, or pretrained + fine-tuned files)")
+        source.add_argument("--zoo", help="zoo folder or manifest (zoo.json)")
+        source.add_argument("--pretrained", help="pretrained checkpoint θ0")
+        source.add_argument("--finetuned", nargs="+", default=[], help="one fine-tuned checkpoint per task")
+        source.add_argument("--tasks", nargs="+", help="task names (default: file stems, or all zoo tasks)")
+        cmd.add_argument("--method", required=True, help="merge method (see `methods`)")
+        cmd.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="method parameters")
+        cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+        cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
+        if name == "merge":
+            cmd.add_argument("--out", help="output file (safetensors); never overwrites an input")
+            cmd.add_argument("--format", choices=("open_clip", "hf", "tall-compressed"),
+                             help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
+                                  "(default for tall)")
+            cmd.add_argument("--eval", action="store_true", help="evaluate per task on the zoo's test split")
+        else:
+            cmd.add_argument("--csv", help="also write the tables as CSV files into this folder")
+    return parser
+
+
+def _space(args) -> tuple[TaskVectorSpace, object, list]:
+    if args.zoo:
+        from .zoo import load_zoo
+
+        zoo = load_zoo(args.zoo)
+        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype), zoo, zoo.inputs()
+    if not args.pretrained or not args.finetuned:
+        raise CheckpointError("give --zoo, or --pretrained and at least one --finetuned checkpoint")
+    from .checkpoints import load_visual
+
+    names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
+    pretrained = load_visual(args.pretrained)
+    shapes = {k: tuple(v.shape) for k, v in pretrained.items()}
+    loaders = [lambda p=p: load_visual(p, shapes) for p in args.finetuned]
+    space = TaskVectorSpace.build(pretrained, loaders, names, device=args.device, dtype=args.dtype)
+    return space, None, [args.pretrained, *args.finetuned]
+
+
+def _print(title: str, table: pd.DataFrame) -> None:
+    print(f"\n## {title}")
+    print(table.to_string(index=not isinstance(table.index, pd.RangeIndex), float_format=lambda v: f"{v:.4f}"))
+
+
+def _methods() -> None:
+    for method in list_methods():
+        print(f"{method.name}: {method.title} — {method.summary}")
+        for p in method.params:
+            print(f"    {p.describe()}")
+
+
+def _merge(args) -> None:
+    method = get_method(args.method)
+    params = parse_assignments(args.set)
+    space, zoo, inputs = _space(args)
+    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space))
+    print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
+    print("parameters:", ", ".join(f"{k}={v}" for k, v in result.params.items()) or "none")
+    if args.out:
+        from .checkpoints import export_merge
+
+        fmt = args.format or ("tall-compressed" if result.per_task else "open_clip")
+        export_merge(args.out, space, result, fmt, inputs=inputs)
+        print(f"wrote {args.out} ({fmt})")
+    if args.eval:
+        if zoo is None:
+            raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
+        from .evaluation import evaluate_baselines, evaluate_result
+
+        base = evaluate_baselines(zoo, space.task_names)
+        table = evaluate_result(zoo, space, result, reference=base)
+        table.insert(1, "pretrained", base["pretrained"].to_numpy())
+        table.insert(2, "finetuned", base["finetuned"].to_numpy())
+        _print("per-task test accuracy", table)
+        print(f"\nmean accuracy {table['accuracy'].mean():.4f}, mean normalized {table['normalized'].mean():.4f}")
+
+
+def _stats(args) -> None:
+    from .maskstats import mask_statistics
+
+    method = get_method(args.method)
+    space, zoo, _ = _space(args)
+    result = run_merge(space, method, parse_assignments(args.set), progress=_stderr_progress,
+                       context=_context(method, zoo, space))
+    if not result.masks:
+        raise ParameterError(f"{method.title} produces no masks; try tall, consensus, ties, dare or pcb")
+    for name, masks in result.masks.items():
+        stats = mask_statistics(masks, space.index)
+        tables = {"agreement histogram": stats.histogram, "mask density": stats.density,
+                  "pairwise Jaccard overlap": stats.jaccard,
+                  "agreement by layer": stats.by_layer.pivot_table(index="layer", columns="c", values="fraction",
+                                                                   observed=True),
+                  "agreement by kind": stats.by_kind.pivot_table(index="kind", columns="c", values="fraction",
+                                                                 observed=True)}
+        for title, table in tables.items():
+            _print(f"{name}: {title}", table)
+            if args.csv:
+                Path(args.csv).mkdir(parents=True, exist_ok=True)
+                table.to_csv(Path(args.csv) / f"{name}_{title.replace(' ', '_')}.csv")
+    for title, table in result.tables.items():
+        _print(title, table)
+
+
+def _context(method, zoo, space):
+    if not method.needs_data:
+        return None
+    if zoo is None:
+        raise CheckpointError(f"{method.title} needs unlabeled data: give --zoo")
+    return zoo.data_context(space.task_names, split="val", device=space.device)
+
+
+def _stderr_progress(fraction: float, stage: str) -> None:
+    print(f"\r[{fraction:6.1%}] {stage:<60}", end="", file=sys.stderr, flush=True)
+    if fraction >= 1.0:
+        print(file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats}[args.command](args)
+    except (CheckpointError, ParameterError, UnknownMethodError, ValueError, KeyError, OSError, Cancelled,
+            RuntimeError) as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 2
+    return 0
