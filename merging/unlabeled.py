@@ -2,7 +2,8 @@
 
 Datasets yield ``(image, label)`` (train or validation splits) or images alone; a label < 0 means unknown.
 Labels are never used for optimisation, only to report accuracy in progress messages and stage tables.
-A :class:`TensorDataset` is gathered with one indexing operation (fast path for in-memory images).
+A :class:`TensorDataset` is gathered with one indexing operation; :func:`in_memory` turns the images a method
+will revisit into one (decoded and preprocessed once) when they fit in a memory budget.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Callable
 
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
+
+CACHE_BYTES = 1 << 30  # preprocessed images kept in (CPU) memory per method run, over all tasks
 
 
 @dataclass
@@ -39,6 +42,25 @@ def gather(dataset: Dataset, idx: torch.Tensor, device: torch.device):
     if len(items) > 1 and torch.is_tensor(items[1]) and not bool((items[1] < 0).any()):
         labels = items[1].to(device, non_blocking=True).long()
     return images, labels
+
+
+def in_memory(dataset: Dataset, positions: torch.Tensor, budget: int, batch_size: int = 256,
+              check: Callable[[], None] = lambda: None) -> tuple[Dataset, torch.Tensor]:
+    """(TensorDataset of the items at ``positions``, their new positions 0..n−1) when the images fit in
+    ``budget`` bytes; otherwise ``(dataset, positions)`` unchanged."""
+    if isinstance(dataset, TensorDataset) or positions.numel() == 0:
+        return dataset, positions
+    first, _ = gather(dataset, positions[:1], torch.device("cpu"))
+    if first.numel() * first.element_size() * positions.numel() > budget:
+        return dataset, positions
+    images, labels = [], []
+    for start in range(0, positions.numel(), batch_size):
+        check()
+        x, y = gather(dataset, positions[start:start + batch_size], torch.device("cpu"))
+        images.append(x)
+        labels.append(y)
+    tensors = [torch.cat(images)] + ([torch.cat(labels)] if all(y is not None for y in labels) else [])
+    return TensorDataset(*tensors), torch.arange(positions.numel())
 
 
 class BatchStream:

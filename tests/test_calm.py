@@ -279,3 +279,20 @@ def test_pseudo_labels_come_from_the_chosen_model():
         np.testing.assert_allclose([a for _, a in got], [a for _, a in expected])
         seen.add(tuple(a for _, a in got))
     assert len(seen) > 1  # the three models label differently
+
+
+def test_in_memory_caches_the_positions_when_they_fit():
+    from tiny_data_context import TupleDataset
+
+    from merging.unlabeled import in_memory
+
+    images, labels = torch.randn(10, 3, 4, 4), torch.arange(10)
+    data = TupleDataset(images, labels)
+    positions = torch.tensor([7, 2, 5])
+    cached, new = in_memory(data, positions, budget=3 * 3 * 16 * 4, batch_size=2)
+    assert new.tolist() == [0, 1, 2]
+    assert torch.equal(cached.tensors[0], images[positions]) and torch.equal(cached.tensors[1], labels[positions])
+    same, kept = in_memory(data, positions, budget=3 * 3 * 16 * 4 - 1)
+    assert same is data and kept is positions
+    unlabeled, _ = in_memory(TupleDataset(images, -torch.ones(10, dtype=torch.long)), positions, budget=1 << 20)
+    assert len(unlabeled.tensors) == 1  # unknown labels (< 0) are dropped

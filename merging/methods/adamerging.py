@@ -18,7 +18,7 @@ from .. import functional as F
 from ..entropy_sampling import prediction_entropy
 from ..params import Param
 from ..registry import MergeMethod, MergeResult, register
-from ..unlabeled import BatchStream, generator
+from ..unlabeled import CACHE_BYTES, BatchStream, generator, in_memory
 
 PARAMS = (
     Param("granularity", str, "layer", "one coefficient per task and parameter tensor (layer) or per task (task)",
@@ -74,14 +74,17 @@ def run(space, params, progress, context=None) -> MergeResult:
     coefficients = torch.full((space.T, width), p["init"], device=device, requires_grad=True)
     optimizer = torch.optim.Adam([coefficients], lr=p["lr"], betas=(0.9, 0.999), weight_decay=0.0)
     lengths = F.entry_lengths(space.index, device)
-    streams = [BatchStream(task, context.unlabeled[task], p["batch_size"], generator(p["seed"], t), device)
-               for t, task in enumerate(space.task_names)]
+    progress(0.0, "AdaMerging: reading the unlabeled images")
+    streams = []
+    for t, task in enumerate(space.task_names):
+        data, positions = in_memory(context.unlabeled[task], torch.arange(len(context.unlabeled[task])),
+                                    CACHE_BYTES // space.T, context.batch_size, progress.check)
+        streams.append(BatchStream(task, data, p["batch_size"], generator(p["seed"], t), device, positions))
 
     def logits_fn(params, task, images):
         return F.logits(context.encoder, context.heads[task], params, images, p["amp"])
 
     history = []
-    progress(0.0, "AdaMerging: starting")
     with F.eval_mode(context.encoder, *context.heads.values()):
         for step in range(p["steps"]):
             tic = time.perf_counter()

@@ -30,7 +30,7 @@ from ..entropy_sampling import PseudoLabels, sample_pseudo_labels
 from ..maskset import MaskSet
 from ..params import Param, ParameterError
 from ..registry import MergeMethod, MergeResult, register
-from ..unlabeled import BatchStream, dataset_logits, generator
+from ..unlabeled import CACHE_BYTES, BatchStream, dataset_logits, generator, in_memory
 
 PSEUDO_MODELS = ("finetuned", "pretrained", "ta")
 SAMPLING_SHARE = 0.1  # progress fraction given to the pseudo-labelling passes
@@ -96,6 +96,7 @@ class _Calm:
         self.space, self.p, self.progress, self.ctx = space, params, progress, context
         self.device = space.device
         self.tasks = space.task_names
+        self.data = {}  # task -> the unlabeled images looked at (in memory when they fit)
 
     def logits_fn(self, params, task, images):
         return F.logits(self.ctx.encoder, self.ctx.heads[task], params, images, self.p["amp"])
@@ -119,14 +120,16 @@ class _Calm:
         """Pseudo-labels of every task; TA-vs-fine-tuned disagreement when both models were run."""
         labels, disagreement = {}, {}
         for t, task in enumerate(self.tasks):
-            pool = self.pool(t)
+            progress(t / len(self.tasks), f"CALM: reading the unlabeled images of {task}")
+            self.data[task], pool = in_memory(self.ctx.unlabeled[task], self.pool(t), CACHE_BYTES // len(self.tasks),
+                                              self.ctx.batch_size, progress.check)
             out = {}
             for kind in kinds:
-                progress((t * len(kinds) + len(out)) / (len(self.tasks) * len(kinds)),
+                progress((t + len(out) / len(kinds)) / len(self.tasks),
                          f"CALM: pseudo-labelling {task} with the {kind} model")
                 params = F.param_views(self.model_flat(kind, t), self.space.index)
-                out[kind], truth = dataset_logits(lambda x: self.logits_fn(params, task, x), self.ctx.unlabeled[task],
-                                                  pool, self.ctx.batch_size, self.device, progress.check)
+                out[kind], truth = dataset_logits(lambda x: self.logits_fn(params, task, x), self.data[task], pool,
+                                                  self.ctx.batch_size, self.device, progress.check)
             labels[task] = sample_pseudo_labels(out[self.p["pseudo_model"]], pool, self.p["sample_ratio"], truth)
             if labels[task].positions.numel() == 0:
                 raise ValueError(f"CALM: sampling kept no images of task {task!r} ({pool.numel()} looked at, ratio "
@@ -159,7 +162,7 @@ class _Calm:
             if rule:
                 order = default_order(tasks, [disagreement[t] for t in tasks], count)
             first = [t for t in tasks if t not in order]
-            streams = {task: BatchStream(task, self.ctx.unlabeled[task], p["batch_size"],
+            streams = {task: BatchStream(task, self.data[task], p["batch_size"],
                                          generator(p["seed"], len(tasks) + i), self.device,
                                          pseudo[task].positions, pseudo[task].targets)
                        for i, task in enumerate(tasks)}
