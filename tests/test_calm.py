@@ -296,3 +296,24 @@ def test_in_memory_caches_the_positions_when_they_fit():
     assert same is data and kept is positions
     unlabeled, _ = in_memory(TupleDataset(images, -torch.ones(10, dtype=torch.long)), positions, budget=1 << 20)
     assert len(unlabeled.tensors) == 1  # unknown labels (< 0) are dropped
+
+
+def test_calm_and_adamerging_run_on_a_zoo_data_context(tmp_path):
+    """End to end through a zoo on disk: ImageFolder and CSV splits, weight and zero-shot heads, evaluation."""
+    from ck_tiny_zoo import make_tiny_zoo
+
+    from merging.evaluation import evaluate_result
+    from merging.zoo import load_zoo
+
+    zoo = load_zoo(make_tiny_zoo(tmp_path, n_tasks=3, n_per_class=4))
+    space = zoo.build_space(device="cpu")
+    context = zoo.data_context(split="val", device="cpu", batch_size=8)
+    before = snapshot(space, context)
+    calm = run_merge(space, "calm", {"steps": 2, "batch_size": 6, "num_sequential": 1, "lr": 1e4,
+                                     "init_fraction": 0.01}, context=context)
+    ada = run_merge(space, "adamerging", {"steps": 2, "batch_size": 6}, context=context)
+    assert_untouched(space, context, before)
+    assert len(calm.info["order"]) == 1 and calm.tables["sampling"]["pseudo_label_accuracy"].notna().all()
+    for result in (calm, ada):
+        table = evaluate_result(zoo, space, result, split="test", device="cpu")
+        assert table["accuracy"].between(0, 1).all() and len(table) == 3
