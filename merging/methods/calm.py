@@ -97,6 +97,7 @@ class _Calm:
         self.device = space.device
         self.tasks = space.task_names
         self.data = {}  # task -> the unlabeled images looked at (in memory when they fit)
+        self._ta = None  # θ0 + λ Σt τt, built when needed
 
     def logits_fn(self, params, task, images):
         return F.logits(self.ctx.encoder, self.ctx.heads[task], params, images, self.p["amp"])
@@ -106,7 +107,7 @@ class _Calm:
             return self.space.theta0
         if kind == "finetuned":
             return self.space.theta0 + self.space.tau(t)
-        if not hasattr(self, "_ta"):
+        if self._ta is None:
             self._ta = self.space.theta0 + self.p["lam"] * self.space.sum_tau()
         return self._ta
 
