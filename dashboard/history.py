@@ -1,0 +1,225 @@
+"""Run history in an embedded SQLite file that survives restarts, and the on-disk baseline cache.
+
+Every merge is one row: method, parameters, per-task accuracy (and normalized accuracy), a statistics summary,
+merge and evaluation time, device.  Baseline accuracies (pretrained, individual) are cached per zoo content hash
+so a restart does not re-evaluate them.  One short-lived connection per call keeps it safe across threads.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from merging.atomic import atomic_path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, zoo TEXT NOT NULL, zoo_hash TEXT NOT NULL,
+    method TEXT NOT NULL, params TEXT NOT NULL, tasks TEXT NOT NULL, accuracy TEXT NOT NULL,
+    normalized TEXT NOT NULL, mean_accuracy REAL, mean_normalized REAL, statistics TEXT NOT NULL,
+    seconds REAL NOT NULL, eval_seconds REAL NOT NULL, device TEXT NOT NULL, zoo_path TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS baselines (
+    zoo_hash TEXT NOT NULL, split TEXT NOT NULL, model TEXT NOT NULL, accuracy TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (zoo_hash, split, model));
+"""
+JSON_FIELDS = ("params", "tasks", "accuracy", "normalized", "statistics")
+
+
+class HistoryError(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe copy: numpy/torch scalars → Python numbers, NaN → None, unknown objects → str."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class RunRecord:
+    zoo: str
+    zoo_hash: str
+    method: str
+    params: dict
+    tasks: list[str]
+    accuracy: dict[str, float]  # task → top-1 accuracy of the merged model (θ̂t for TALL)
+    normalized: dict[str, float] = field(default_factory=dict)  # task → accuracy / individual accuracy
+    statistics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    eval_seconds: float = 0.0
+    device: str = ""
+    zoo_path: str = ""
+    id: int | None = None
+    created: float = field(default_factory=time.time)
+
+    @property
+    def mean_accuracy(self) -> float | None:
+        return _mean(self.accuracy.values())
+
+    @property
+    def mean_normalized(self) -> float | None:
+        return _mean(self.normalized.values())
+
+    def params_text(self) -> str:
+        return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]" if len(set(map(str, value))) > 1 else _short(value[0])
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class History:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30)
+        con.row_factory = sqlite3.Row
+        return con
+
+    def _execute(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with closing(self._connect()) as con, con:
+            return con.execute(sql, args).fetchall()
+
+    # ---------------------------------------------------------------- runs
+    def add(self, record: RunRecord) -> int:
+        data = {k: plain(v) for k, v in asdict(record).items()}
+        data.pop("id")
+        for key in JSON_FIELDS:
+            data[key] = json.dumps(data[key])
+        data["mean_accuracy"], data["mean_normalized"] = record.mean_accuracy, record.mean_normalized
+        columns = ", ".join(data)
+        with closing(self._connect()) as con, con:
+            cursor = con.execute(f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' * len(data))})",
+                                 tuple(data.values()))
+            record.id = cursor.lastrowid
+        return record.id
+
+    def get(self, run_id: int) -> RunRecord:
+        rows = self._execute("SELECT * FROM runs WHERE id = ?", (int(run_id),))
+        if not rows:
+            raise HistoryError(f"run #{run_id} is not in the history")
+        return self._record(rows[0])
+
+    def records(self, zoo_hash: str | None = None) -> list[RunRecord]:
+        if zoo_hash is None:
+            rows = self._execute("SELECT * FROM runs ORDER BY id")
+        else:
+            rows = self._execute("SELECT * FROM runs WHERE zoo_hash = ? ORDER BY id", (zoo_hash,))
+        return [self._record(row) for row in rows]
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> RunRecord:
+        data = dict(row)
+        for key in JSON_FIELDS:
+            data[key] = json.loads(data[key])
+        data.pop("mean_accuracy"), data.pop("mean_normalized")
+        return RunRecord(**data)
+
+    def table(self, zoo_hash: str | None = None) -> pd.DataFrame:
+        """One row per run, newest first: the runs table of the Compare tab."""
+        rows = [{"run": r.id, "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)),
+                 "zoo": r.zoo, "method": r.method, "params": r.params_text(), "tasks": len(r.tasks),
+                 "avg acc %": _percent(r.mean_accuracy), "avg normalized %": _percent(r.mean_normalized),
+                 "merge s": round(r.seconds, 3), "eval s": round(r.eval_seconds, 3), "device": r.device}
+                for r in reversed(self.records(zoo_hash))]
+        return pd.DataFrame(rows, columns=["run", "time", "zoo", "method", "params", "tasks", "avg acc %",
+                                           "avg normalized %", "merge s", "eval s", "device"])
+
+    def compare(self, first: int, second: int) -> pd.DataFrame:
+        """Side by side: parameters, timing, per-task accuracy and the difference (second − first)."""
+        a, b = self.get(first), self.get(second)
+        label_a, label_b = f"#{a.id} {a.method}", f"#{b.id} {b.method}"
+        if label_a == label_b:
+            label_b += " "
+        rows = [{"": "zoo", label_a: a.zoo, label_b: b.zoo, "Δ": ""},
+                {"": "params", label_a: a.params_text(), label_b: b.params_text(), "Δ": ""},
+                {"": "device", label_a: a.device, label_b: b.device, "Δ": ""},
+                {"": "merge seconds", label_a: f"{a.seconds:.3f}", label_b: f"{b.seconds:.3f}",
+                 "Δ": f"{b.seconds - a.seconds:+.3f}"}]
+        for task in dict.fromkeys(a.tasks + b.tasks):
+            va, vb = a.accuracy.get(task), b.accuracy.get(task)
+            rows.append({"": f"acc {task} %", label_a: _percent(va), label_b: _percent(vb),
+                         "Δ": _delta(va, vb)})
+        rows.append({"": "avg acc %", label_a: _percent(a.mean_accuracy), label_b: _percent(b.mean_accuracy),
+                     "Δ": _delta(a.mean_accuracy, b.mean_accuracy)})
+        rows.append({"": "avg normalized %", label_a: _percent(a.mean_normalized),
+                     label_b: _percent(b.mean_normalized), "Δ": _delta(a.mean_normalized, b.mean_normalized)})
+        return pd.DataFrame(rows).astype(str).replace("None", "")
+
+    def accuracy_long(self, run_ids: Iterable[int]) -> pd.DataFrame:
+        """Long table (task, model, accuracy) with model = "#id method" for the accuracy bar figure."""
+        rows = []
+        for run_id in run_ids:
+            record = self.get(run_id)
+            rows += [{"task": t, "model": f"#{record.id} {record.method}", "accuracy": v}
+                     for t, v in record.accuracy.items()]
+        return pd.DataFrame(rows, columns=["task", "model", "accuracy"])
+
+    # ---------------------------------------------------------------- baselines
+    def save_baseline(self, zoo_hash: str, split: str, model: str, accuracy: dict[str, float]) -> None:
+        self._execute("INSERT OR REPLACE INTO baselines VALUES (?, ?, ?, ?, ?)",
+                      (zoo_hash, split, model, json.dumps(plain(accuracy)), time.time()))
+
+    def baseline(self, zoo_hash: str, split: str, model: str) -> dict[str, float] | None:
+        rows = self._execute("SELECT accuracy FROM baselines WHERE zoo_hash = ? AND split = ? AND model = ?",
+                             (zoo_hash, split, model))
+        return json.loads(rows[0]["accuracy"]) if rows else None
+
+    # ---------------------------------------------------------------- exports
+    def export(self, target: str | Path, run_ids: Iterable[int] | None = None) -> Path:
+        """Write runs (all, or ``run_ids``) atomically as .csv (one column per task) or .json (full records)."""
+        target = Path(target)
+        records = self.records() if run_ids is None else [self.get(i) for i in run_ids]
+        with atomic_path(target) as tmp:
+            if target.suffix == ".json":
+                tmp.write_text(json.dumps([plain(asdict(r)) | {"mean_accuracy": r.mean_accuracy,
+                                                             "mean_normalized": r.mean_normalized}
+                                           for r in records], indent=1))
+            elif target.suffix == ".csv":
+                wide = [{"run": r.id, "created": r.created, "zoo": r.zoo, "method": r.method,
+                         "params": json.dumps(plain(r.params)), "device": r.device, "merge_seconds": r.seconds,
+                         "eval_seconds": r.eval_seconds, "mean_accuracy": r.mean_accuracy,
+                         "mean_normalized": r.mean_normalized, **{f"acc:{t}": v for t, v in r.accuracy.items()}}
+                        for r in records]
+                pd.DataFrame(wide).to_csv(tmp, index=False)
+            else:
+                raise ValueError(f"export format must be .csv or .json, got {target.name!r}")
+        return target
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def _delta(a: float | None, b: float | None) -> str:
+    return "" if a is None or b is None else f"{100 * (b - a):+.2f}"

@@ -1,0 +1,493 @@
+"""The dashboard's server side: loaded zoos, their task-vector spaces and baselines, merge results — all kept
+here keyed by small ids (Gradio state holds only the ids, never tensors) — and the handlers as plain functions.
+
+Every handler takes a ``progress`` (:class:`merging.progress.Progress`) and raises on bad input; the UI runs
+them as background jobs (:mod:`dashboard.jobs`), which turns errors into messages.  Heavy imports (torch,
+open_clip, the engine) happen on first use so the page is up before they are needed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from merging.progress import as_progress
+
+from . import figures
+from .history import History, RunRecord, plain
+
+if TYPE_CHECKING:
+    from merging.registry import MergeResult
+    from merging.space import TaskVectorSpace
+
+SPLIT = "test"  # what the accuracy figures report
+SWEEP_SPLITS = ("val", "train")  # sweeps pick hyperparameters on held-out data, never test
+CHECKPOINT_FORMATS = {"open_clip": ".safetensors", "hf": ".hf.safetensors", "tall-compressed": ".tall.safetensors"}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+class UserError(ValueError):
+    """Bad input the user can fix (wrong path, too-large upload, nothing to compare, …)."""
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    device: str = "auto"
+    upload_limit: int = 2 << 30  # bytes per upload
+    keep_results: int = 8  # merge results (P-sized deltas and masks) held in memory
+    keep_zoos: int = 3
+
+
+@dataclass
+class ZooEntry:
+    """A loaded zoo with its cached task-vector space, evaluator and baselines."""
+
+    id: str
+    path: Path
+    zoo: Any
+    fingerprint: str
+    space: "TaskVectorSpace | None" = None
+    baselines: pd.DataFrame | None = None  # task, pretrained, individual (test split)
+    _evaluator: Any = None
+    _reference: dict = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # one encoder module: one evaluation at a time
+
+    @property
+    def name(self) -> str:
+        return self.zoo.name
+
+    def evaluable(self, split: str = SPLIT) -> list[str]:
+        """Tasks with a head and a ``split`` split (uploads without data can be merged but not evaluated)."""
+        manifest = self.zoo.manifest
+        return [t for t in self.zoo.task_names if manifest.task(t).head is not None and split in self.zoo.splits(t)]
+
+    def reference(self, split: str, tasks: Sequence[str], evaluator, progress=None) -> dict[str, float]:
+        """Fine-tuned accuracy of ``tasks`` on ``split`` (the denominator of normalized accuracy), cached."""
+        from merging.evaluation import evaluate
+        known = self._reference.setdefault(split, {})
+        todo = [t for t in tasks if t not in known]
+        if todo:
+            table = evaluate(self.zoo, self.zoo.finetuned_state, todo, split, evaluator=evaluator, progress=progress)
+            known.update(zip(table["task"], table["accuracy"]))
+        return {t: known[t] for t in tasks}
+
+    def evaluator(self, device):
+        from merging.evaluation import Evaluator
+        if self._evaluator is None:
+            self._evaluator = Evaluator(self.zoo, device=device)
+        return self._evaluator
+
+
+@dataclass
+class RunView:
+    """One merge as the UI shows it: the history record, small tables, and the result while it is cached."""
+
+    record: RunRecord
+    stats: dict  # mask kind → MaskStats
+    tables: dict[str, pd.DataFrame]
+    accuracy: pd.DataFrame  # task, model, accuracy (baselines and this merge)
+    k: int | None = None  # consensus threshold to mark on the agreement histogram
+    result: "MergeResult | None" = None
+    space: "TaskVectorSpace | None" = None
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    def figures(self, mask_kind: str | None = None) -> dict:
+        return figures.run_figures(self.stats, self.tables, self.accuracy, self.k, mask_kind)
+
+    def summary(self) -> str:
+        r = self.record
+        lines = [f"**Run #{r.id}: {r.method}** ({r.params_text() or 'no parameters'}) on {len(r.tasks)} tasks — "
+                 f"merge {r.seconds:.2f} s, evaluation {r.eval_seconds:.2f} s on {r.device}."]
+        if r.mean_accuracy is not None:
+            norm = f", {100 * r.mean_normalized:.1f}% of fine-tuned" if r.mean_normalized is not None else ""
+            lines.append(f"Average {SPLIT} accuracy **{100 * r.mean_accuracy:.1f}%**{norm}.")
+        for kind, fractions in r.statistics.get("masks", {}).items():
+            parts = ", ".join(f"{name} {100 * v:.1f}%" for name, v in fractions.items())
+            lines.append(f"{kind} masks: {parts} of weights.")
+        return "\n\n".join(lines)
+
+
+def _selection():
+    """:func:`merging.selection.select` when the engine has it (validation-based λ selection)."""
+    try:
+        from merging.selection import select
+    except ImportError:
+        return None
+    return select
+
+
+def _open_zoo(path: Path, architecture=None):
+    from merging.manifest import ManifestError, find_manifest, infer_manifest
+    from merging.zoo import Zoo, load_zoo
+
+    try:
+        return load_zoo(path)
+    except ManifestError:
+        if architecture is None or not path.is_dir() or find_manifest(path) is not None:
+            raise
+    return Zoo(*infer_manifest(path, architecture))
+
+
+def fingerprint(zoo) -> str:
+    """Content key of a zoo: its manifest plus size and mtime of every file and data folder it reads."""
+    digest = hashlib.sha256(json.dumps(zoo.manifest.to_dict(), sort_keys=True).encode())
+    paths = list(zoo.inputs())
+    for task in zoo.manifest.tasks:
+        paths += [split.path for split in task.data.values()]
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def safe_name(name: str) -> str:
+    name = _SAFE_NAME.sub("_", Path(str(name)).name).strip("._")
+    return name or "file"
+
+
+class Service:
+    def __init__(self, settings: Settings, history: History | None = None):
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.history = history or History(self.data_dir / "history.sqlite")
+        self._zoos: OrderedDict[str, ZooEntry] = OrderedDict()
+        self._runs: OrderedDict[int, RunView] = OrderedDict()
+        self._lock = threading.RLock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    @property
+    def device(self):
+        from merging.device import pick_device
+        return pick_device(self.settings.device)
+
+    # ---------------------------------------------------------------- zoos
+    def load_zoo(self, path: str | Path, progress=None, architecture=None) -> ZooEntry:
+        """Load (or reuse) the zoo at ``path`` and build its task-vector space on the device.  ``architecture``
+        is used for a folder without a manifest whose architecture cannot be read from the weights."""
+        progress = as_progress(progress)
+        path = Path(str(path).strip()).expanduser()
+        if not str(path).strip() or not path.exists():
+            raise UserError(f"no zoo at {str(path)!r}: give a zoo folder or a zoo.json manifest path")
+        with self._lock:
+            gate = self._loading.setdefault(str(path.resolve()), threading.Lock())
+        with gate:  # two sessions loading the same zoo build its space once
+            progress(0.0, "reading the zoo manifest")
+            zoo = _open_zoo(path, architecture)
+            key = fingerprint(zoo)
+            with self._lock:
+                entry = self._zoos.get(key)
+                if entry is not None:
+                    self._zoos.move_to_end(key)
+                    return entry
+            space = zoo.build_space(device=self.device, progress=progress.sub(0.05, 1.0))
+            entry = ZooEntry(key, path.resolve(), zoo, key, space)
+            with self._lock:
+                self._zoos[key] = entry
+                while len(self._zoos) > self.settings.keep_zoos:
+                    self._zoos.popitem(last=False)
+            return entry
+
+    def load_uploads(self, files: Iterable[str | Path], session: str, like: str | None = None,
+                     progress=None) -> ZooEntry:
+        """A zoo from uploaded safetensors (see :meth:`save_uploads`); the architecture is read from the weights,
+        or taken from the loaded zoo ``like`` when the weights match no open_clip model."""
+        folder = self.save_uploads(files, session)
+        architecture = None
+        if like:
+            with self._lock:
+                entry = self._zoos.get(like)
+            architecture = entry.zoo.architecture if entry is not None else None
+        try:
+            return self.load_zoo(folder, progress, architecture)
+        except ValueError as exc:  # CheckpointError / ManifestError: name the uploaded file, not our copy
+            raise UserError(str(exc).replace(str(folder.resolve()) + "/", "").replace(str(folder) + "/", "")) \
+                from None
+
+    def zoo(self, zoo_id: str) -> ZooEntry:
+        with self._lock:
+            entry = self._zoos.get(zoo_id or "")
+        if entry is None:
+            raise UserError("no zoo is loaded (or it was unloaded to free memory): load a zoo first")
+        return entry
+
+    def zoo_table(self, entry: ZooEntry) -> pd.DataFrame:
+        """One row per task: classes, splits, head kind, and baseline accuracies once known."""
+        rows = []
+        for task in entry.zoo.task_names:
+            spec = entry.zoo.manifest.task(task)
+            head = "none" if spec.head is None else "weights" if spec.head.weights else "zero-shot"
+            rows.append({"task": task, "classes": len(spec.classnames or []), "splits": ", ".join(spec.data),
+                         "head": head})
+        table = pd.DataFrame(rows)
+        if entry.baselines is not None:
+            known = entry.baselines.set_index("task")
+            for column in ("pretrained", "individual"):
+                table[f"{column} %"] = [round(100 * known[column][t], 1) if t in known.index else None
+                                        for t in table["task"]]
+        return table
+
+    def zoo_summary(self, entry: ZooEntry) -> str:
+        space = entry.space
+        size = f"{space.P:,} merged parameters per model, stack {space.memory_bytes() / 2**20:.1f} MiB" \
+            if space is not None else "space not built"
+        missing = sorted(set(entry.zoo.task_names) - set(entry.evaluable()))
+        note = f"\n\nNo head or {SPLIT} data for {', '.join(missing)}: merged and analysed, not evaluated." \
+            if missing else ""
+        report = "\n".join(f"- {line}" for line in getattr(entry.zoo, "report", []))
+        return (f"**{entry.name}** — {len(entry.zoo.task_names)} tasks, architecture "
+                f"`{entry.zoo.architecture.name}`, {size}, device `{space.device if space else self.device}`."
+                + note + (f"\n\n{report}" if report else ""))
+
+    # ---------------------------------------------------------------- baselines
+    def baselines(self, zoo_id: str, progress=None) -> pd.DataFrame:
+        """Pretrained and individual fine-tuned accuracy per evaluable task (cached in memory and on disk)."""
+        entry = self.zoo(zoo_id)
+        if entry.baselines is not None:
+            return entry.baselines
+        tasks = entry.evaluable()
+        cached = {m: self.history.baseline(entry.fingerprint, SPLIT, m) for m in ("pretrained", "individual")}
+        if all(c is not None and set(tasks) <= set(c) for c in cached.values()):
+            table = pd.DataFrame({"task": tasks, "pretrained": [cached["pretrained"][t] for t in tasks],
+                                  "individual": [cached["individual"][t] for t in tasks]})
+        elif not tasks:
+            table = pd.DataFrame(columns=["task", "pretrained", "individual"])
+        else:
+            from merging.evaluation import evaluate_baselines
+            with entry.lock:
+                raw = evaluate_baselines(entry.zoo, tasks, SPLIT, evaluator=entry.evaluator(self.device),
+                                         progress=as_progress(progress))
+            table = raw.rename(columns={"finetuned": "individual"})[["task", "pretrained", "individual"]]
+            for model in ("pretrained", "individual"):
+                self.history.save_baseline(entry.fingerprint, SPLIT, model, dict(zip(table["task"], table[model])))
+        entry.baselines = table
+        return table
+
+    # ---------------------------------------------------------------- merging
+    @staticmethod
+    def methods() -> list:
+        from merging.registry import list_methods
+        return list_methods()
+
+    def _space(self, entry: ZooEntry, tasks: Sequence[str] | None):
+        tasks = list(tasks or [])
+        if not tasks or tasks == entry.space.task_names:
+            return entry.space
+        return entry.space.subset(tasks)
+
+    def _context(self, entry: ZooEntry, method, tasks: Sequence[str]):
+        if not method.needs_data:
+            return None
+        splits = [s for s in SWEEP_SPLITS if all(s in entry.zoo.splits(t) for t in tasks)]
+        if not splits:
+            raise UserError(f"{method.title} needs unlabeled validation or training images for every task")
+        return entry.zoo.data_context(tasks, split=splits[0], device=self.device)
+
+    def merge(self, zoo_id: str, method: str, params: Mapping[str, Any] | None = None,
+              tasks: Sequence[str] | None = None, progress=None) -> RunView:
+        """Merge, compute mask statistics, evaluate on the test split, record the run in the history."""
+        from merging.evaluation import evaluate_result
+        from merging.maskstats import mask_statistics
+        from merging.registry import get_method, run_merge
+
+        progress = as_progress(progress)
+        entry = self.zoo(zoo_id)
+        spec = get_method(method)
+        space = self._space(entry, tasks)
+        context = self._context(entry, spec, space.task_names)
+        result = run_merge(space, spec, params or {}, progress.sub(0.0, 0.45), context)
+        progress(0.45, "mask statistics")
+        stats = {kind: mask_statistics(masks, space.index) for kind, masks in result.masks.items()}
+        evaluable = [t for t in space.task_names if t in entry.evaluable()]
+        baselines = self.baselines(zoo_id, progress.sub(0.5, 0.6)) if evaluable else None
+        start = time.perf_counter()
+        merged = pd.DataFrame(columns=["task", "accuracy", "normalized"])
+        if evaluable:
+            reference = dict(zip(baselines["task"], baselines["individual"]))
+            with entry.lock:
+                merged = evaluate_result(entry.zoo, space, result, evaluable, SPLIT, reference=reference,
+                                         evaluator=entry.evaluator(space.device), progress=progress.sub(0.6, 0.98))
+        eval_seconds = time.perf_counter() - start
+        record = RunRecord(zoo=entry.name, zoo_hash=entry.fingerprint, method=spec.name, params=plain(result.params),
+                           tasks=list(space.task_names), accuracy=dict(zip(merged["task"], merged["accuracy"])),
+                           normalized=dict(zip(merged["task"], merged["normalized"])),
+                           statistics=self._statistics(stats, result), seconds=result.seconds,
+                           eval_seconds=eval_seconds, device=result.device, zoo_path=str(entry.path))
+        self.history.add(record)
+        view = RunView(record, stats, dict(result.tables), self._accuracy_table(baselines, merged, result.per_task),
+                       result.params.get("k") if spec.name == "consensus" else None, result, space)
+        with self._lock:
+            self._runs[record.id] = view
+            while len(self._runs) > self.settings.keep_results:
+                self._runs.popitem(last=False)
+        progress(1.0, "done")
+        return view
+
+    @staticmethod
+    def _statistics(stats: Mapping, result) -> dict:
+        summary = {"masks": {kind: s.class_fractions() for kind, s in stats.items()},
+                   "density": {kind: float(s.density["density"].mean()) for kind, s in stats.items()}}
+        summary.update({k: v for k, v in result.info.items() if isinstance(v, (int, float))})
+        return plain(summary)
+
+    @staticmethod
+    def _accuracy_table(baselines: pd.DataFrame | None, merged: pd.DataFrame, per_task: bool) -> pd.DataFrame:
+        frames = []
+        if baselines is not None and not merged.empty:
+            rows = baselines[baselines["task"].isin(merged["task"])]
+            for model in ("pretrained", "individual"):
+                frames.append(pd.DataFrame({"task": rows["task"], "model": model, "accuracy": rows[model]}))
+        if not merged.empty:
+            frames.append(pd.DataFrame({"task": merged["task"], "model": "TALL-reconstructed" if per_task else "merged",
+                                        "accuracy": merged["accuracy"]}))
+        if not frames:
+            return pd.DataFrame(columns=["task", "model", "accuracy"])
+        return pd.concat(frames, ignore_index=True)
+
+    def run(self, run_id: int) -> RunView:
+        with self._lock:
+            view = self._runs.get(int(run_id))
+        if view is None:
+            raise UserError(f"run #{run_id} is no longer in memory; its numbers are in the history")
+        return view
+
+    # ---------------------------------------------------------------- sweeps
+    def sweep(self, zoo_id: str, method: str, param: str, values: Sequence[Any] | None = None,
+              params: Mapping[str, Any] | None = None, tasks: Sequence[str] | None = None,
+              progress=None) -> pd.DataFrame:
+        """Average held-out accuracy over ``values`` of one hyperparameter (default: its paper grid); a long table
+        method, param, value, task, accuracy, normalized.  Shared λ goes through :func:`merging.selection.select`
+        (normalized by the fine-tuned models' accuracy on the same split)."""
+        from merging.evaluation import evaluate_result
+        from merging.registry import get_method, run_merge
+
+        progress = as_progress(progress)
+        entry = self.zoo(zoo_id)
+        spec = get_method(method)
+        names = [p.name for p in spec.params]
+        if param not in names:
+            raise UserError(f"{spec.title} has no parameter {param!r} (it has {', '.join(names) or 'none'})")
+        values = list(values if values is not None else (spec.param(param).grid or ()))
+        if not values:
+            raise UserError(f"{param} has no search grid: give the values to sweep")
+        space = self._space(entry, tasks)
+        split = next((s for s in SWEEP_SPLITS if all(s in entry.zoo.splits(t) for t in space.task_names)), None)
+        if split is None or set(space.task_names) - set(entry.evaluable(split)):
+            raise UserError("a sweep needs a head and validation (or training) images for every task")
+        context = self._context(entry, spec, space.task_names)
+        with entry.lock:
+            evaluator = entry.evaluator(space.device)
+            reference = entry.reference(split, space.task_names, evaluator, progress.sub(0.0, 0.1))
+            progress = progress.sub(0.1, 1.0)
+            select = _selection() if param == "lam" and context is None else None
+            if select is not None:
+                table = select(entry.zoo, space, spec.name, params, split, values, reference=reference,
+                               evaluator=evaluator, progress=progress).table
+            else:
+                frames = []
+                for i, value in enumerate(values):
+                    step = progress.sub(i / len(values), (i + 1) / len(values))
+                    result = run_merge(space, spec, {**(params or {}), param: value}, step.sub(0.0, 0.3), context)
+                    frames.append(evaluate_result(entry.zoo, space, result, space.task_names, split,
+                                                  reference=reference, evaluator=evaluator,
+                                                  progress=step.sub(0.3, 1.0)).assign(value=value))
+                table = pd.concat(frames, ignore_index=True)
+        table = table.assign(method=spec.name, param=param, split=split)
+        return table[["method", "param", "value", "task", "split", "accuracy", "normalized"]]
+
+    # ---------------------------------------------------------------- files
+    def session_dir(self, session: str) -> Path:
+        folder = self.data_dir / "sessions" / safe_name(session or "anonymous")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def save_uploads(self, files: Iterable[str | Path], session: str) -> Path:
+        """Copy uploaded safetensors into a fresh zoo folder: ``pretrained*`` → pretrained.safetensors, every
+        other file → finetuned/<name>.safetensors (a manifest is then inferred)."""
+        files = [Path(f) for f in files or []]
+        if not files:
+            raise UserError("no files uploaded")
+        bad = [f.name for f in files if f.suffix != ".safetensors"]
+        if bad:
+            raise UserError(f"only .safetensors uploads are accepted (got {', '.join(bad)})")
+        total = sum(f.stat().st_size for f in files)
+        if total > self.settings.upload_limit:
+            raise UserError(f"upload of {total / 2**20:.1f} MiB is over the limit of "
+                            f"{self.settings.upload_limit / 2**20:.0f} MiB")
+        pretrained = [f for f in files if f.stem.lower().startswith(("pretrained", "zeroshot"))]
+        if len(pretrained) != 1:
+            raise UserError("upload exactly one pretrained checkpoint named pretrained*.safetensors, plus one "
+                            "fine-tuned checkpoint per task (named after the task)")
+        if len(files) < 2:
+            raise UserError("upload at least one fine-tuned checkpoint besides the pretrained one")
+        uploads = self.session_dir(session) / "uploads"
+        uploads.mkdir(exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=uploads)) / "zoo"
+        (folder / "finetuned").mkdir(parents=True)
+        for f in files:
+            target = folder / "pretrained.safetensors" if f in pretrained else \
+                folder / "finetuned" / (safe_name(f.stem) + ".safetensors")
+            shutil.copyfile(f, target)
+        return folder
+
+    def export_checkpoint(self, run_id: int, fmt: str, session: str, task: str | None = None) -> Path:
+        """Write the merged model (or one task's TALL reconstruction, or the TALL compressed form) into the
+        session's output folder, atomically, never over a zoo input."""
+        from merging.checkpoints import export_merge
+
+        if fmt not in CHECKPOINT_FORMATS:
+            raise UserError(f"unknown checkpoint format {fmt!r}; choose {', '.join(CHECKPOINT_FORMATS)}")
+        result, space, record = self._result_for(run_id)
+        row = None
+        if task:
+            if task not in space.task_names:
+                raise UserError(f"task {task!r} is not in run #{run_id}")
+            row = space.task_names.index(task)
+        if result.per_task and fmt != "tall-compressed" and row is None:
+            raise UserError("TALL serves one model per task: pick a task, or download the compressed TALL form")
+        name = f"run{run_id}-{record.method}" + (f"-{safe_name(task)}" if task else "")
+        target = self.session_dir(session) / "exports" / (name + CHECKPOINT_FORMATS[fmt])
+        zoo = self._zoos.get(record.zoo_hash)
+        export_merge(target, space, result, fmt, inputs=zoo.zoo.inputs() if zoo else (), task=row)
+        return target
+
+    def _result_for(self, run_id: int):
+        """(result, space, record) of a run: cached, or merged again from the recorded parameters (methods are
+        deterministic given their seeds) when it was dropped from memory."""
+        from merging.registry import get_method, run_merge
+
+        with self._lock:
+            view = self._runs.get(int(run_id))
+        if view is not None:
+            return view.result, view.space, view.record
+        record = self.history.get(run_id)
+        with self._lock:
+            entry = self._zoos.get(record.zoo_hash)
+        if entry is None:
+            raise UserError(f"run #{run_id} was made on zoo {record.zoo!r}, which is not loaded now: load "
+                            f"{record.zoo_path or 'it'} again to download its checkpoint")
+        spec = get_method(record.method)
+        space = self._space(entry, record.tasks)
+        result = run_merge(space, spec, record.params, None, self._context(entry, spec, space.task_names))
+        return result, space, record
+
+    def export_results(self, run_ids: Sequence[int] | None, fmt: str, session: str) -> Path:
+        if fmt not in ("csv", "json"):
+            raise UserError(f"results export format must be csv or json, got {fmt!r}")
+        ids = list(run_ids) if run_ids else None
+        name = "runs" if ids is None else "runs-" + "-".join(map(str, ids[:5]))
+        return self.history.export(self.session_dir(session) / "exports" / f"{name}.{fmt}", ids)

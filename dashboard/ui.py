@@ -1,0 +1,441 @@
+"""The Gradio app: layout and event wiring over :class:`~dashboard.service.Service` and the job queue.
+
+Gradio state holds only ids (zoo id, run id); everything heavy stays in the service.  Long work runs as a
+background job (:mod:`dashboard.jobs`): the event handler follows the job and mirrors its stage names into
+``gr.Progress``; the Cancel button sets the job's cancel token, so the merge itself stops.  Failures become a
+``gr.Error`` message and leave every output as it was.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import pandas as pd
+
+from . import figures, guide
+from .jobs import CANCELLED, DONE, Job, JobQueue
+from .service import Service, Settings
+from .widgets import build_panel, collect_params, explain, method_choices, per_task_table
+
+PLOTS = ("histogram", "layers", "jaccard", "density", "accuracy", "normalized")
+WORK = {"concurrency_limit": 16, "concurrency_id": "work"}  # handlers that wait on the job queue
+QUICK = {"concurrency_limit": None}
+CSS = """
+#status {min-height: 2em}
+.progress-slot {min-height: 4em}
+.gradio-container {max-width: 1500px !important}
+"""
+
+
+class Stopped(Exception):
+    """The job was cancelled by the user."""
+
+
+class Dashboard:
+    def __init__(self, service: Service, jobs: JobQueue, default_zoo: str | None = None):
+        self.service, self.jobs, self.default_zoo = service, jobs, default_zoo
+        self.methods = service.methods()
+        self._shared: dict[tuple, Job] = {}
+        self._shared_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- jobs
+    def shared(self, key: tuple, fn: Callable) -> Job:
+        """One job per key for work every session wants (loading a zoo, its baselines); failures are retried."""
+        with self._shared_lock:
+            job = self._shared.get(key)
+            if job is None or job.state not in (DONE, "queued", "running"):
+                job = self._shared[key] = self.jobs.submit(fn, owner="", label=" ".join(map(str, key)))
+            return job
+
+    def preload(self, path: str) -> None:
+        """Load the zoo and evaluate its baselines in the background (at app start)."""
+        job = self.shared(("load", str(Path(path).resolve())), lambda p: self.service.load_zoo(path, p))
+        threading.Thread(target=self._baselines_after, args=(job,), daemon=True).start()
+
+    def _baselines_after(self, load: Job) -> None:
+        if load.wait() and load.state == DONE:
+            self.baseline_job(load.result.id)
+        figures.warm_up()
+
+    def baseline_job(self, zoo_id: str) -> Job:
+        return self.shared(("baselines", zoo_id), lambda p: self.service.baselines(zoo_id, p))
+
+    def follow(self, job: Job, progress) -> Any:
+        """Mirror the job's progress into Gradio until it ends; its result, or gr.Error / :class:`Stopped`."""
+        for fraction, stage in self.jobs.follow(job, 0.1):
+            progress(fraction, desc=stage)
+        if job.state == DONE:
+            return job.result
+        if job.state == CANCELLED:
+            raise Stopped(job.error)
+        raise gr.Error(job.error, duration=None, title="mergescope")
+
+    def submit(self, fn: Callable, request: gr.Request | None, label: str, progress) -> Any:
+        return self.follow(self.jobs.submit(fn, owner=_session(request), label=label), progress)
+
+    # ---------------------------------------------------------------- load
+    def load_outputs(self, entry) -> list:
+        tasks = entry.zoo.task_names
+        tables = [per_task_table(w.param, tasks) for p in self.panels.values() for w in p.widgets if w.table]
+        return [entry.id, self.service.zoo_summary(entry), self.service.zoo_table(entry),
+                gr.update(choices=tasks, value=tasks), *tables,
+                f"Loaded **{entry.name}**. Baselines are evaluated in the background; pick a method and press Merge."]
+
+    def on_page_load(self, request: gr.Request, progress=gr.Progress()):
+        if not self.default_zoo:
+            return [gr.skip()] * (len(self.load_targets) - 1) + ["Load a zoo to begin (tab **Load zoo**)."]
+        path = self.default_zoo
+        job = self.shared(("load", str(Path(path).resolve())), lambda p: self.service.load_zoo(path, p))
+        return self.load_outputs(self.follow(job, progress))
+
+    def on_load(self, source: str, path: str, files, zoo_id: str, request: gr.Request, progress=gr.Progress()):
+        """Load the demo zoo, a server-side folder/manifest, or uploaded safetensors."""
+        if source == "upload":
+            paths = [getattr(f, "name", f) for f in files or []]
+            entry = self.submit(lambda p: self.service.load_uploads(paths, _session(request), zoo_id or None, p),
+                                request, "load upload", progress)
+        else:
+            path = self.default_zoo if source == "demo" else path
+            if not path:
+                raise gr.Error("give a zoo folder or a zoo.json manifest path", title="mergescope")
+            entry = self.submit(lambda p: self.service.load_zoo(path, p), request, "load zoo", progress)
+        return self.load_outputs(entry)
+
+    def on_baselines(self, zoo_id: str, progress=gr.Progress()):
+        if not zoo_id:
+            return gr.skip(), gr.skip()
+        try:
+            self.follow(self.baseline_job(zoo_id), progress)
+        except Stopped:
+            return gr.skip(), "Baseline evaluation was cancelled."
+        entry = self.service.zoo(zoo_id)
+        n = len(entry.baselines)
+        note = f"Baselines ready for {n} task{'s' if n != 1 else ''} (pretrained and individual fine-tuned, test split)." \
+            if n else "This zoo has no heads or test data: merges show mask statistics only."
+        return self.service.zoo_table(entry), note
+
+    # ---------------------------------------------------------------- merge
+    def on_method(self, method: str):
+        spec = next(m for m in self.methods if m.name == method)
+        return [explain(spec)] + [gr.update(visible=name == method) for name in self.panels]
+
+    def on_collect(self, method: str, tasks: list[str], *values):
+        """Widget values of the chosen method → parameter JSON (validated by the merge)."""
+        if method not in self.panels:
+            raise gr.Error(f"unknown merge method {method!r}", title="mergescope")
+        start = 0
+        for name, panel in self.panels.items():
+            count = len(panel.components())
+            if name == method:
+                try:
+                    params = collect_params(panel, values[start:start + count], tasks or [])
+                except ValueError as exc:
+                    raise gr.Error(str(exc), title="mergescope") from None
+                return json.dumps(params), "Working… (progress under the Merge button)"
+            start += count
+
+    def on_merge(self, zoo_id: str, method: str, params_json: str, tasks: list[str], request: gr.Request,
+                 progress=gr.Progress()):
+        """Run a merge as a background job; show its figures and record it."""
+        try:
+            params = json.loads(params_json or "{}")
+        except json.JSONDecodeError as exc:
+            raise gr.Error(f"parameters are not valid JSON: {exc}", title="mergescope") from None
+        if not isinstance(params, dict):
+            raise gr.Error("parameters must be a JSON object such as {\"lam\": 0.3}", title="mergescope")
+        try:
+            view = self.submit(lambda p: self.service.merge(zoo_id, method, params, tasks or None, p), request,
+                               f"merge {method}", progress)
+        except Stopped as stop:
+            return [gr.skip()] * (len(self.run_targets) - 1) + [f"**Cancelled** ({stop}). Nothing was recorded."]
+        return self.run_outputs(view) + [f"Run #{view.id} done."]
+
+    def run_outputs(self, view, mask_kind: str | None = None, table: str | None = None) -> list:
+        figs = view.figures(mask_kind)
+        kinds = list(view.stats)
+        tables = list(view.tables)
+        table = table if table in tables else (tables[0] if tables else None)
+        summary = view.summary()
+        if not kinds:
+            summary += "\n\nThis method makes no masks; TIES, DARE, PCB, TALL and Consensus show mask statistics."
+        runs = self.service.history.table()
+        run_ids = [str(r) for r in runs["run"]]
+        return [view.id, summary,
+                gr.update(choices=kinds, value=mask_kind if mask_kind in kinds else (kinds[0] if kinds else None)),
+                gr.update(visible=bool(tables)), gr.update(choices=tables, value=table),
+                *[figs[name] for name in PLOTS],
+                figs.get(f"table:{table}") if table else None,
+                view.tables[table].round(4) if table else None,
+                runs, *[gr.update(choices=run_ids) for _ in range(3)],
+                gr.update(choices=[""] + view.record.tasks, value="")]
+
+    def on_view(self, run_id, mask_kind: str, table: str):
+        """Re-draw the current run for another mask kind or method table (no recomputation)."""
+        if run_id is None:
+            return [gr.skip()] * (len(self.run_targets) - 1)
+        try:
+            view = self.service.run(run_id)
+        except ValueError as exc:
+            raise gr.Error(str(exc), title="mergescope") from None
+        return self.run_outputs(view, mask_kind, table)
+
+    def on_cancel(self, request: gr.Request):
+        cancelled = self.jobs.cancel_owner(_session(request))
+        return f"Cancelling {len(cancelled)} job(s)…" if cancelled else "Nothing to cancel."
+
+    # ---------------------------------------------------------------- sweep
+    def sweep_params(self, method: str):
+        spec = next(m for m in self.methods if m.name == method)
+        names = [p.name for p in spec.params if p.grid and p.type in (int, float)]
+        first = "lam" if "lam" in names else (names[0] if names else None)
+        grid = ", ".join(f"{v:g}" for v in spec.param(first).grid) if first else ""
+        return gr.update(choices=names, value=first), grid
+
+    def on_sweep_param(self, method: str, param: str):
+        spec = next(m for m in self.methods if m.name == method)
+        names = [p.name for p in spec.params]
+        return ", ".join(f"{v:g}" for v in spec.param(param).grid or ()) if param in names else ""
+
+    def on_sweep(self, zoo_id: str, method: str, param: str, values: str, tasks: list[str], request: gr.Request,
+                 progress=gr.Progress()):
+        try:
+            grid = [float(v) for v in values.replace(";", ",").split(",") if v.strip()] or None
+        except ValueError:
+            raise gr.Error(f"sweep values must be numbers separated by commas, got {values!r}",
+                           title="mergescope") from None
+        try:
+            table = self.submit(lambda p: self.service.sweep(zoo_id, method, param, grid, None, tasks or None, p),
+                                request, f"sweep {method} {param}", progress)
+        except Stopped as stop:
+            return gr.skip(), gr.skip(), f"**Sweep cancelled** ({stop})."
+        mean = table.groupby("value", as_index=False)[["accuracy", "normalized"]].mean()
+        best = mean.loc[mean["normalized"].idxmax()]
+        note = (f"Best {param} = {best['value']:g}: {100 * best['accuracy']:.1f}% average {table['split'].iloc[0]} "
+                f"accuracy ({100 * best['normalized']:.1f}% of fine-tuned).")
+        return figures.sweep_lines(table), table, note
+
+    # ---------------------------------------------------------------- compare and download
+    def on_compare(self, first: str, second: str):
+        if not first or not second:
+            raise gr.Error("pick two runs to compare", title="mergescope")
+        try:
+            table = self.service.history.compare(int(first), int(second))
+            long = self.service.history.accuracy_long([int(first), int(second)])
+        except (KeyError, ValueError) as exc:
+            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc), title="mergescope") from None
+        fig = figures.accuracy_bars(long, "Accuracy per task: the two runs") if not long.empty else None
+        return table, fig
+
+    def on_history(self):
+        runs = self.service.history.table()
+        ids = [str(r) for r in runs["run"]]
+        return runs, *[gr.update(choices=ids) for _ in range(3)]
+
+    def on_download(self, run: str, fmt: str, task: str, request: gr.Request, progress=gr.Progress()):
+        if not run:
+            raise gr.Error("pick a run to download", title="mergescope")
+        try:
+            return str(self.submit(lambda p: self.service.export_checkpoint(int(run), fmt, _session(request),
+                                                                            task or None),
+                                   request, "export", progress))
+        except Stopped:
+            return gr.skip()
+
+    def on_results(self, fmt: str, request: gr.Request):
+        try:
+            return str(self.service.export_results(None, fmt, _session(request)))
+        except ValueError as exc:
+            raise gr.Error(str(exc), title="mergescope") from None
+
+    # ---------------------------------------------------------------- guide
+    def on_guide(self, index: int):
+        step = guide.STEPS[index]
+        values = []
+        for name, panel in self.panels.items():
+            for widget in panel.widgets:
+                value = step.params.get(widget.param.name, gr.skip()) if name == step.method else gr.skip()
+                values.append(value)
+        return [gr.Tabs(selected="merge"), step.method, *values]
+
+    # ---------------------------------------------------------------- layout
+    def build(self) -> gr.Blocks:
+        names = [m.name for m in self.methods]
+        first = "consensus" if "consensus" in names else names[0]
+        with gr.Blocks(title="mergescope") as demo:
+            zoo_state, run_state = gr.State(""), gr.State(None)
+            gr.Markdown("# mergescope\nMerge fine-tuned models and see why a merge works. "
+                        "New to merging? Start with the **Guide** tab.")
+            status = gr.Markdown("Starting…", elem_id="status")
+            with gr.Tabs(selected="merge") as tabs:
+                with gr.Tab("Guide", id="guide"):
+                    gr.Markdown(guide.INTRO)
+                    step_buttons = []
+                    for i, step in enumerate(guide.STEPS):
+                        gr.Markdown(f"#### {step.title}\n{step.text}")
+                        step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", elem_id=f"guide-{i + 1}"))
+                with gr.Tab("Merge & see", id="merge"):
+                    with gr.Row():
+                        with gr.Column(scale=1, min_width=320):
+                            method = gr.Dropdown(method_choices(self.methods), value=first, label="merge method",
+                                                 elem_id="method")
+                            method_md = gr.Markdown(explain(next(m for m in self.methods if m.name == first)))
+                            self.panels = {m.name: build_panel(m, m.name == first) for m in self.methods}
+                            tasks = gr.CheckboxGroup([], label="tasks to merge", elem_id="tasks")
+                            with gr.Row():
+                                merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
+                                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                            merge_progress = gr.Markdown("", elem_classes="progress-slot")
+                            params_json = gr.Textbox(label="parameters sent (JSON)", interactive=False,
+                                                     elem_id="params-json")
+                        with gr.Column(scale=3):
+                            run_md = gr.Markdown("Press **Merge** to run the selected method.", elem_id="run-summary")
+                            waiting = figures.placeholder("press Merge to see this figure")
+                            mask_kind = gr.Dropdown([], label="mask set shown", elem_id="mask-kind")
+                            with gr.Row():
+                                p_hist = gr.Plot(waiting, label="agreement histogram", elem_id="plot-histogram")
+                                p_layers = gr.Plot(waiting, label="agreement per layer", elem_id="plot-layers")
+                            with gr.Row():
+                                p_jaccard = gr.Plot(waiting, label="mask overlap", elem_id="plot-jaccard")
+                                p_density = gr.Plot(waiting, label="mask density", elem_id="plot-density")
+                            with gr.Row():
+                                p_acc = gr.Plot(waiting, label="accuracy", elem_id="plot-accuracy")
+                                p_norm = gr.Plot(waiting, label="normalized accuracy", elem_id="plot-normalized")
+                            with gr.Row(visible=False) as table_row:
+                                with gr.Column():
+                                    table_choice = gr.Dropdown([], label="method table shown")
+                                    p_table = gr.Plot(label="method table", elem_id="plot-table")
+                                table_df = gr.Dataframe(label="method table (numbers)", interactive=False)
+                with gr.Tab("Load zoo", id="load"):
+                    source = gr.Radio([("demo zoo", "demo"), ("server folder or manifest", "path"),
+                                       ("upload safetensors", "upload")], value="demo", label="zoo source",
+                                      elem_id="source")
+                    path = gr.Textbox(self.default_zoo or "", label="zoo folder or zoo.json on the server",
+                                      elem_id="zoo-path")
+                    limit = self.service.settings.upload_limit / 2**20
+                    upload = gr.File(file_count="multiple", file_types=[".safetensors"], elem_id="upload",
+                                     label=f"pretrained*.safetensors + one fine-tuned file per task "
+                                           f"(at most {limit:.0f} MiB)")
+                    load_btn = gr.Button("Load", variant="primary", elem_id="load-btn")
+                    load_progress = gr.Markdown("", elem_classes="progress-slot")
+                    baseline_md = gr.Markdown("")
+                    zoo_md = gr.Markdown("", elem_id="zoo-summary")
+                    zoo_table = gr.Dataframe(label="tasks", interactive=False, elem_id="zoo-table")
+                with gr.Tab("Sweep", id="sweep"):
+                    with gr.Row():
+                        sweep_method = gr.Dropdown(method_choices(self.methods), value=first, label="method")
+                        param_choices, grid = self.sweep_params(first)
+                        sweep_param = gr.Dropdown(param_choices["choices"], value=param_choices["value"],
+                                                  label="parameter", allow_custom_value=True)
+                        sweep_values = gr.Textbox(grid, label="values (comma-separated; default: the paper's grid)")
+                    with gr.Row():
+                        sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep-btn")
+                        sweep_cancel = gr.Button("Cancel", variant="stop")
+                    sweep_md = gr.Markdown("Accuracy on validation images (never test) for each value.")
+                    sweep_plot = gr.Plot(label="sweep", elem_id="plot-sweep")
+                    sweep_table = gr.Dataframe(label="sweep results", interactive=False)
+                with gr.Tab("Compare & download", id="compare"):
+                    runs_table = gr.Dataframe(self.service.history.table(), label="runs (newest first)",
+                                              interactive=False, elem_id="runs-table")
+                    refresh = gr.Button("Refresh", size="sm")
+                    with gr.Row():
+                        cmp_a = gr.Dropdown([], label="run A", elem_id="run-a", allow_custom_value=True)
+                        cmp_b = gr.Dropdown([], label="run B", elem_id="run-b", allow_custom_value=True)
+                        cmp_btn = gr.Button("Compare", elem_id="compare-btn")
+                    cmp_table = gr.Dataframe(label="side by side", interactive=False, elem_id="compare-table")
+                    cmp_plot = gr.Plot(label="accuracy of the two runs", elem_id="plot-compare")
+                    gr.Markdown("#### Downloads")
+                    with gr.Row():
+                        dl_run = gr.Dropdown([], label="run", allow_custom_value=True)
+                        dl_fmt = gr.Radio([("open_clip safetensors", "open_clip"), ("Hugging Face CLIP", "hf"),
+                                           ("TALL compressed", "tall-compressed")], value="open_clip",
+                                          label="checkpoint format")
+                        dl_task = gr.Dropdown([""], value="", label="task (TALL: one model per task)",
+                                              allow_custom_value=True)
+                        dl_btn = gr.Button("Download checkpoint")
+                    with gr.Row():
+                        res_fmt = gr.Radio(["csv", "json"], value="csv", label="results format")
+                        res_btn = gr.Button("Download all runs")
+                    dl_file = gr.File(label="file", interactive=False, elem_id="download")
+
+            panel_tables = [w.table for p in self.panels.values() for w in p.widgets if w.table]
+            panel_inputs = [c for p in self.panels.values() for c in p.components()]
+            self.load_targets = [zoo_state, zoo_md, zoo_table, tasks, *panel_tables, status]
+            self.run_targets = [run_state, run_md, mask_kind, table_row, table_choice, p_hist, p_layers, p_jaccard,
+                                p_density, p_acc, p_norm, p_table, table_df, runs_table, cmp_a, cmp_b, dl_run, dl_task,
+                                status]
+            failed = "⚠️ The last action failed — see the message in the corner. Nothing you had was changed."
+
+            demo.load(self.on_page_load, None, self.load_targets, api_visibility="private", show_progress_on=status,
+                      **WORK) \
+                .then(self.on_baselines, zoo_state, [zoo_table, baseline_md], api_visibility="private",
+                      show_progress_on=baseline_md, **WORK)
+            loading = load_btn.click(self.on_load, [source, path, upload, zoo_state], self.load_targets,
+                                     api_name="load_zoo", show_progress_on=load_progress, **WORK)
+            loading.success(self.on_baselines, zoo_state, [zoo_table, baseline_md], api_name="baselines",
+                            show_progress_on=baseline_md, **WORK)
+            loading.failure(lambda: failed, None, status, api_visibility="private")
+            method.change(self.on_method, method, [method_md] + [p.group for p in self.panels.values()],
+                          api_visibility="private", **QUICK)
+
+            def merge_chain(dependency):
+                return dependency.success(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
+                                          api_visibility="private", **QUICK)
+
+            collecting = merge_btn.click(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
+                                         api_visibility="private", **QUICK)
+            collecting.failure(lambda: failed, None, status, api_visibility="private")
+            collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
+                               api_name="merge", show_progress_on=merge_progress, **WORK) \
+                .failure(lambda: failed, None, status, api_visibility="private")
+            for i, button in enumerate(step_buttons):
+                chosen = button.click(lambda i=i: self.on_guide(i), None, [tabs, method, *[
+                    w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
+                merge_chain(chosen).success(self.on_merge, [zoo_state, method, params_json, tasks],
+                                            self.run_targets, api_visibility="private", show_progress_on=merge_progress,
+                                            **WORK)
+            cancel_btn.click(self.on_cancel, None, status, api_name="cancel", **QUICK)
+            gr.on([mask_kind.input, table_choice.input], self.on_view, [run_state, mask_kind, table_choice],
+                  self.run_targets[:-1], api_visibility="private", **QUICK)
+
+            sweep_method.change(self.sweep_params, sweep_method, [sweep_param, sweep_values],
+                                api_visibility="private", **QUICK)
+            sweep_param.input(self.on_sweep_param, [sweep_method, sweep_param], sweep_values,
+                              api_visibility="private", **QUICK)
+            sweep_btn.click(self.on_sweep, [zoo_state, sweep_method, sweep_param, sweep_values, tasks],
+                            [sweep_plot, sweep_table, sweep_md], api_name="sweep", show_progress_on=sweep_md, **WORK)
+            sweep_cancel.click(self.on_cancel, None, sweep_md, api_visibility="private", **QUICK)
+
+            history_targets = [runs_table, cmp_a, cmp_b, dl_run]
+            refresh.click(self.on_history, None, history_targets, api_name="history", **QUICK)
+            demo.load(self.on_history, None, history_targets, api_visibility="private", **QUICK)
+            cmp_btn.click(self.on_compare, [cmp_a, cmp_b], [cmp_table, cmp_plot], api_name="compare", **QUICK)
+            dl_btn.click(self.on_download, [dl_run, dl_fmt, dl_task], dl_file, api_name="download", **WORK)
+            res_btn.click(self.on_results, res_fmt, dl_file, api_name="download_results", **QUICK)
+        return demo
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def create_app(settings: Settings, default_zoo: str | None = None, slots: int = 1,
+               preload: bool = True) -> gr.Blocks:
+    """The Blocks app with its service and job queue (``demo.dashboard``); starts loading ``default_zoo``."""
+    dashboard = Dashboard(Service(settings), JobQueue(slots), default_zoo)
+    if default_zoo and preload:
+        dashboard.preload(default_zoo)
+    demo = dashboard.build()
+    demo.dashboard = dashboard
+    demo.queue(default_concurrency_limit=4)
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **options):
+    """Start the server; downloads are served from the data folder only."""
+    settings = demo.dashboard.service.settings
+    return demo.launch(server_name=host, server_port=port, theme=gr.themes.Soft(), css=CSS,
+                       allowed_paths=[str(Path(settings.data_dir) / "sessions")],
+                       max_file_size=settings.upload_limit, footer_links=["api", "gradio"], **options)

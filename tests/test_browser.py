@@ -1,0 +1,175 @@
+"""The dashboard in a real headless Chromium (playwright): page load, a merge with rendered plotly traces, cancel,
+an error for a corrupt upload, the guide, compare.  Screenshots go to test-artifacts/.
+
+Skipped when chromium or playwright is missing — unless MERGESCOPE_REQUIRE_BROWSER=1, then they fail.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ck_tiny_zoo import make_tiny_zoo
+from dashboard_app import SLOW, SLOW_METHOD, running_app
+from merging.registry import METHODS
+
+pytestmark = pytest.mark.browser
+CHROMIUM = os.environ.get("MERGESCOPE_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+WAIT = 60_000  # ms; bounded waits everywhere
+PLOTS = ("histogram", "layers", "jaccard", "density", "accuracy", "normalized")
+
+
+def _browser_missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        return f"chromium not found at {CHROMIUM}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    missing = _browser_missing()
+    if missing:
+        if os.environ.get("MERGESCOPE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser tests required (MERGESCOPE_REQUIRE_BROWSER=1) but {missing}")
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, browser):
+    zoo = tmp_path_factory.mktemp("zoo")
+    make_tiny_zoo(zoo, n_tasks=3, n_per_class=3, noise=0.05)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(METHODS, SLOW, SLOW_METHOD)
+        with running_app(zoo, tmp_path_factory.mktemp("data")) as (url, demo):
+            yield url, demo, zoo
+
+
+@pytest.fixture
+def page(browser, app):
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(app[0])
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('Loaded')")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def _shot(page, name: str, full_page: bool = True) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+
+
+def _status_has(page, text: str) -> None:
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({text!r})")
+
+
+def _merge(page) -> None:
+    before = page.inner_text("#status")
+    page.click("#merge-btn")
+    page.wait_for_function(f"(s => s.includes('done') && s !== {before!r})(document.querySelector('#status')"
+                           ".innerText)")
+
+
+def _choose_method(page, title: str) -> None:
+    page.click("#method input")
+    page.locator("#method").get_by_role("option", name=title, exact=True).click()
+    page.wait_for_function(f"document.querySelector('#method input').value === {title!r}")
+
+
+def _rendered(page, plot: str) -> int:
+    """Number of drawn plotly traces (bars/lines: g.trace; heatmaps: their image) in one gr.Plot."""
+    return page.locator(f"#plot-{plot} .js-plotly-plot .trace, #plot-{plot} .js-plotly-plot .hm image").count()
+
+
+def test_page_loads_on_the_zoo(page):
+    assert page.title() == "mergescope"
+    for task in ("task0", "task1", "task2"):
+        assert page.locator("#tasks").get_by_text(task, exact=True).is_visible()
+    assert "Consensus Merging" in page.inner_text("body")
+    page.get_by_role("tab", name="Load zoo").click()
+    page.wait_for_function("document.querySelector('#zoo-summary').innerText.includes('3 tasks')")
+    page.wait_for_function("document.querySelector('#zoo-table').innerText.includes('pretrained %')")
+    _shot(page, "01-load-tab")
+
+
+def test_a_merge_runs_and_the_plots_render(page):
+    _merge(page)
+    for plot in PLOTS:
+        page.wait_for_selector(f"#plot-{plot} .js-plotly-plot")
+    counts = {plot: _rendered(page, plot) for plot in PLOTS}
+    assert all(counts.values()), counts
+    assert counts["histogram"] == 3 and counts["accuracy"] == 3  # classes; pretrained/individual/merged
+    assert page.locator("#plot-histogram .shapelayer path").count() == 1  # the consensus threshold k
+    assert "Run #" in page.inner_text("#run-summary")
+    _shot(page, "02-merged-consensus")
+
+
+def test_cancel_stops_a_running_merge(page, app):
+    _choose_method(page, "Slow (test)")
+    page.click("#merge-btn")
+    page.wait_for_function("document.body.innerText.includes('slow step')")
+    _shot(page, "03-running")
+    page.click("#cancel-btn")
+    _status_has(page, "Cancelled")
+    assert not app[1].dashboard.jobs.active()
+    _shot(page, "04-cancelled")
+
+
+def test_a_corrupt_upload_shows_an_error_and_keeps_the_zoo(page, app, tmp_path):
+    corrupt = tmp_path / "cars.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00this is not a safetensors header")
+    page.get_by_role("tab", name="Load zoo").click()
+    page.get_by_label("upload safetensors").check()
+    page.set_input_files("#upload input[type=file]", [str(corrupt), str(app[2] / "pretrained.safetensors")])
+    page.wait_for_function("document.querySelector('#upload').innerText.includes('cars.safetensors')")
+    page.click("#load-btn")
+    toast = page.get_by_text("cars.safetensors:", exact=False).last
+    toast.wait_for()
+    assert "finetuned/cars.safetensors" in toast.inner_text()
+    _status_has(page, "failed")
+    assert "3 tasks" in page.inner_text("#zoo-summary")  # the loaded zoo is still there
+    page.wait_for_timeout(1000)  # let the toast finish sliding in
+    _shot(page, "05-corrupt-upload", full_page=False)  # the message is a fixed-position toast
+
+
+def test_guide_step_runs_ties_and_shows_sign_conflicts(page):
+    page.get_by_role("tab", name="Guide").click()
+    page.click("#guide-2")
+    page.wait_for_function("document.querySelector('#run-summary').innerText.includes('ties')")
+    page.wait_for_selector("#plot-table .js-plotly-plot .trace")
+    assert page.locator("#method input").input_value() == "TIES-Merging"
+    _shot(page, "06-guide-ties")
+
+
+def test_compare_two_runs(page, app):
+    _merge(page)
+    _choose_method(page, "Task Arithmetic")
+    _merge(page)
+    page.get_by_role("tab", name="Compare & download").click()
+    ids = [str(r.id) for r in app[1].dashboard.service.history.records()[-2:]]
+    assert ids[0] in page.locator("#runs-table").inner_text()
+    for dropdown, run in zip(("#run-a", "#run-b"), ids):
+        page.click(f"{dropdown} input")
+        page.locator(dropdown).get_by_role("option", name=run, exact=True).click()
+    page.click("#compare-btn")
+    page.wait_for_selector("#plot-compare .js-plotly-plot .trace")
+    assert "avg acc %" in page.inner_text("#compare-table")
+    _shot(page, "07-compare")

@@ -1,0 +1,171 @@
+"""The launched app driven through gradio_client: load, merge, errors, cancel, history, downloads, concurrency."""
+import json
+import threading
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from safetensors.torch import load_file
+
+from ck_tiny_zoo import make_tiny_zoo
+from dashboard_app import SLOW, SLOW_METHOD, running_app
+from merging.registry import METHODS
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    make_tiny_zoo(root, n_tasks=3, n_per_class=3, noise=0.05)
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(zoo_dir, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(METHODS, SLOW, SLOW_METHOD)
+        with running_app(zoo_dir, tmp_path_factory.mktemp("data")) as (url, demo):
+            yield url, demo
+
+
+def _client(app):
+    return Client(app[0], verbose=False)
+
+
+def _loaded(app):
+    client = _client(app)
+    summary, table, tasks, *_ = client.predict("demo", "", [], api_name="/load_zoo")
+    return client, summary, table
+
+
+HISTOGRAM, ACCURACY = 3, 7  # positions in /merge's outputs (after the summary and two dropdowns)
+
+
+def _traces(plot) -> list:
+    return json.loads(plot["plot"])["data"]
+
+
+def test_load_shows_tasks_parameter_count_device_and_baselines(app):
+    client, summary, table = _loaded(app)
+    assert "3 tasks" in summary and "merged parameters" in summary and "`cpu`" in summary
+    assert [row[0] for row in table["data"]] == ["task0", "task1", "task2"]
+    table, note = client.predict(api_name="/baselines")
+    assert "pretrained %" in table["headers"] and "individual %" in table["headers"]
+    assert "Baselines ready for 3 tasks" in note
+
+
+def test_merge_returns_figures_and_is_recorded(app):
+    client, *_ = _loaded(app)
+    out = client.predict("ties", json.dumps({"k": 30, "lam": 0.8}), ["task0", "task2"], api_name="/merge")
+    summary, status = out[0], out[-1]
+    run_id = int(summary.split("Run #")[1].split(":")[0])
+    assert f"Run #{run_id} done" in status and "ties" in summary
+    names = {t["name"] for t in _traces(out[HISTOGRAM])}
+    assert names <= {"catastrophic", "selfish", "general"} and names
+    accuracy = _traces(out[ACCURACY])
+    assert [t["name"] for t in accuracy] == ["pretrained", "individual", "merged"]
+    runs = client.predict(api_name="/history")[0]
+    row = next(r for r in runs["data"] if r[0] == run_id)
+    assert row[3] == "ties" and row[4] == "k=30, merge=mean, lam=0.8" and row[5] == 2
+    record = app[1].dashboard.service.history.get(run_id)
+    assert set(record.accuracy) == {"task0", "task2"}
+
+
+def test_compare_and_download(app):
+    client, *_ = _loaded(app)
+    first = client.predict("task_arithmetic", json.dumps({"lam": 0.3}), [], api_name="/merge")
+    second = client.predict("consensus", json.dumps({"k": 2}), [], api_name="/merge")
+    a, b = (int(o[0].split("Run #")[1].split(":")[0]) for o in (first, second))
+    table, plot = client.predict(str(a), str(b), api_name="/compare")
+    assert table["headers"][1:] == [f"#{a} task_arithmetic", f"#{b} consensus", "Δ"]
+    assert {t["name"] for t in _traces(plot)} == {f"#{a} task_arithmetic", f"#{b} consensus"}
+    path = client.predict(str(b), "open_clip", "", api_name="/download")
+    tensors = load_file(path)
+    assert tensors and all(k.startswith("visual.") for k in tensors)
+    results = client.predict("json", api_name="/download_results")
+    assert {r["id"] for r in json.load(open(results))} >= {a, b}
+
+
+def test_bad_input_gives_a_message_and_the_app_keeps_working(app, zoo_dir, tmp_path):
+    client, *_ = _loaded(app)
+    with pytest.raises(AppError, match="k: 500.0 is above the maximum 100.0"):
+        client.predict("ties", json.dumps({"k": 500}), [], api_name="/merge")
+    with pytest.raises(AppError, match="not valid JSON"):
+        client.predict("ties", "{k: 1", [], api_name="/merge")
+    with pytest.raises(AppError, match="no zoo at"):
+        client.predict("path", str(tmp_path / "missing"), [], api_name="/load_zoo")
+    corrupt = tmp_path / "cars.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
+    pre = zoo_dir / "pretrained.safetensors"
+    with pytest.raises(AppError, match=r"^finetuned/cars\.safetensors: (corrupt|truncated|not a checkpoint)"):
+        client.predict("upload", "", [handle_file(corrupt), handle_file(pre)], api_name="/load_zoo")
+    # the session still has its zoo: a merge works
+    out = client.predict("averaging", "{}", [], api_name="/merge")
+    assert "done" in out[-1]
+
+
+def _wait_running(demo, label, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        running = [j for j in demo.dashboard.jobs.active() if j.label == label and j.state == "running"]
+        if running and running[0].fraction > 0:
+            return running[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no running {label!r} job")
+
+
+def test_cancel_stops_a_running_merge(app):
+    client, *_ = _loaded(app)
+    before = len(app[1].dashboard.service.history.records())
+    pending = client.submit(SLOW, json.dumps({"seconds": 60}), [], api_name="/merge")
+    job = _wait_running(app[1], f"merge {SLOW}")
+    started = time.time()
+    assert "Cancelling 1 job" in client.predict(api_name="/cancel")
+    out = pending.result(timeout=30)
+    assert "Cancelled" in out[-1] and "slow step" in out[-1]
+    assert job.state == "cancelled" and time.time() - started < 10
+    assert len(app[1].dashboard.service.history.records()) == before
+
+
+def test_cancel_stops_a_real_sweep(app):
+    client, *_ = _loaded(app)
+    values = ", ".join(str(k % 4) for k in range(200))  # 200 consensus merges + evaluations
+    pending = client.submit("consensus", "k", values, [], api_name="/sweep")
+    job = _wait_running(app[1], "sweep consensus k")
+    client.predict(api_name="/cancel")
+    plot, table, note = pending.result(timeout=30)
+    assert "Sweep cancelled" in note and job.state == "cancelled"
+    assert job.fraction < 0.5
+
+
+def test_cancel_in_one_session_leaves_others_alone(app):
+    mine, theirs = _client(app), _client(app)
+    for client in (mine, theirs):
+        client.predict("demo", "", [], api_name="/load_zoo")
+    slow = theirs.submit(SLOW, json.dumps({"seconds": 1.0}), [], api_name="/merge")
+    _wait_running(app[1], f"merge {SLOW}")
+    assert mine.predict(api_name="/cancel") == "Nothing to cancel."
+    assert "done" in slow.result(timeout=60)[-1]
+
+
+def test_concurrent_clients_all_get_their_own_results(app):
+    methods = ["task_arithmetic", "ties", "tall", "consensus"]
+    results, errors = {}, []
+
+    def session(method):
+        try:
+            client, *_ = _loaded(app)
+            results[method] = client.predict(method, "{}", [], api_name="/merge")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=session, args=(m,)) for m in methods]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert not errors
+    ids = set()
+    for method, out in results.items():
+        assert f": {method}**" in out[0] and "done" in out[-1]
+        ids.add(int(out[0].split("Run #")[1].split(":")[0]))
+    assert len(ids) == len(methods)
+    history = app[1].dashboard.service.history
+    assert {history.get(i).method for i in ids} == set(methods)

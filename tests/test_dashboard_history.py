@@ -1,0 +1,92 @@
+"""SQLite run history: survives reopening, compares runs, caches baselines, exports atomically."""
+import json
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard.history import History, HistoryError, RunRecord
+
+
+def _record(method="ties", acc=(0.5, 0.7), **extra):
+    return RunRecord(zoo="demo", zoo_hash="h1", method=method, params={"k": 20.0, "lam": [0.3, 0.3]},
+                     tasks=["x", "y"], accuracy=dict(zip(["x", "y"], acc)),
+                     normalized={"x": acc[0] / 0.8, "y": acc[1] / 0.9},
+                     statistics={"ties_trim": {"selfish": np.float32(0.25)}, "rate": np.float64("nan")},
+                     seconds=0.12, eval_seconds=1.5, device="cpu", **extra)
+
+
+def test_runs_survive_reopening(tmp_path):
+    path = tmp_path / "h" / "history.sqlite"
+    first = History(path).add(_record())
+    second = History(path).add(_record("task_arithmetic", (0.4, 0.9)))
+    reopened = History(path)
+    assert [r.id for r in reopened.records()] == [first, second]
+    back = reopened.get(first)
+    assert back.accuracy == {"x": 0.5, "y": 0.7} and back.params == {"k": 20.0, "lam": [0.3, 0.3]}
+    assert back.statistics == {"ties_trim": {"selfish": 0.25}, "rate": None}
+    assert back.mean_accuracy == pytest.approx(0.6)
+    with pytest.raises(HistoryError, match="run #99"):
+        reopened.get(99)
+
+
+def test_table_newest_first_with_summary(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    h.add(_record())
+    h.add(_record("consensus", (0.6, 0.8)))
+    table = h.table()
+    assert list(table["method"]) == ["consensus", "ties"]
+    assert list(table["avg acc %"]) == [70.0, 60.0]
+    assert table["params"].iloc[0] == "k=20, lam=0.3"
+    assert h.table(zoo_hash="other").empty
+
+
+def test_compare_side_by_side(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    a, b = h.add(_record()), h.add(_record("consensus", (0.6, 0.65)))
+    table = h.compare(a, b).set_index("")
+    assert table.loc["acc x %", f"#{a} ties"] == "50.0"
+    assert table.loc["acc x %", f"#{b} consensus"] == "60.0"
+    assert table.loc["acc x %", "Δ"] == "+10.00" and table.loc["acc y %", "Δ"] == "-5.00"
+    long = h.accuracy_long([a, b])
+    assert set(long["model"]) == {f"#{a} ties", f"#{b} consensus"} and len(long) == 4
+    same = h.compare(a, a)
+    assert same.shape[1] == 4  # two distinct columns even for the same run
+
+
+def test_baseline_cache(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    assert h.baseline("h1", "test", "pretrained") is None
+    h.save_baseline("h1", "test", "pretrained", {"x": np.float64(0.1)})
+    h.save_baseline("h1", "test", "pretrained", {"x": 0.2})
+    assert History(tmp_path / "h.sqlite").baseline("h1", "test", "pretrained") == {"x": 0.2}
+
+
+def test_exports_csv_and_json(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    ids = [h.add(_record()), h.add(_record("dare", (0.1, 0.2)))]
+    csv = pd.read_csv(h.export(tmp_path / "out" / "runs.csv"))
+    assert list(csv["method"]) == ["ties", "dare"] and list(csv["acc:y"]) == [0.7, 0.2]
+    data = json.loads(h.export(tmp_path / "runs.json", ids[1:]).read_text())
+    assert len(data) == 1 and data[0]["accuracy"] == {"x": 0.1, "y": 0.2}
+    assert data[0]["mean_accuracy"] == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="csv or .json"):
+        h.export(tmp_path / "runs.txt")
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
+
+
+def test_concurrent_writers(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    ids, errors = [], []
+
+    def write():
+        try:
+            for _ in range(10):
+                ids.append(h.add(_record()))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(set(ids)) == 40 and len(h.records()) == 40

@@ -1,0 +1,195 @@
+"""The dashboard's handlers as plain functions, on a tiny open_clip zoo written to disk."""
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ck_tiny_zoo import make_tiny_zoo
+from dashboard.service import Service, Settings, UserError
+from merging import ParameterError, UnknownMethodError
+from merging.compressed import load_compressed
+from merging.evaluation import evaluate
+from merging.maskstats import mask_statistics
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    make_tiny_zoo(root, n_tasks=3, n_per_class=3, noise=0.05)
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(zoo_dir, tmp_path_factory):
+    return Service(Settings(tmp_path_factory.mktemp("data"), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def entry(service, zoo_dir):
+    return service.load_zoo(zoo_dir)
+
+
+def test_load_builds_the_space_once_and_describes_the_zoo(service, zoo_dir, entry):
+    stages = []
+    again = service.load_zoo(zoo_dir / "zoo.json", lambda f, s: stages.append(s))
+    assert again is entry and stages == ["reading the zoo manifest"]
+    visual = entry.zoo.pretrained_state()
+    assert entry.space.P == sum(v.numel() for v in visual.values() if v.is_floating_point())
+    table = service.zoo_table(entry)
+    assert list(table["task"]) == ["task0", "task1", "task2"]
+    assert list(table["head"]) == ["weights", "zero-shot", "weights"]
+    summary = service.zoo_summary(entry)
+    assert "3 tasks" in summary and f"{entry.space.P:,}" in summary and "cpu" in summary
+
+
+def test_missing_and_corrupt_zoos_give_clear_errors(service, tmp_path, zoo_dir):
+    with pytest.raises(UserError, match="no zoo at"):
+        service.load_zoo(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(zoo_dir, broken)
+    (broken / "finetuned" / "task1.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    with pytest.raises(ValueError, match="task1.safetensors"):
+        service.load_zoo(broken)
+
+
+def test_baselines_are_evaluated_once_and_cached_on_disk(service, entry, monkeypatch):
+    table = service.baselines(entry.id)
+    pre = evaluate(entry.zoo, None, entry.zoo.task_names, "test", device="cpu")
+    assert list(table["pretrained"]) == pytest.approx(list(pre["accuracy"]))
+    assert "pretrained %" in service.zoo_table(entry)
+    # a restarted app reads them from the history database instead of evaluating again
+    import merging.evaluation
+    monkeypatch.setattr(merging.evaluation, "evaluate_baselines", lambda *a, **k: pytest.fail("re-evaluated"))
+    fresh = Service(service.settings)
+    again = fresh.baselines(fresh.load_zoo(entry.path).id)
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_merge_records_a_run_with_independently_checked_accuracy(service, entry):
+    stages = []
+    view = service.merge(entry.id, "ties", {"k": 30, "lam": 0.7}, progress=lambda f, s: stages.append((f, s)))
+    assert stages[-1] == (1.0, "done") and any(s.startswith("evaluating") for _, s in stages)
+    assert [f for f, _ in stages] == sorted(f for f, _ in stages)  # monotone progress bar
+    state = view.space.state_dict(view.result.delta)
+    direct = evaluate(entry.zoo, state, entry.zoo.task_names, "test", device="cpu")
+    record = service.history.get(view.id)
+    assert record.accuracy == pytest.approx(dict(zip(direct["task"], direct["accuracy"])))
+    assert record.params == {"k": 30.0, "merge": "mean", "lam": 0.7} and record.device == "cpu"
+    expected = mask_statistics(view.result.masks["ties_trim"], view.space.index)
+    pd.testing.assert_frame_equal(view.stats["ties_trim"].histogram, expected.histogram)
+    assert record.statistics["masks"]["ties_trim"] == pytest.approx(expected.class_fractions())
+    assert 0 <= record.statistics["sign_conflict_rate"] <= 1
+    models = set(view.accuracy["model"])
+    assert models == {"pretrained", "individual", "merged"}
+    figs = view.figures()
+    assert figs["histogram"] is not None and figs["table:sign_conflicts"] is not None
+    assert "Run #" in view.summary() and "ties_trim masks" in view.summary()
+
+
+def test_consensus_marks_k_and_tall_reports_reconstruction(service, entry):
+    view = service.merge(entry.id, "consensus", {"k": 2})
+    assert view.k == 2 and view.figures()["histogram"].layout.shapes[0].x0 == 1.5
+    tall = service.merge(entry.id, "tall", {"tall_lambda": 0.4})
+    assert set(tall.accuracy["model"]) == {"pretrained", "individual", "TALL-reconstructed"}
+    assert tall.k is None
+
+
+def test_merge_a_subset_of_tasks(service, entry):
+    view = service.merge(entry.id, "task_arithmetic", {}, tasks=["task0", "task2"])
+    assert view.record.tasks == ["task0", "task2"] and set(view.record.accuracy) == {"task0", "task2"}
+    assert torch.equal(view.result.delta, 0.3 * (entry.space.stack[0] + entry.space.stack[2]))
+
+
+def test_bad_input_is_refused_and_nothing_recorded(service, entry):
+    before = len(service.history.records())
+    with pytest.raises(ParameterError, match="k: 150.0 is above the maximum"):
+        service.merge(entry.id, "ties", {"k": 150})
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        service.merge(entry.id, "ties", {"bogus": 1})
+    with pytest.raises(UnknownMethodError, match="unknown merge method 'magic'"):
+        service.merge(entry.id, "magic", {})
+    with pytest.raises(UserError, match="load a zoo first"):
+        service.merge("nope", "ties", {})
+    with pytest.raises(ValueError, match="unknown task"):
+        service.merge(entry.id, "ties", {}, tasks=["task0", "dogs"])
+    assert len(service.history.records()) == before
+
+
+def test_sweep_over_consensus_k_ends_at_the_pretrained_model(service, entry):
+    table = service.sweep(entry.id, "consensus", "k", [0, 4])
+    assert set(table["split"]) == {"val"} and len(table) == 2 * 3
+    # k = 4 > T keeps no weight: θ = θ0
+    pre = evaluate(entry.zoo, None, entry.zoo.task_names, "val", device="cpu")
+    at_four = table[table["value"] == 4].set_index("task")["accuracy"]
+    assert list(at_four[pre["task"]]) == pytest.approx(list(pre["accuracy"]))
+    assert table["normalized"].notna().all()
+    with pytest.raises(UserError, match="no parameter 'q'"):
+        service.sweep(entry.id, "consensus", "q")
+
+
+def test_sweep_defaults_to_the_paper_grid(service, entry):
+    table = service.sweep(entry.id, "task_arithmetic", "lam")
+    assert sorted(set(table["value"])) == pytest.approx([0.1 * i for i in range(1, 11)])
+
+
+def test_exports_are_atomic_files_in_the_session_folder(service, entry, zoo_dir):
+    view = service.merge(entry.id, "dare", {"p": 0.5, "seed": 3})
+    path = service.export_checkpoint(view.id, "open_clip", "alice")
+    assert path.parent == service.session_dir("alice") / "exports"
+    saved = load_file(path)
+    expected = view.space.state_dict(view.result.delta)
+    assert set(saved) == {"visual." + k for k in expected}
+    assert all(torch.equal(saved["visual." + k], v) for k, v in expected.items())
+    assert service.export_checkpoint(view.id, "hf", "alice").stat().st_size > 0
+    csv = pd.read_csv(service.export_results([view.id], "csv", "alice"))
+    assert list(csv["run"]) == [view.id]
+    with pytest.raises(UserError, match="unknown checkpoint format"):
+        service.export_checkpoint(view.id, "zip", "alice")
+    tall = service.merge(entry.id, "tall", {})
+    with pytest.raises(UserError, match="pick a task"):
+        service.export_checkpoint(tall.id, "open_clip", "alice")
+    one = load_file(service.export_checkpoint(tall.id, "open_clip", "alice", task="task1"))
+    rebuilt = tall.space.state_dict(tall.result.task_delta(1))
+    assert all(torch.equal(one["visual." + k], v) for k, v in rebuilt.items())
+    compressed = load_compressed(service.export_checkpoint(tall.id, "tall-compressed", "alice"))
+    assert compressed.task_names == ["task0", "task1", "task2"]
+    assert all(torch.equal(compressed.reconstruct("task1")[k], v) for k, v in rebuilt.items())
+    with pytest.raises(ValueError, match="per-task masks"):
+        service.export_checkpoint(view.id, "tall-compressed", "alice")
+    assert not list((service.session_dir("alice") / "exports").glob(".*.tmp"))
+
+
+def test_export_after_the_result_left_memory_merges_again(zoo_dir, tmp_path):
+    service = Service(Settings(tmp_path / "data", device="cpu", keep_results=1))
+    entry = service.load_zoo(zoo_dir)
+    first = service.merge(entry.id, "dare", {"p": 0.3, "seed": 7})
+    expected = first.space.state_dict(first.result.delta)
+    service.merge(entry.id, "averaging", {})
+    with pytest.raises(UserError, match="no longer in memory"):
+        service.run(first.id)
+    saved = load_file(service.export_checkpoint(first.id, "open_clip", "bob"))
+    assert all(torch.equal(saved["visual." + k], v) for k, v in expected.items())
+
+
+def test_uploads(service, entry, zoo_dir, tmp_path):
+    pre, fine = zoo_dir / "pretrained.safetensors", zoo_dir / "finetuned"
+    with pytest.raises(UserError, match="only .safetensors"):
+        service.load_uploads([pre, zoo_dir / "zoo.json"], "carol")
+    with pytest.raises(UserError, match="exactly one pretrained"):
+        service.load_uploads([fine / "task0.safetensors", fine / "task1.safetensors"], "carol")
+    small = Service(Settings(service.settings.data_dir, device="cpu", upload_limit=1000))
+    with pytest.raises(UserError, match="over the limit"):
+        small.load_uploads([pre, fine / "task0.safetensors"], "carol")
+    corrupt = tmp_path / "cars.safetensors"
+    corrupt.write_bytes((fine / "task0.safetensors").read_bytes()[:500])
+    with pytest.raises(UserError, match=r"^finetuned/cars.safetensors: (truncated|corrupt)"):
+        service.load_uploads([pre, corrupt], "carol", like=entry.id)
+    # the tiny ViT matches no open_clip model: its architecture comes from the loaded zoo
+    uploaded = service.load_uploads([pre, fine / "task0.safetensors", fine / "task2.safetensors"], "carol",
+                                    like=entry.id)
+    assert uploaded.zoo.task_names == ["task0", "task2"] and uploaded.evaluable() == []
+    view = service.merge(uploaded.id, "ties", {})
+    assert view.record.accuracy == {} and view.stats["ties_trim"].density.shape[0] == 2
+    assert torch.equal(uploaded.space.stack, entry.space.stack[[0, 2]])
