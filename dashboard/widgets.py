@@ -1,7 +1,8 @@
 """Gradio widgets generated from a merge method's parameter spec (:class:`merging.params.Param`).
 
-float/int with a range → slider (the paper default, the spec's range and step); wide int ranges (seeds,
-thresholds up to 1000) → number box; choices → dropdown; bool → checkbox.  A per-task parameter (λt) gets a
+an int with a range of at most 100 steps, or a float whose spec gives a slider step → slider (the paper default,
+the spec's range and step); anything else numeric (seeds, open-ended thresholds, learning rates spanning orders of
+magnitude) → number box with the spec's limits; choices → dropdown; bool → checkbox; other str → text box.  A per-task parameter (λt) gets a
 slider for the shared value plus an editable task/value table used when "per task" is ticked.  Values flow back
 through :func:`collect_params` into a plain dict that :func:`merging.registry.run_merge` validates.
 """
@@ -36,16 +37,12 @@ def component_spec(param) -> tuple[str, dict]:
     if param.type is str:
         return "Textbox", common
     bounded = param.low is not None and param.high is not None
-    if param.type is int:
-        if bounded and param.high - param.low <= SLIDER_MAX_STEPS:
-            return "Slider", {**common, "minimum": param.low, "maximum": param.high, "step": param.step or 1}
-        limits = {k: v for k, v in (("minimum", param.low), ("maximum", param.high)) if v is not None}
-        return "Number", {**common, "precision": 0, **limits}
-    if bounded:
-        step = param.step or (param.high - param.low) / 100
-        return "Slider", {**common, "minimum": param.low, "maximum": param.high, "step": step}
     limits = {k: v for k, v in (("minimum", param.low), ("maximum", param.high)) if v is not None}
-    return "Number", {**common, **limits}
+    if param.type is int and bounded and param.high - param.low <= SLIDER_MAX_STEPS:
+        return "Slider", {**common, "minimum": param.low, "maximum": param.high, "step": param.step or 1}
+    if param.type is float and bounded and param.step is not None:
+        return "Slider", {**common, "minimum": param.low, "maximum": param.high, "step": param.step}
+    return "Number", {**common, **limits, **({"precision": 0} if param.type is int else {})}
 
 
 def per_task_table(param, tasks: Sequence[str], value: Any = None) -> pd.DataFrame:
