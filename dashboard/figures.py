@@ -187,9 +187,16 @@ def sign_conflict_bars(table: pd.DataFrame, title: str = "") -> go.Figure:
     return _styled(fig, title or "Sign conflicts per layer (TIES)", "layer", "% of the layer's weights")
 
 
+def layer_rank(layer: str) -> tuple:
+    """Network order of the engine's layer names: embed, block.00, block.01, …, head (others after)."""
+    return (0, layer) if layer == "embed" else (1, layer) if layer.startswith("block") else \
+        (2, layer) if layer == "head" else (3, layer)
+
+
 def coefficient_heatmap(table: pd.DataFrame, title: str = "") -> go.Figure:
     """AdaMerging's learned λ_{t,l}: task × layer heatmap (mean over a layer's tensors; task-wise: one column)."""
     grid = table.pivot_table(index="task", columns="layer", values="coefficient", aggfunc="mean", sort=False)
+    grid = grid[sorted(grid.columns, key=layer_rank)]
     fig = _figure(go.Heatmap(z=grid.to_numpy(), x=list(map(str, grid.columns)), y=list(map(str, grid.index)),
                              colorscale="Viridis", colorbar={"title": {"text": "λ"}},
                              hovertemplate="%{y}, %{x}: λ = %{z:.3f}<extra></extra>"))
@@ -201,10 +208,12 @@ def coefficient_heatmap(table: pd.DataFrame, title: str = "") -> go.Figure:
 def stage_accuracy(stages: pd.DataFrame, title: str = "") -> go.Figure:
     """CALM's sequential stages: pseudo-label accuracy of the merged model on the tasks merged so far, per stage
     (stage 0 is the Task Arithmetic group)."""
-    labels = [f"{s}: {t}" for s, t in zip(stages["stage"], stages["task"])]
+    full = [f"{s}: {t}" for s, t in zip(stages["stage"], stages["task"])]
+    labels = [label if len(label) <= 24 else label[:22] + "…" for label in full]
     fig = _figure(go.Scatter(x=labels, y=100 * stages["accuracy"].astype(float), mode="lines+markers",
-                             name="accuracy", customdata=stages["tasks_merged"],
-                             hovertemplate="%{x}<br>%{y:.1f}% on %{customdata} merged tasks<extra></extra>"))
+                             name="accuracy", customdata=list(zip(full, stages["tasks_merged"])),
+                             hovertemplate="%{customdata[0]}<br>%{y:.1f}% on %{customdata[1]} merged tasks"
+                                           "<extra></extra>"))
     fig.update_xaxes(type="category")
     return _styled(fig, title or "Accuracy after each merging stage (CALM)", "stage", "accuracy (%)")
 

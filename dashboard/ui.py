@@ -19,7 +19,8 @@ from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
 from .service import Service, Settings
 from .widgets import build_panel, collect_params, explain, method_choices, per_task_table
 
-PLOTS = ("histogram", "layers", "jaccard", "density", "accuracy", "normalized")
+MASK_PLOTS = ("histogram", "layers", "jaccard", "density")
+PLOTS = MASK_PLOTS + ("accuracy", "normalized")
 WORK = {"concurrency_limit": 16, "concurrency_id": "work"}  # handlers that wait on the job queue
 QUICK = {"concurrency_limit": None}
 CSS = """
@@ -162,6 +163,10 @@ class Dashboard:
             summary += "\n\nThis method makes no masks; TIES, DARE, PCB, TALL and Consensus show mask statistics."
         runs = self.service.history.table()
         run_ids = [str(r) for r in runs["run"]]
+        for name in PLOTS:
+            if figs[name] is None:
+                figs[name] = figures.placeholder("this method makes no masks" if name in MASK_PLOTS
+                                                 else "no heads or test data in this zoo")
         return [view.id, summary,
                 gr.update(choices=kinds, value=mask_kind if mask_kind in kinds else (kinds[0] if kinds else None)),
                 gr.update(visible=bool(tables)), gr.update(choices=tables, value=table),

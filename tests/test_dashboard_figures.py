@@ -153,19 +153,20 @@ def test_figures_serialise_without_numpy_only_types(stats):
 
 def test_adamerging_coefficients_heatmap_averages_a_layers_tensors():
     # coefficient_table format of merging.methods.adamerging: task, entry, layer, kind, coefficient
-    table = pd.DataFrame({"task": ["x"] * 3 + ["y"] * 3, "entry": ["a", "b", "c"] * 2,
-                          "layer": ["embed", "block.00", "block.00"] * 2, "kind": "k",
-                          "coefficient": [0.3, 0.2, 0.4, 0.5, 0.1, 0.1]})
+    table = pd.DataFrame({"task": ["x"] * 4 + ["y"] * 4, "entry": ["a", "p", "b", "c"] * 2,
+                          "layer": ["embed", "head", "block.00", "block.00"] * 2, "kind": "k",
+                          "coefficient": [0.3, 0.9, 0.2, 0.4, 0.5, 0.7, 0.1, 0.1]})
     heat = figures.method_table_figure("coefficients", table).data[0]
-    assert list(heat.y) == ["x", "y"] and list(heat.x) == ["embed", "block.00"]
-    np.testing.assert_allclose(heat.z, [[0.3, 0.3], [0.5, 0.1]])
+    assert list(heat.y) == ["x", "y"] and list(heat.x) == ["embed", "block.00", "head"]  # network order
+    np.testing.assert_allclose(heat.z, [[0.3, 0.3, 0.9], [0.5, 0.1, 0.7]])
 
 
 def test_calm_stage_accuracy_and_training_curve():
-    stages = pd.DataFrame({"stage": [0, 1, 2], "task": ["TA group: a, b", "c", "d"], "tasks_merged": [2, 3, 4],
-                           "accuracy": [0.5, 0.6, None], "cross_entropy": [1.0, 0.9, 0.8]})
+    stages = pd.DataFrame({"stage": [0, 1, 2], "task": ["TA group: cars, dtd, eurosat, gtsrb", "c", "d"],
+                           "tasks_merged": [4, 5, 6], "accuracy": [0.5, 0.6, None], "cross_entropy": [1.0, 0.9, 0.8]})
     line = figures.method_table_figure("stages", stages).data[0]
-    assert list(line.x) == ["0: TA group: a, b", "1: c", "2: d"]
+    assert list(line.x) == ["0: TA group: cars, dtd…", "1: c", "2: d"]
+    assert line.customdata[0][0] == "0: TA group: cars, dtd, eurosat, gtsrb"
     np.testing.assert_allclose(line.y[:2], [50, 60]) and np.isnan(line.y[2])
     history = pd.DataFrame({"step": [1, 2, 3], "entropy": [0.9, 0.7, 0.6], "accuracy": [0.4, 0.5, 0.55],
                             "seconds": [0.1, 0.1, 0.1]})
