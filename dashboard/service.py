@@ -415,6 +415,16 @@ class Service:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def prune_sessions(self, max_age_days: float = 7.0) -> list[Path]:
+        """Delete session folders (uploads, downloads) untouched for ``max_age_days`` (run at app start)."""
+        root, cutoff = self.data_dir / "sessions", time.time() - max_age_days * 86400
+        old = [d for d in root.iterdir() if d.is_dir() and max((p.stat().st_mtime for p in d.rglob("*")),
+                                                                default=d.stat().st_mtime) < cutoff] \
+            if root.is_dir() else []
+        for folder in old:
+            shutil.rmtree(folder, ignore_errors=True)
+        return old
+
     def save_uploads(self, files: Iterable[str | Path], session: str) -> Path:
         """Copy uploaded safetensors into a fresh zoo folder: ``pretrained*`` → pretrained.safetensors, every
         other file → finetuned/<name>.safetensors (a manifest is then inferred)."""

@@ -436,7 +436,9 @@ def _session(request: gr.Request | None) -> str:
 def create_app(settings: Settings, default_zoo: str | None = None, slots: int = 1,
                preload: bool = True) -> gr.Blocks:
     """The Blocks app with its service and job queue (``demo.dashboard``); starts loading ``default_zoo``."""
-    dashboard = Dashboard(Service(settings), JobQueue(slots), default_zoo)
+    service = Service(settings)
+    service.prune_sessions()
+    dashboard = Dashboard(service, JobQueue(slots), default_zoo)
     if default_zoo and preload:
         dashboard.preload(default_zoo)
     demo = dashboard.build()

@@ -193,3 +193,18 @@ def test_uploads(service, entry, zoo_dir, tmp_path):
     view = service.merge(uploaded.id, "ties", {})
     assert view.record.accuracy == {} and view.stats["ties_trim"].density.shape[0] == 2
     assert torch.equal(uploaded.space.stack, entry.space.stack[[0, 2]])
+
+
+def test_old_session_folders_are_pruned(tmp_path):
+    import os
+    import time
+    service = Service(Settings(tmp_path / "data", device="cpu"))
+    old, fresh = service.session_dir("old"), service.session_dir("fresh")
+    (old / "exports").mkdir()
+    (old / "exports" / "run1.safetensors").write_bytes(b"x")
+    (fresh / "f.csv").write_text("a")
+    long_ago = time.time() - 30 * 86400
+    for path in [old / "exports" / "run1.safetensors", old / "exports", old]:
+        os.utime(path, (long_ago, long_ago))
+    assert service.prune_sessions(7) == [old]
+    assert not old.exists() and (fresh / "f.csv").exists()
