@@ -50,9 +50,9 @@ class Dashboard:
                 job = self._shared[key] = self.jobs.submit(fn, owner="", label=" ".join(map(str, key)))
             return job
 
-    def preload(self, path: str) -> None:
-        """Load the zoo and evaluate its baselines in the background (at app start)."""
-        job = self.shared(("load", str(Path(path).resolve())), lambda p: self.service.load_zoo(path, p))
+    def preload(self) -> None:
+        """Load the default zoo and evaluate its baselines in the background (at app start)."""
+        job = self.default_load()
         threading.Thread(target=self._baselines_after, args=(job,), daemon=True).start()
 
     def _baselines_after(self, load: Job) -> None:
@@ -84,11 +84,22 @@ class Dashboard:
                 gr.update(choices=tasks, value=tasks), *tables,
                 f"Loaded **{entry.name}**. Baselines are evaluated in the background; pick a method and press Merge."]
 
-    def on_page_load(self, request: gr.Request, progress=gr.Progress()):
+    def default_load(self) -> Job | None:
+        """The (shared) job loading the default zoo."""
         if not self.default_zoo:
-            return [gr.skip()] * (len(self.load_targets) - 1) + ["Load a zoo to begin (tab **Load zoo**)."]
+            return None
         path = self.default_zoo
-        job = self.shared(("load", str(Path(path).resolve())), lambda p: self.service.load_zoo(path, p))
+        return self.shared(("load", str(Path(path).resolve())), lambda p: self.service.load_zoo(path, p))
+
+    def current_zoo(self, zoo_id: str, progress) -> str:
+        """The session's zoo; before the page's first load has finished, the default zoo (waiting for it)."""
+        job = None if zoo_id else self.default_load()
+        return self.follow(job, progress).id if job is not None else zoo_id
+
+    def on_page_load(self, request: gr.Request, progress=gr.Progress()):
+        job = self.default_load()
+        if job is None:
+            return [gr.skip()] * (len(self.load_targets) - 1) + ["Load a zoo to begin (tab **Load zoo**)."]
         return self.load_outputs(self.follow(job, progress))
 
     def on_load(self, source: str, path: str, files, zoo_id: str, request: gr.Request, progress=gr.Progress()):
@@ -147,6 +158,7 @@ class Dashboard:
         if not isinstance(params, dict):
             raise gr.Error("parameters must be a JSON object such as {\"lam\": 0.3}", title="mergescope")
         try:
+            zoo_id = self.current_zoo(zoo_id, progress)
             view = self.submit(lambda p: self.service.merge(zoo_id, method, params, tasks or None, p), request,
                                f"merge {method}", progress)
         except Stopped as stop:
@@ -215,6 +227,7 @@ class Dashboard:
             raise gr.Error(f"sweep values must be numbers separated by commas, got {values!r}",
                            title="mergescope") from None
         try:
+            zoo_id = self.current_zoo(zoo_id, progress)
             table = self.submit(lambda p: self.service.sweep(zoo_id, method, param, grid, None, tasks or None, p),
                                 request, f"sweep {method} {param}", progress)
         except Stopped as stop:
@@ -440,7 +453,7 @@ def create_app(settings: Settings, default_zoo: str | None = None, slots: int = 
     service.prune_sessions()
     dashboard = Dashboard(service, JobQueue(slots), default_zoo)
     if default_zoo and preload:
-        dashboard.preload(default_zoo)
+        dashboard.preload()
     demo = dashboard.build()
     demo.dashboard = dashboard
     demo.queue(default_concurrency_limit=4)

@@ -186,3 +186,9 @@ def test_app_flags_and_environment(monkeypatch):
     monkeypatch.setenv("MERGESCOPE_ZOO", "/srv/zoo")
     args = app_module.parse_args(["--host", "0.0.0.0"])
     assert (args.host, args.port, args.zoo) == ("0.0.0.0", 8123, "/srv/zoo")
+
+
+def test_a_merge_before_any_load_uses_the_default_zoo(app):
+    client = _client(app)  # no /load_zoo call: the page may not have finished loading the default zoo yet
+    out = client.predict("task_arithmetic", "{}", [], api_name="/merge")
+    assert "done" in out[-1] and "on 3 tasks" in out[0]
