@@ -119,16 +119,21 @@ def _with_mean(table: pd.DataFrame, value: str) -> pd.DataFrame:
     return pd.concat([table[["task", "model", value]], mean], ignore_index=True)
 
 
-def accuracy_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
-    """Grouped bars of per-task top-1 accuracy (long table: task, model, accuracy) plus the average."""
-    table = _with_mean(accuracy, "accuracy")
+def _model_bars(table: pd.DataFrame, value: str, unit: str) -> go.Figure:
+    """Grouped bars of 100 · ``value`` per task plus the average, one trace per model; hover shows ``unit``."""
+    table = _with_mean(table, value)
     fig = _figure()
     for model in _ordered_models(table["model"]):
         rows = table[table["model"] == model]
-        fig.add_trace(go.Bar(x=rows["task"], y=100 * rows["accuracy"], name=model,
-                             marker_color=MODEL_COLORS.get(model),
-                             hovertemplate="%{x}: %{y:.1f}%<extra>%{fullData.name}</extra>"))
+        fig.add_trace(go.Bar(x=rows["task"], y=100 * rows[value], name=model, marker_color=MODEL_COLORS.get(model),
+                             hovertemplate=f"%{{x}}: %{{y:.1f}}{unit}<extra>%{{fullData.name}}</extra>"))
     fig.update_layout(barmode="group")
+    return fig
+
+
+def accuracy_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
+    """Grouped bars of per-task top-1 accuracy (long table: task, model, accuracy) plus the average."""
+    fig = _model_bars(accuracy, "accuracy", "%")
     fig.update_yaxes(range=[0, 100])
     return _styled(fig, title or "Accuracy per task", "task", "top-1 accuracy (%)")
 
@@ -144,16 +149,9 @@ def normalized_accuracy(accuracy: pd.DataFrame) -> pd.DataFrame:
 
 def normalized_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
     """Grouped bars of normalized accuracy (merged / individual) with the 100 % line."""
-    table = _with_mean(normalized_accuracy(accuracy), "normalized")
-    fig = _figure()
-    for model in _ordered_models(table["model"]):
-        rows = table[table["model"] == model]
-        fig.add_trace(go.Bar(x=rows["task"], y=100 * rows["normalized"], name=model,
-                             marker_color=MODEL_COLORS.get(model),
-                             hovertemplate="%{x}: %{y:.1f}% of fine-tuned<extra>%{fullData.name}</extra>"))
+    fig = _model_bars(normalized_accuracy(accuracy), "normalized", "% of fine-tuned")
     fig.add_shape(type="line", x0=0, x1=1, y0=100, y1=100, xref="paper", yref="y",
                   line={"color": "black", "dash": "dot"})
-    fig.update_layout(barmode="group")
     return _styled(fig, title or "Normalized accuracy (merged ÷ fine-tuned)", "task", "% of fine-tuned accuracy")
 
 

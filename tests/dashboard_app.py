@@ -1,4 +1,4 @@
-"""Launch the dashboard in-process on a free port for the gradio_client and browser tests (not a test module)."""
+"""The dashboard tests' tiny zoo, and the dashboard launched in-process on a free port (not a test module)."""
 from __future__ import annotations
 
 import socket
@@ -6,11 +6,21 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 
+from ck_tiny_zoo import make_tiny_zoo
 from merging.registry import MergeMethod, MergeResult
 from merging.params import Param
 
 SLOW = "slow_test"
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    """A tiny 3-task zoo on disk, built once per test module."""
+    root = tmp_path_factory.mktemp("zoo")
+    make_tiny_zoo(root, n_tasks=3, n_per_class=3, noise=0.05)
+    return root
 
 
 def free_port() -> int:

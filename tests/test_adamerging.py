@@ -1,9 +1,9 @@
 """AdaMerging: the O(P) weighted task sum and its gradient, one step, zero steps = TA, tables, cancellation."""
 import pytest
 import torch
-from tiny_data_context import assert_untouched, one_thread, snapshot, tiny_setup  # noqa: F401 (autouse fixture)
+from tiny_data_context import cancelled_at_step_2, one_thread, tiny_setup  # noqa: F401 (autouse fixture)
 
-from merging import CancelToken, Cancelled, Progress, run_merge
+from merging import run_merge
 from merging import functional as F
 from merging.methods.adamerging import adamerging_step, batch_entropy
 from merging.unlabeled import BatchStream, generator
@@ -114,18 +114,5 @@ def test_seeded_and_reproducible():
 
 
 def test_cancellation_leaves_inputs_untouched():
-    space, ctx = tiny_setup()
-    before = snapshot(space, ctx)
-    token, calls = CancelToken(), []
-
-    def callback(fraction, stage):
-        calls.append(stage)
-        if "step 2/" in stage:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        run_merge(space, "adamerging", {"steps": 10, "batch_size": 4}, progress=Progress(callback, token),
-                  context=ctx)
-    assert not any("step 3/" in s for s in calls)
-    assert_untouched(space, ctx, before)
+    ctx = cancelled_at_step_2("adamerging", {"steps": 10, "batch_size": 4})
     assert ctx.encoder.training

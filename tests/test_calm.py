@@ -6,9 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch.func import functional_call
-from tiny_data_context import assert_untouched, one_thread, snapshot, tiny_setup  # noqa: F401 (autouse fixture)
+from tiny_data_context import (assert_untouched, cancelled_at_step_2, one_thread,  # noqa: F401 (autouse fixture)
+                               snapshot, tiny_setup)
 
-from merging import CancelToken, Cancelled, ParameterError, Progress, run_merge
+from merging import ParameterError, run_merge
 from merging import functional as F
 from merging.calm_masks import init_scores, mask_loss, mask_update
 from merging.entropy_sampling import class_balanced_selection, prediction_entropy, sample_pseudo_labels
@@ -223,20 +224,7 @@ def test_seeded_and_reproducible():
 
 
 def test_cancellation_leaves_inputs_untouched():
-    space, ctx = tiny_setup()
-    before = snapshot(space, ctx)
-    token, calls = CancelToken(), []
-
-    def callback(fraction, stage):
-        calls.append(stage)
-        if "step 2/" in stage:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        run_merge(space, "calm", {**FAST, "steps": 5, "order": "b,c"}, progress=Progress(callback, token),
-                  context=ctx)
-    assert not any("step 3/" in s for s in calls)
-    assert_untouched(space, ctx, before)
+    ctx = cancelled_at_step_2("calm", {**FAST, "steps": 5, "order": "b,c"})
     assert ctx.encoder.training and all(h.training for h in ctx.heads.values())
 
 

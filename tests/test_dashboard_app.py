@@ -8,16 +8,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
-from ck_tiny_zoo import make_tiny_zoo
-from dashboard_app import SLOW, SLOW_METHOD, running_app
+from dashboard_app import SLOW, SLOW_METHOD, running_app, zoo_dir  # noqa: F401 (module fixture)
 from merging.registry import METHODS
-
-
-@pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    make_tiny_zoo(root, n_tasks=3, n_per_class=3, noise=0.05)
-    return root
 
 
 @pytest.fixture(scope="module")

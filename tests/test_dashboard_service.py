@@ -6,19 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ck_tiny_zoo import make_tiny_zoo
 from dashboard.service import Service, Settings, UserError
+from dashboard_app import zoo_dir  # noqa: F401 (module fixture)
 from merging import ParameterError, UnknownMethodError
 from merging.compressed import load_compressed
 from merging.evaluation import evaluate
 from merging.maskstats import mask_statistics
-
-
-@pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    make_tiny_zoo(root, n_tasks=3, n_per_class=3, noise=0.05)
-    return root
 
 
 @pytest.fixture(scope="module")

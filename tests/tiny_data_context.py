@@ -6,6 +6,7 @@ import torch
 from open_clip.model import VisionTransformer
 from torch.utils.data import Dataset, TensorDataset
 
+from merging import CancelToken, Cancelled, Progress, run_merge
 from merging.context import DataContext
 from merging.space import TaskVectorSpace
 
@@ -83,3 +84,21 @@ def assert_untouched(space, context, before) -> None:
         assert torch.equal(a, b)
     assert all(p.grad is None for p in context.encoder.parameters())
     assert all(p.grad is None for h in context.heads.values() for p in h.parameters())
+
+
+def cancelled_at_step_2(method: str, params: dict) -> DataContext:
+    """Cancel a ``method`` merge at step 2, check it stopped there with its inputs untouched; return its context."""
+    space, ctx = tiny_setup()
+    before = snapshot(space, ctx)
+    token, calls = CancelToken(), []
+
+    def callback(fraction, stage):
+        calls.append(stage)
+        if "step 2/" in stage:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        run_merge(space, method, params, progress=Progress(callback, token), context=ctx)
+    assert not any("step 3/" in s for s in calls)
+    assert_untouched(space, ctx, before)
+    return ctx

@@ -36,7 +36,10 @@ def _own(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().clone(memory_format=torch.contiguous_format)
 
 
-def _tower_from_hf(tower: Mapping[str, torch.Tensor], top, what: str) -> dict:
+def _tower_from_hf(state: Mapping[str, torch.Tensor], hf_prefix: str, top, what: str,
+                   projection: tuple[str, str]) -> dict:
+    """``state``'s ``hf_prefix`` tower in open_clip keys, plus its (HF key, open_clip key) projection transposed."""
+    tower = {k[len(hf_prefix):]: v for k, v in state.items() if k.startswith(hf_prefix)}
     out, layers = {}, {}
     renames = dict(top)
     for key, value in tower.items():
@@ -61,6 +64,9 @@ def _tower_from_hf(tower: Mapping[str, torch.Tensor], top, what: str) -> dict:
             if new is None:
                 raise ConversionError(f"unexpected {what} key encoder.layers.{i}.{key}")
             out[prefix + new] = value
+    hf_key, oc_key = projection
+    if hf_key in state:
+        out[oc_key] = _own(state[hf_key].t())
     return out
 
 
@@ -90,11 +96,8 @@ def _tower_to_hf(tower: Mapping[str, torch.Tensor], top, what: str) -> dict:
 
 def hf_to_open_clip_visual(state: Mapping[str, torch.Tensor]) -> dict:
     """``vision_model.*`` (+ ``visual_projection.weight``) → open_clip visual keys in open_clip's order."""
-    tower = {k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")}
-    converted = _tower_from_hf(tower, _VISION_TOP, "vision")
-    if "visual_projection.weight" in state:
-        converted["proj"] = _own(state["visual_projection.weight"].t())
-    return open_clip_order(converted)
+    return open_clip_order(_tower_from_hf(state, "vision_model.", _VISION_TOP, "vision",
+                                          ("visual_projection.weight", "proj")))
 
 
 def open_clip_visual_to_hf(visual: Mapping[str, torch.Tensor], projection: bool = True) -> dict:
@@ -108,10 +111,7 @@ def open_clip_visual_to_hf(visual: Mapping[str, torch.Tensor], projection: bool 
 
 def hf_to_open_clip_text(state: Mapping[str, torch.Tensor]) -> dict:
     """``text_model.*``, ``text_projection.weight``, ``logit_scale`` → open_clip text keys."""
-    tower = {k[len("text_model."):]: v for k, v in state.items() if k.startswith("text_model.")}
-    out = _tower_from_hf(tower, _TEXT_TOP, "text")
-    if "text_projection.weight" in state:
-        out["text_projection"] = _own(state["text_projection.weight"].t())
+    out = _tower_from_hf(state, "text_model.", _TEXT_TOP, "text", ("text_projection.weight", "text_projection"))
     if "logit_scale" in state:
         out["logit_scale"] = state["logit_scale"]
     return out

@@ -15,16 +15,16 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoints import (Checkpoint, CheckpointFileError, check_architecture, fill_frozen_projection,
+from ..checkpoints import (Checkpoint, CheckpointFileError, check_architecture, fill_frozen_projection,
                           inspect_checkpoint, load_checkpoint,
                           load_head_tensors)
-from .context import DataContext
-from .data import build_transform, open_split
-from .device import pick_device
-from .heads import ClassificationHead, zero_shot_weights
-from .manifest import Manifest, ManifestError, find_manifest, infer_manifest, load_manifest
-from .models import build_clip, build_visual, model_config, visual_shapes
-from .space import TaskVectorSpace
+from ..context import DataContext
+from ..data import build_transform, open_split
+from ..device import pick_device
+from ..heads import ClassificationHead, zero_shot_weights
+from ..manifest import Manifest, ManifestError, find_manifest, infer_manifest, load_manifest
+from ..models import build_clip, build_visual, model_config, visual_shapes
+from ..space import TaskVectorSpace
 
 StateDict = dict[str, torch.Tensor]
 
