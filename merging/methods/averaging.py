@@ -4,7 +4,7 @@ from ..registry import MergeMethod, MergeResult, register
 
 def run(space, params, progress, context=None) -> MergeResult:
     progress(0.0, "averaging")
-    return MergeResult("averaging", params, space.sum_tau() / space.T)
+    return MergeResult("averaging", params, space.sum_tau().div_(space.T))
 
 
 METHOD = register(MergeMethod(

@@ -2,8 +2,8 @@
 
 Per task and parameter m ~ Bernoulli(p) drops, τ̃t = (1 − m) ⊙ τt / (1 − p) (or, as in mergekit, rescaled so
 that ‖τ̃t‖₁ = ‖τt‖₁).  The drop mask of task t is drawn from a generator seeded with (seed, t) on the space's
-device, so a merge is reproducible on the same kind of device; masks are regenerated instead of stored, keeping
-memory at one stack plus O(P).
+device (one draw per task), so a merge is reproducible on the same kind of device; the masks are kept packed
+(1 bit per entry), keeping memory at one stack plus O(P).
 """
 from __future__ import annotations
 
@@ -20,17 +20,17 @@ class DroppedVectors:
     """A view of a task-vector space whose ``tau(t)`` is the DARE-dropped, rescaled τ̃t."""
 
     def __init__(self, space, p: float, seed: int, rescale: str):
-        self.space, self.p, self.seed, self.rescale = space, p, seed, rescale
+        self.space, self.p, self.rescale = space, p, rescale
         self.T, self.P, self.device, self.task_names = space.T, space.P, space.device, space.task_names
         self.workspace = space.workspace
-
-    def keep_mask(self, t: int) -> torch.Tensor:
-        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + t)
-        return torch.rand(self.P, generator=generator, device=self.device) >= self.p
+        self.keeps = MaskSet.empty(space.task_names, space.P, space.device, "dare_keep")
+        for t in range(space.T):
+            generator = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + t)
+            self.keeps.set(t, torch.rand(self.P, generator=generator, device=self.device) >= p)
 
     def tau(self, t: int) -> torch.Tensor:
         tau = self.space.tau(t)
-        kept = torch.where(self.keep_mask(t), tau, 0.0)
+        kept = torch.where(self.keeps.get(t), tau, 0.0)
         if self.rescale == "l1":
             norm = kept.abs().sum()
             return kept * (tau.abs().sum() / norm) if norm > 0 else kept
@@ -38,11 +38,9 @@ class DroppedVectors:
 
 
 def run(space, params, progress, context=None) -> MergeResult:
+    progress(0.0, "drawing drop masks")
     dropped = DroppedVectors(space, params["p"], params["seed"], params["rescale"])
-    keeps = MaskSet.empty(space.task_names, space.P, space.device, "dare_keep")
-    for t in range(space.T):
-        keeps.set(t, dropped.keep_mask(t))
-    masks, tables, info = {"dare_keep": keeps}, {}, {}
+    masks, tables, info = {"dare_keep": dropped.keeps}, {}, {}
     if params["base"] == "ties":
         merged, trims, conflicts, thresholds = ties_vector(dropped, params["k"], params["merge"], progress)
         masks["ties_trim"] = trims

@@ -7,8 +7,10 @@ validation data; 0.6 without it, as FusionBench).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ..chunks import map_chunks, use_numpy
 from ..maskset import MaskSet
 from ..params import Param
 from ..registry import MergeMethod, MergeResult, register
@@ -35,7 +37,17 @@ def tall_masks(space, tau_mtl: torch.Tensor, lambdas, progress) -> MaskSet:
     for t in range(space.T):
         progress(t / space.T, f"TALL mask {space.task_names[t]}")
         tau = space.tau(t)
-        masks.set(t, tau.abs() > lambdas[t] * (tau_mtl - tau).abs())
+        if not (use_numpy(tau) and use_numpy(tau_mtl)):
+            masks.set(t, tau.abs() > lambdas[t] * (tau_mtl - tau).abs())
+            continue
+        src, mtl, row, lam = tau.numpy(), tau_mtl.numpy(), masks.packed[t].numpy(), np.float32(lambdas[t])
+
+        def body(a: int, b: int) -> None:  # chunked: no P-sized temporaries
+            other = np.abs(mtl[a:b] - src[a:b])
+            other *= lam
+            row[a // 8:(b + 7) // 8] = np.packbits(np.abs(src[a:b]) > other)
+
+        map_chunks(src.size, body)
     return masks
 
 

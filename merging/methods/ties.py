@@ -49,10 +49,25 @@ def ties_vector(vectors, k: float, merge: str, progress):
     for t in range(T):
         progress((T + t) / (2 * T), f"disjoint merge {vectors.task_names[t]}")
         _disjoint_add(vectors.tau(t), gamma, trims, t, conflicts, count, total)
-    total *= gamma
-    if count is not None:
-        total /= count.clamp_min_(1)
+    _signed_mean(total, gamma, count)
     return total, trims, conflicts, thresholds
+
+
+def _signed_mean(total: torch.Tensor, gamma: torch.Tensor, count: torch.Tensor | None) -> None:
+    """total ← γ·total (/ max(1, count) for dis-mean), in place (chunked on CPU: no P-sized temporaries)."""
+    if not use_numpy(total):
+        total *= gamma
+        if count is not None:
+            total /= count.clamp_min_(1)
+        return
+    tot, sign, cnt = total.numpy(), gamma.numpy(), None if count is None else count.numpy()
+
+    def body(a: int, b: int) -> None:
+        tot[a:b] *= sign[a:b]
+        if cnt is not None:
+            tot[a:b] /= np.maximum(cnt[a:b], 1)
+
+    map_chunks(tot.size, body)
 
 
 def _elect(total: torch.Tensor) -> torch.Tensor:
