@@ -1,0 +1,142 @@
+"""``python -m merging.zoo build``: regenerate the demo zoo (assets/demo-zoo) from seeds.
+
+Steps: generate the eight tasks' images (train in memory; val and test exported as ImageFolders), SimCLR-pretrain
+θ0 on the unlabeled train images of all tasks, build each task's frozen prototype head from θ0, fine-tune one
+image tower per task, save θ0 and the fine-tuned towers as float16 open_clip safetensors, and record the
+pretrained and fine-tuned accuracies that the zoo's own evaluation code measures on the exported splits.  The new
+zoo is assembled in a temporary sibling folder and swapped in only when complete.  Same seed, hardware class
+(CPU or a given GPU model) and library versions → the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...checkpoints import save_open_clip
+from ...device import pick_device
+from ...progress import as_progress
+from . import tasks as demo_tasks
+from .train import ARCHITECTURE, FinetuneConfig, PretrainConfig, finetune, prototype_head, pretrain, to_input
+
+DEFAULT_OUT = Path(__file__).resolve().parents[3] / "assets" / "demo-zoo"
+ZOO_NAME = "mergescope demo zoo"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    seed: int = 0
+    n_train: int = 3000  # per task, in memory only (pretraining without labels, heads, fine-tuning)
+    n_val: int = 150  # per task, shipped (selection of λ, unlabeled data for CALM/AdaMerging)
+    n_test: int = 300  # per task, shipped (reported accuracies)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def _fp16_round(state: dict) -> dict:
+    return {k: v.detach().cpu().half() for k, v in state.items()}
+
+
+def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfig(), device="auto",
+          progress=None, log=print) -> dict:
+    """Build the zoo into ``out`` (replacing it atomically); returns timings in seconds per stage."""
+    from .. import load_zoo
+    from ...evaluation import evaluate_baselines
+
+    out, device, progress = Path(out), pick_device(device), as_progress(progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    times, start = {}, time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        names = list(demo_tasks.TASKS)
+        train = {}
+        for i, task in enumerate(names):
+            progress(0.1 * i / len(names), f"generating {task}")
+            images, labels = demo_tasks.generate(task, "train", config.n_train, config.seed)
+            train[task] = (to_input(images), torch.from_numpy(labels))
+            for split, n in (("val", config.n_val), ("test", config.n_test)):
+                demo_tasks.export_imagefolder(task, split, n, tmp / "data" / task / split, config.seed)
+        times["data"] = time.perf_counter() - start
+
+        unlabeled = torch.cat([x for x, _ in train.values()])
+        encoder = pretrain(unlabeled, config.pretrain, config.seed, device, progress.sub(0.1, 0.5))
+        theta0 = _fp16_round(encoder.state_dict())  # heads and fine-tuning start from the shipped θ0
+        encoder.load_state_dict({k: v.float() for k, v in theta0.items()})
+        save_open_clip(tmp / "pretrained.safetensors", theta0)  # no metadata: its key order is not reproducible
+        times["pretrain"] = time.perf_counter() - start - times["data"]
+        log(f"pretrained θ0 in {times['pretrain']:.0f} s")
+
+        manifest_tasks = []
+        for i, task in enumerate(names):
+            generator = demo_tasks.TASKS[task]
+            x, y = train[task]
+            head = prototype_head(encoder, x, y, len(generator.classnames), config.finetune.head_scale)
+            _save_head(tmp / "heads" / f"{task}.safetensors", head.weight.detach())
+            state = finetune(encoder, head, x, y, config.finetune, config.seed + 1000 * (i + 1),
+                             progress.sub(0.5 + 0.4 * i / len(names), 0.5 + 0.4 * (i + 1) / len(names)))
+            save_open_clip(tmp / "finetuned" / f"{task}.safetensors", _fp16_round(state))
+            manifest_tasks.append({
+                "name": task, "finetuned": f"finetuned/{task}.safetensors", "classnames": list(generator.classnames),
+                "head": {"weights": f"heads/{task}.safetensors"},
+                "data": {s: {"imagefolder": f"data/{task}/{s}"} for s in ("val", "test")},
+                "recorded": {"description": generator.description}})
+        times["finetune"] = time.perf_counter() - start - times["data"] - times["pretrain"]
+        log(f"fine-tuned {len(names)} towers in {times['finetune']:.0f} s")
+
+        manifest = {"format": "mergescope-zoo/1", "name": ZOO_NAME,
+                    "architecture": {"open_clip": ARCHITECTURE.name, "config": ARCHITECTURE.config},
+                    "pretrained": "pretrained.safetensors", "tasks": manifest_tasks}
+        _write_json(tmp / "zoo.json", manifest)
+        zoo = load_zoo(tmp)
+        for split in ("val", "test"):
+            table = evaluate_baselines(zoo, split=split, device=device, progress=progress.sub(0.9, 1.0))
+            for item, row in zip(manifest_tasks, table.itertuples()):
+                item["recorded"][f"pretrained_{split}_acc"] = round(float(row.pretrained), 6)
+                item["recorded"][f"finetuned_{split}_acc"] = round(float(row.finetuned), 6)
+        _write_json(tmp / "zoo.json", manifest)
+        times["total"] = time.perf_counter() - start
+        _swap_in(tmp, out)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    progress(1.0, "demo zoo built")
+    return times
+
+
+def _save_head(path: Path, weight: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": weight.float().contiguous()}, str(path))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp``: the old folder is moved aside first and deleted only after the rename."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def digests(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path → hex digest)."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
