@@ -40,6 +40,8 @@ ROWS = {
     "adamerging_task": ("AdaMerging (task-wise)", "adamerging", {"granularity": "task"}, "default"),
     "adamerging_layer": ("AdaMerging (layer-wise)", "adamerging", {"granularity": "layer"}, "default"),
     "calm": ("CALM", "calm", {}, "default"),
+    # the official lr 1e7 fits ViT-B/32's per-weight gradients; a 0.7 M-parameter model's are far larger
+    "calm_lr1e5": ("CALM (lr 1e5)", "calm", {"lr": 1e5}, "default"),
 }
 
 
