@@ -16,11 +16,10 @@ from merging.zoo import load_zoo
 from merging.zoo.demo import build as build_module
 from merging.zoo.demo import tasks as demo_tasks
 from merging.zoo.demo.build import DEFAULT_OUT, BuildConfig, build, digests
-from merging.zoo.demo.train import (FinetuneConfig, PretrainConfig, augment, nt_xent, prototype_head,
-                                    to_input)
+from merging.zoo.demo.train import FINETUNE, PRETRAIN, augment, nt_xent, prototype_head, to_input
 
-TINY = BuildConfig(n_train=48, n_val=10, n_test=10, pretrain=PretrainConfig(steps=2, batch_size=16, warmup=1),
-                   finetune=FinetuneConfig(steps=2, batch_size=16, warmup=1))
+TINY = BuildConfig(n_train=48, n_val=10, n_test=10, pretrain=replace(PRETRAIN, steps=2, batch_size=16, warmup=1),
+                   finetune=replace(FINETUNE, steps=2, batch_size=16, warmup=1))
 quiet = dict(log=lambda message: None)
 
 

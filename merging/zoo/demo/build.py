@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +24,8 @@ from ...checkpoints import save_open_clip
 from ...device import pick_device
 from ...progress import as_progress
 from . import tasks as demo_tasks
-from .train import ARCHITECTURE, FinetuneConfig, PretrainConfig, finetune, prototype_head, pretrain, to_input
+from .train import (ARCHITECTURE, FINETUNE, HEAD_SCALE, PRETRAIN, Schedule, finetune, prototype_head, pretrain,
+                    to_input)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[3] / "assets" / "demo-zoo"
 ZOO_NAME = "mergescope demo zoo"
@@ -36,8 +37,8 @@ class BuildConfig:
     n_train: int = 3000  # per task, in memory only (pretraining without labels, heads, fine-tuning)
     n_val: int = 150  # per task, shipped (selection of λ, unlabeled data for CALM/AdaMerging)
     n_test: int = 300  # per task, shipped (reported accuracies)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    pretrain: Schedule = PRETRAIN
+    finetune: Schedule = FINETUNE
 
 
 def _fp16_round(state: dict) -> dict:
@@ -79,7 +80,7 @@ def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfi
         for i, task in enumerate(names):
             generator = demo_tasks.TASKS[task]
             x, y = train[task]
-            head = prototype_head(encoder, x, y, len(generator.classnames), config.finetune.head_scale)
+            head = prototype_head(encoder, x, y, len(generator.classnames), HEAD_SCALE)
             _save_head(tmp / "heads" / f"{task}.safetensors", head.weight.detach())
             state = finetune(encoder, head, x, y, config.finetune, config.seed + 1000 * (i + 1),
                              progress.sub(0.5 + 0.4 * i / len(names), 0.5 + 0.4 * (i + 1) / len(names)))

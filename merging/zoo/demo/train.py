@@ -37,23 +37,19 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    steps: int = 1500
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup: int = 40
-    temperature: float = 0.2
+class Schedule:
+    """AdamW (no weight decay on gains, biases and position embeddings), linear warm-up, cosine decay to 0."""
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup: int
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    steps: int = 300
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: int = 15
-    head_scale: float = 20.0
+PRETRAIN = Schedule(steps=1500, batch_size=256, lr=2e-3, weight_decay=0.05, warmup=40)
+FINETUNE = Schedule(steps=300, batch_size=128, lr=1e-3, weight_decay=0.1, warmup=15)
+TEMPERATURE = 0.2  # NT-Xent τ
+HEAD_SCALE = 20.0  # s of the prototype heads
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -126,24 +122,33 @@ def initial_encoder(seed: int, device: torch.device) -> torch.nn.Module:
     return build_clip(ARCHITECTURE).visual.to(device)
 
 
-def pretrain(images: torch.Tensor, config: PretrainConfig, seed: int, device: torch.device,
-             progress=None) -> torch.nn.Module:
-    """SimCLR on unlabeled normalized images (n, 3, H, W); returns the encoder in eval mode."""
-    progress = as_progress(progress)
-    model = initial_encoder(seed, device).train()
-    opt = _optimizer(model, config.lr, config.weight_decay)
-    generator = torch.Generator(device).manual_seed(seed + 1)
-    images = images.to(device)
-    for step in range(config.steps):
+def _train(model: torch.nn.Module, n: int, schedule: Schedule, generator: torch.Generator, loss_of, progress,
+           name: str) -> None:
+    """``schedule.steps`` AdamW steps on ``loss_of(batch indices)``, batches drawn from range(n) by ``generator``."""
+    device = next(model.parameters()).device
+    opt = _optimizer(model, schedule.lr, schedule.weight_decay)
+    for step in range(schedule.steps):
         for group in opt.param_groups:
-            group["lr"] = config.lr * _schedule(step, config.steps, config.warmup)
-        batch = images[torch.randint(len(images), (config.batch_size,), generator=generator, device=device)]
-        views = torch.cat([augment(batch, generator), augment(batch, generator)])
-        loss = nt_xent(model(views), config.temperature)
+            group["lr"] = schedule.lr * _schedule(step, schedule.steps, schedule.warmup)
+        loss = loss_of(torch.randint(n, (schedule.batch_size,), generator=generator, device=device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        progress((step + 1) / config.steps, f"pretraining step {step + 1}/{config.steps}: loss {loss.item():.3f}")
+        progress((step + 1) / schedule.steps, f"{name} step {step + 1}/{schedule.steps}: loss {loss.item():.3f}")
+
+
+def pretrain(images: torch.Tensor, schedule: Schedule, seed: int, device: torch.device,
+             progress=None) -> torch.nn.Module:
+    """SimCLR on unlabeled normalized images (n, 3, H, W); returns the encoder in eval mode."""
+    model = initial_encoder(seed, device).train()
+    generator = torch.Generator(device).manual_seed(seed + 1)
+    images = images.to(device)
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        batch = images[idx]
+        return nt_xent(model(torch.cat([augment(batch, generator), augment(batch, generator)])), TEMPERATURE)
+
+    _train(model, len(images), schedule, generator, loss_of, as_progress(progress), "pretraining")
     return model.eval()
 
 
@@ -164,22 +169,13 @@ def prototype_head(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
 
 
 def finetune(pretrained: torch.nn.Module, head: ClassificationHead, images: torch.Tensor, labels: torch.Tensor,
-             config: FinetuneConfig, seed: int, progress=None) -> dict[str, torch.Tensor]:
+             schedule: Schedule, seed: int, progress=None) -> dict[str, torch.Tensor]:
     """Fine-tune a copy of the image tower through the frozen head; returns its state dict (on the CPU)."""
-    progress = as_progress(progress)
     device = next(pretrained.parameters()).device
     model = copy.deepcopy(pretrained).train()
     head = head.to(device)
-    opt = _optimizer(model, config.lr, config.weight_decay)
-    generator = torch.Generator(device).manual_seed(seed)
     images, labels = images.to(device), labels.to(device)
-    for step in range(config.steps):
-        for group in opt.param_groups:
-            group["lr"] = config.lr * _schedule(step, config.steps, config.warmup)
-        idx = torch.randint(len(images), (config.batch_size,), generator=generator, device=device)
-        loss = F.cross_entropy(head(model(images[idx])), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        progress((step + 1) / config.steps, f"fine-tuning step {step + 1}/{config.steps}: loss {loss.item():.3f}")
+    generator = torch.Generator(device).manual_seed(seed)
+    _train(model, len(images), schedule, generator, lambda idx: F.cross_entropy(head(model(images[idx])), labels[idx]),
+           as_progress(progress), "fine-tuning")
     return {k: v.detach().cpu().clone() for k, v in model.eval().state_dict().items()}
