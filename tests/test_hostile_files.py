@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from hostile_files import (BOMBS, measure, memo_bomb, stride0_tensor, tensor_pickle, write_safetensors_header,
                            write_torch_zip, _Storage, _Tensor)
 from merging.checkpoints import CheckpointFileError, LimitError, UnsafePickleError, inspect_checkpoint, load_checkpoint
+from merging.checkpoints import limits
 from merging.checkpoints.limits import MAX_EXPANSION, check_pickle
 from merging.space import CheckpointError, TaskVectorSpace
 
@@ -55,6 +56,18 @@ def test_legitimate_small_memo_and_compressed_records_still_load(tmp_path):
                            deflate_records={"0": 4 * numel})
     assert 4 * numel > MAX_EXPANSION * path.stat().st_size  # 16 MiB from ~16 KB: within the 16 MiB allowance
     assert load_checkpoint(path).visual["conv1.weight"].count_nonzero() == 0
+
+
+def test_zip_record_count_is_read_from_the_end_record(tmp_path, monkeypatch):
+    """The count is checked before zipfile builds one object per central-directory entry."""
+    monkeypatch.setattr(limits, "MAX_ZIP_RECORDS", 50_000)
+    path = stride0_tensor(tmp_path / "many.pt")
+    blob = bytearray(path.read_bytes())
+    end = blob.rfind(b"PK\x05\x06")
+    blob[end + 8:end + 12] = (60_000).to_bytes(2, "little") * 2  # records on this disk, records in total
+    path.write_bytes(bytes(blob))
+    with pytest.raises(LimitError, match="announces 60,000 records; at most 50,000"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("pickled, problem", [

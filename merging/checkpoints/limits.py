@@ -2,7 +2,8 @@
 
 A small file must not be able to make a loader use much more memory than the file's own size:
 
-* torch zip files: ``data.pkl`` is at most :data:`MAX_PICKLE_BYTES`; compressed records (torch itself never
+* torch zip files: at most :data:`MAX_ZIP_RECORDS` records (read from the end record before the central
+  directory is parsed: ~0.5 KB of Python objects each); ``data.pkl`` is at most :data:`MAX_PICKLE_BYTES`; compressed records (torch itself never
   compresses) may together expand to at most ``MAX_EXPANSION × file size + EXPANSION_ALLOWANCE`` (their declared
   sizes are checked before anything is inflated, and :mod:`zipfile` / torch's reader stop at the declared size);
   stored records must lie inside the file;
@@ -29,6 +30,7 @@ import torch
 
 from .errors import CheckpointFileError, LimitError
 
+MAX_ZIP_RECORDS = 100_000
 MAX_PICKLE_BYTES = 64 << 20
 MAX_EXPANSION = 4
 EXPANSION_ALLOWANCE = 16 << 20
@@ -40,6 +42,11 @@ _MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 def open_torch_zip(path: Path) -> tuple[zipfile.ZipFile, str, bytes]:
     """``(archive, record prefix, data.pkl bytes)`` of a torch zip file, after the size checks above and a scan
     of the pickle (:func:`check_pickle`)."""
+    with open(path, "rb") as handle:
+        end = zipfile._EndRecData(handle)  # the end-of-central-directory record (zip64 aware)
+    if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_RECORDS:
+        raise LimitError(path, f"the zip archive announces {end[zipfile._ECD_ENTRIES_TOTAL]:,} records; at most "
+                               f"{MAX_ZIP_RECORDS:,} are accepted")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
