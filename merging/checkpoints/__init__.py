@@ -92,6 +92,7 @@ def load_head_tensors(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tens
 
 
 __all__ = ["Checkpoint", "CheckpointFileError", "EXPORT_FORMATS", "LimitError", "PROBLEMS", "UnsafePickleError",
-           "check_architecture", "detect_format", "fill_frozen_projection", "export_merge", "hf_to_open_clip_text", "hf_to_open_clip_visual",
-           "inspect_checkpoint", "load_checkpoint", "load_head_tensors", "load_visual", "open_clip_text_to_hf", "open_clip_visual_to_hf",
-           "read_tensors", "safetensors_header", "save_hf", "save_open_clip"]
+           "check_architecture", "detect_format", "fill_frozen_projection", "export_merge", "hf_to_open_clip_text",
+           "hf_to_open_clip_visual", "inspect_checkpoint", "load_checkpoint", "load_head_tensors", "load_visual",
+           "open_clip_text_to_hf", "open_clip_visual_to_hf", "read_tensors", "safetensors_header", "save_hf",
+           "save_open_clip"]
