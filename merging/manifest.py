@@ -296,14 +296,12 @@ def _checkpoints_in(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def infer_manifest(folder: str | os.PathLike, architecture: Architecture | None = None,
-                   roots: Sequence[str | os.PathLike] | None = None) -> tuple[Manifest, list[str]]:
+def infer_manifest(folder: str | os.PathLike, architecture: Architecture | None = None) -> tuple[Manifest, list[str]]:
     """Guess a manifest from a folder: ``pretrained.*``/``zeroshot.pt``, fine-tuned checkpoints as
     ``finetuned/<task>.*`` or ``<task>/finetuned.pt`` (task_vectors) or ``<task>/model.safetensors``, heads as
     ``heads/<task>.*`` or ``head_<task>.pt``, data as ``data/<task>/<split>/`` or ``data/<task>/<split>.csv``.
     Returns the manifest and a report (one line per finding).  The architecture is read from the pretrained
-    checkpoint's shapes unless given.  With ``roots``, a file that resolves outside them (a symlink) is refused
-    before anything is read."""
+    checkpoint's shapes unless given."""
     root = Path(folder).resolve()
     if not root.is_dir():
         raise ManifestError(f"{root}: not a folder")
@@ -352,13 +350,6 @@ def infer_manifest(folder: str | os.PathLike, architecture: Architecture | None 
                       f"{spec.head.weights.relative_to(root) if spec.head else 'none found'}; data splits "
                       f"{', '.join(f'{s} ({d.kind})' for s, d in spec.data.items()) or 'none found'}")
         tasks.append(spec)
-    if roots is not None:
-        allowed = [Path(r).resolve() for r in roots]
-        files = [pretrained] + [t.finetuned for t in tasks] + [t.head.weights for t in tasks if t.head] + \
-            [d.path for t in tasks for d in t.data.values()]
-        for path in files:
-            if not any(path.resolve().is_relative_to(r) for r in allowed):
-                raise ManifestError(f"{root}: {path.relative_to(root)}: the path is outside the allowed zoo folders")
     if architecture is None:
         architecture, note = infer_architecture(pretrained)
         report.append(note)
