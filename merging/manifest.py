@@ -116,10 +116,16 @@ def find_manifest(folder: str | os.PathLike) -> Path | None:
 MAX_MANIFEST_BYTES = 16 << 20
 
 
-def load_manifest(path: str | os.PathLike, roots: Sequence[str | os.PathLike] | None = None) -> Manifest:
-    """Read and validate a manifest file: YAML for ``.yaml``/``.yml``, JSON otherwise.  Syntax errors give the
-    format, line and column and never echo the file's content; YAML aliases are refused (no alias bombs).
-    ``roots``: see :func:`parse_manifest`."""
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a manifest file (see :func:`read_manifest`)."""
+    path = Path(path)
+    return parse_manifest(read_manifest(path), path.parent, path)
+
+
+def read_manifest(path: str | os.PathLike) -> Any:
+    """A manifest file's data, unvalidated: YAML for ``.yaml``/``.yml``, JSON otherwise, at most
+    :data:`MAX_MANIFEST_BYTES`.  Syntax errors give the format, line and column and never echo the file's content;
+    YAML aliases are refused (no alias bombs)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
@@ -131,14 +137,13 @@ def load_manifest(path: str | os.PathLike, roots: Sequence[str | os.PathLike] | 
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not valid {kind}: not UTF-8 text (byte {exc.start})") from None
     try:
-        data = _load_yaml(text) if kind == "YAML" else json.loads(text)
+        return _load_yaml(text) if kind == "YAML" else json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
         raise ManifestError(f"{path}: not valid {kind}: nested too deeply") from None
     except Exception as exc:  # yaml.YAMLError; ValueError for integers over Python's digit limit
         raise ManifestError(f"{path}: not valid {kind}: {_syntax_error(exc)}") from None
-    return parse_manifest(data, path.parent, path, roots)
 
 
 def _load_yaml(text: str):
@@ -166,12 +171,10 @@ def _syntax_error(exc: Exception) -> str:
     return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
-def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike | None = None,
-                   roots: Sequence[str | os.PathLike] | None = None) -> Manifest:
-    """Validate a manifest dict; paths resolve against ``root``.  With ``roots``, every path must resolve inside
-    one of them (else the message says so, without saying whether the file exists).  Messages never echo the
-    names of unknown fields or values that are not the manifest's own (a secrets file loaded as a manifest
-    shows nothing of its content); paths are shown relative to ``root``."""
+def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike | None = None) -> Manifest:
+    """Validate a manifest dict; paths resolve against ``root``.  Messages never echo the names of unknown fields
+    or values that are not the manifest's own (a secrets file loaded as a manifest shows nothing of its
+    content); paths are shown relative to ``root`` (zoo roots: :mod:`merging.roots`)."""
     root = Path(root)
     where = str(source or root)
     err = lambda field_, msg: ManifestError(f"{where}: {field_}: {msg}")  # noqa: E731
@@ -181,14 +184,11 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
     _refuse_unknown(where, "the manifest", data, known)
     if data.get("format", FORMAT) != FORMAT:
         raise err("format", f"not supported (expected {FORMAT!r})")
-    allowed = [Path(r).resolve() for r in roots] if roots is not None else None
 
     def file(value, field_: str, folder: bool = False) -> Path:
         if not isinstance(value, str) or not value:
             raise err(field_, "expected a path (string)")
         full = (root / value).resolve()
-        if allowed is not None and not any(full.is_relative_to(r) for r in allowed):
-            raise err(field_, "the path is outside the allowed zoo folders")
         shown = os.path.relpath(full, root.resolve()) if full.is_relative_to(root.resolve()) else \
             "a path outside the zoo folder"
         if folder and not full.is_dir():
