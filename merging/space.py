@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
+from .chunks import map_chunks, use_numpy
 from .device import pick_device, pick_dtype
 from .param_index import ParamIndex
 from .progress import Progress, as_progress
@@ -109,9 +111,19 @@ class TaskVectorSpace:
         return self.stack[self.rows[t]].to(torch.float32)
 
     def sum_tau(self) -> torch.Tensor:
-        """Σt τt as a new float32 (P,) tensor."""
-        if self.rows == list(range(self.stack.shape[0])):
-            return self.stack.sum(0, dtype=torch.float32)
+        """Σt τt as a new float32 (P,) tensor (rows added in task order; on CPU over cache-sized chunks)."""
+        if use_numpy(self.stack):
+            stack, rows = self.stack.numpy(), self.rows
+            total = np.empty(self.P, dtype=np.float32)
+
+            def body(a: int, b: int) -> None:
+                out = total[a:b]
+                np.copyto(out, stack[rows[0], a:b])
+                for r in rows[1:]:
+                    out += stack[r, a:b]
+
+            map_chunks(self.P, body)
+            return torch.from_numpy(total)
         total = torch.zeros(self.P, dtype=torch.float32, device=self.device)
         for t in range(self.T):
             total += self.tau(t)

@@ -85,7 +85,8 @@ def test_ties_matches_reference(sp, K, merge, lam):
 @pytest.mark.parametrize("method,params", [("ties", {"merge": "mean"}), ("ties", {"merge": "sum", "k": 50}),
                                            ("dare", {"base": "ties", "p": 0.3}), ("dare", {}), ("tall", {}),
                                            ("tall", {"base": "ties"}),
-                                           ("consensus", {}), ("pcb", {})])
+                                           ("consensus", {}), ("pcb", {}), ("task_arithmetic", {}),
+                                           ("averaging", {})])
 def test_cpu_kernels_and_gpu_code_paths_identical(sp, monkeypatch, method, params):
     """The chunked numpy kernels (CPU) and the whole-tensor torch code (used on CUDA) give identical results."""
     fast = run_merge(sp, method, params)
