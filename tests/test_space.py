@@ -97,6 +97,17 @@ def test_unknown_dtype_and_missing_cuda():
     ("ln_pre.bias", "embed", "ln"),
     ("ln_post.weight", "head", "ln"),
     ("proj", "head", "proj"),
+    ("model.embed_tokens.weight", "embed", "embedding"),
+    ("model.layers.7.self_attn.q_proj.weight", "block.07", "attn.in_proj"),
+    ("model.layers.7.self_attn.o_proj.weight", "block.07", "attn.out_proj"),
+    ("model.layers.7.self_attn.q_norm.weight", "block.07", "ln"),
+    ("model.layers.12.mlp.gate_proj.weight", "block.12", "mlp.gate"),
+    ("model.layers.12.mlp.up_proj.weight", "block.12", "mlp.c_fc"),
+    ("model.layers.12.mlp.down_proj.weight", "block.12", "mlp.c_proj"),
+    ("model.layers.0.input_layernorm.weight", "block.00", "ln"),
+    ("model.layers.0.post_attention_layernorm.weight", "block.00", "ln"),
+    ("model.norm.weight", "head", "ln"),
+    ("lm_head.weight", "head", "proj"),
 ])
 def test_parameter_classification(name, layer, kind):
     assert classify(name) == (layer, kind)
