@@ -4,7 +4,9 @@
     python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
     python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
 
-Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.
+Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.  ``--out``
+is checked before anything is loaded or merged: its folder must exist (it is not created), and it may not be one of
+the inputs (the same file after resolving symlinks, or a hard link to one).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import check_output_path, clean_stale_temp
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
 from .registry import UnknownMethodError, get_method, list_methods, run_merge
@@ -36,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
         cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
         if name == "merge":
-            cmd.add_argument("--out", help="output file (safetensors); never overwrites an input")
+            cmd.add_argument("--out", help="output file (safetensors) in an existing folder; never an input")
             cmd.add_argument("--format", choices=("open_clip", "hf", "tall-compressed"),
                              help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
                                   "(default for tall)")
@@ -46,14 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _space(args) -> tuple[TaskVectorSpace, object, list]:
+def _source(args) -> tuple[object, list]:
+    """The zoo (checked from headers, nothing loaded) or None, and every input file: known before any work."""
     if args.zoo:
         from .zoo import load_zoo
 
         zoo = load_zoo(args.zoo)
-        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype), zoo, zoo.inputs()
+        return zoo, zoo.inputs()
     if not args.pretrained or not args.finetuned:
         raise CheckpointError("give --zoo, or --pretrained and at least one --finetuned checkpoint")
+    return None, [args.pretrained, *args.finetuned]
+
+
+def _space(args, zoo) -> TaskVectorSpace:
+    if zoo is not None:
+        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype)
     from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
@@ -67,9 +77,17 @@ def _space(args) -> tuple[TaskVectorSpace, object, list]:
             return checkpoint.visual
         return load
 
-    space = TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
-                                  dtype=args.dtype)
-    return space, None, [args.pretrained, *args.finetuned]
+    return TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
+                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned])
+
+
+def _prepare_output(out: str, inputs: list) -> None:
+    """Refuse a bad ``--out`` before anything is merged; remove temporary files of killed writes beside it."""
+    check_output_path(out, inputs)
+    removed = clean_stale_temp(Path(out).parent)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by killed writes in {Path(out).parent}",
+              file=sys.stderr)
 
 
 def _print(title: str, table: pd.DataFrame) -> None:
@@ -87,7 +105,12 @@ def _methods() -> None:
 def _merge(args) -> None:
     method = get_method(args.method)
     params = parse_assignments(args.set)
-    space, zoo, inputs = _space(args)
+    zoo, inputs = _source(args)
+    if args.eval and zoo is None:
+        raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
+    if args.out:
+        _prepare_output(args.out, inputs)
+    space = _space(args, zoo)
     result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space))
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
     print("parameters:", ", ".join(f"{k}={v}" for k, v in result.params.items()) or "none")
@@ -98,8 +121,6 @@ def _merge(args) -> None:
         export_merge(args.out, space, result, fmt, inputs=inputs)
         print(f"wrote {args.out} ({fmt})")
     if args.eval:
-        if zoo is None:
-            raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
         from .evaluation import evaluate_baselines, evaluate_result
 
         base = evaluate_baselines(zoo, space.task_names)
@@ -114,7 +135,8 @@ def _stats(args) -> None:
     from .maskstats import mask_statistics
 
     method = get_method(args.method)
-    space, zoo, _ = _space(args)
+    zoo, _ = _source(args)
+    space = _space(args, zoo)
     result = run_merge(space, method, parse_assignments(args.set), progress=_stderr_progress,
                        context=_context(method, zoo, space))
     if not result.masks:
@@ -156,6 +178,7 @@ def main(argv=None) -> int:
         {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats}[args.command](args)
     except (CheckpointError, ParameterError, UnknownMethodError, ValueError, KeyError, OSError, Cancelled,
             RuntimeError) as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"\nerror: {lines[0]}", file=sys.stderr)
         return 2
     return 0
