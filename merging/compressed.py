@@ -25,7 +25,7 @@ FORMAT = "mergescope-tall/1"
 def save_compressed(path, space, result, inputs=()) -> Path:
     """Write a TALL result atomically; refuses to overwrite any of ``inputs``."""
     if result.task_masks is None:
-        raise ValueError(f"{result.method} has no per-task masks; only per-task results (TALL, EMR) have a "
+        raise ValueError(f"{result.method} has no per-task masks; only TALL and EMR results have a "
                          f"compressed form")
     target = ensure_not_input(path, inputs)
     theta0 = space.state_dict()

@@ -68,6 +68,7 @@ class MergeMethod:
     params: tuple[Param, ...]
     run: Callable[..., MergeResult]  # run(space, params, progress, context) -> MergeResult
     needs_data: bool = False  # CALM / AdaMerging need a model and unlabeled images (context)
+    needs_labels: bool = False  # PCB + ES maximises accuracy: the context's images need their labels
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..chunks import map_chunks, use_numpy
+from ..chunks import CHUNK, map_chunks, use_numpy
 from ..functional import segment_sum
 from ..maskset import MaskSet
 from ..registry import MergeMethod, MergeResult, register
@@ -60,7 +60,7 @@ def _chunked(space, total: torch.Tensor, masks: MaskSet) -> tuple[torch.Tensor, 
         return first, numer, denom
 
     numer_all, denom_all = np.zeros((T, E)), np.zeros((T, E))
-    for first, numer, denom in map_chunks(space.P, body):
+    for first, numer, denom in map_chunks(space.P, body, CHUNK):
         numer_all[:, first:first + numer.shape[1]] += numer
         denom_all[:, first:first + denom.shape[1]] += denom
     return uni, numer_all, denom_all

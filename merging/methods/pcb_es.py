@@ -133,4 +133,4 @@ METHOD = register(MergeMethod(
     "PCB-Merging whose per-task scaling λt is tuned by an evolutionary search that maximises accuracy on "
     "labeled validation images.",
     "Du et al., Parameter Competition Balancing for Model Merging, NeurIPS 2024 (PCB + ES)",
-    PARAMS, run, needs_data=True))
+    PARAMS, run, needs_data=True, needs_labels=True))
