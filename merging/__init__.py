@@ -4,8 +4,10 @@ No UI code lives here; the dashboard and the CLI are thin layers over this packa
 """
 from .params import Param, ParameterError
 from .progress import CancelToken, Cancelled, Progress
-from .registry import MergeMethod, MergeResult, UnknownMethodError, get_method, list_methods, run_merge
+from .registry import (MergeMethod, MergeResult, Modifier, UnknownMethodError, get_method, get_modifier, list_methods,
+                       list_modifiers, run_merge)
 from .space import CheckpointError, TaskVectorSpace
 
-__all__ = ["CancelToken", "Cancelled", "CheckpointError", "MergeMethod", "MergeResult", "Param", "ParameterError",
-           "Progress", "TaskVectorSpace", "UnknownMethodError", "get_method", "list_methods", "run_merge"]
+__all__ = ["CancelToken", "Cancelled", "CheckpointError", "MergeMethod", "MergeResult", "Modifier", "Param",
+           "ParameterError", "Progress", "TaskVectorSpace", "UnknownMethodError", "get_method", "get_modifier",
+           "list_methods", "list_modifiers", "run_merge"]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .params import ParameterError, parse_assignments, resolve_params
+from .params import ParameterError, parse_assignments
 from .progress import Cancelled
-from .registry import UnknownMethodError, get_method, get_modifier, list_methods, list_modifiers, run_merge
+from .registry import UnknownMethodError, get_method, list_methods, list_modifiers, resolve_modifiers, run_merge
 from .space import CheckpointError, TaskVectorSpace
 
 
@@ -98,7 +98,7 @@ def _modifiers(args) -> list[tuple[str, dict]]:
     chain = []
     for name, *assignments in args.modifier:
         params = parse_assignments(assignments, f"--modifier {name}")
-        resolve_params(get_modifier(name).params, params)
+        resolve_modifiers([(name, params)])
         chain.append((name, params))
     return chain
 

@@ -141,25 +141,38 @@ def get_modifier(name: str) -> Modifier:
 ModifierSpec = tuple[str | Modifier, Mapping[str, Any] | None]
 
 
+def resolve_modifiers(modifiers: Sequence[ModifierSpec], num_tasks: int | None = None) -> list[tuple[Modifier, dict]]:
+    """``(name or Modifier, params)`` pairs → ``(Modifier, validated params)``; raises on unknown names/values."""
+    chain = []
+    for modifier, given in modifiers:
+        modifier = get_modifier(modifier) if isinstance(modifier, str) else modifier
+        chain.append((modifier, resolve_params(modifier.params, given, num_tasks)))
+    return chain
+
+
+def apply_modifiers(space, result: MergeResult, chain: Sequence[tuple[Modifier, dict]], progress=None) -> MergeResult:
+    """Apply resolved modifiers in order to ``result.delta`` (in place on the result; returns it)."""
+    progress = as_progress(progress)
+    for modifier, values in chain:
+        progress(1.0, f"modifier {modifier.title}")
+        result.delta = modifier.apply(space, result, values)
+        result.modifiers.append((modifier.name, values))
+    return result
+
+
 def run_merge(space, method: str | MergeMethod, params: Mapping[str, Any] | None = None, progress=None,
               context: Any = None, modifiers: Sequence[ModifierSpec] = ()) -> MergeResult:
     """Validate ``params`` against the method's spec and run it, then apply ``modifiers`` (``(name, params)``
     pairs, in order) to its delta; the result records time, device and the resolved modifiers."""
     method = get_method(method) if isinstance(method, str) else method
     resolved = resolve_params(method.params, params, space.T)
-    chain = []
-    for modifier, given in modifiers:
-        modifier = get_modifier(modifier) if isinstance(modifier, str) else modifier
-        chain.append((modifier, resolve_params(modifier.params, given, space.T)))
+    chain = resolve_modifiers(modifiers, space.T)
     if method.needs_data and context is None:
         raise ValueError(f"{method.title} needs a model and unlabeled data (an evaluation context)")
     progress = as_progress(progress)
     start = time.perf_counter()
     result = method.run(space, resolved, progress, context)
-    for modifier, values in chain:
-        progress(1.0, f"modifier {modifier.title}")
-        result.delta = modifier.apply(space, result, values)
-        result.modifiers.append((modifier.name, values))
+    apply_modifiers(space, result, chain, progress)
     if space.device.type == "cuda":
         torch.cuda.synchronize(space.device)
     result.seconds = time.perf_counter() - start

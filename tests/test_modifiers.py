@@ -142,3 +142,29 @@ def test_cli_methods_lists_modifiers(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "emr: EMR-Merging" in out and "lines: LiNeS" in out and "beta=0.5" in out
+
+
+def test_select_lines_beta_by_mean_normalized_validation_accuracy(tmp_path):
+    from ck_tiny_zoo import make_tiny_zoo
+    from merging.evaluation import Evaluator, evaluate
+    from merging.selection import select_modifier
+    from merging.zoo import load_zoo
+
+    make_tiny_zoo(tmp_path)
+    zoo = load_zoo(tmp_path)
+    space, ev = zoo.build_space(device="cpu"), Evaluator(zoo, device="cpu")
+    grid = [0.0, 0.5, 1.0, 2.0]
+    chosen = select_modifier(zoo, space, "task_arithmetic", {"lam": 1.0}, grid=grid, evaluator=ev)
+    finetuned = evaluate(zoo, zoo.finetuned_state, split="val", evaluator=ev).set_index("task")["accuracy"]
+    scores = {}
+    for beta in grid:  # plain: θ0 + LiNeS(Σt τt; α = 1/T, β) on val, normalized, averaged over tasks
+        delta = ref.lines(space.sum_tau(), space.index, 1 / space.T, beta)
+        table = evaluate(zoo, space.state_dict(delta), split="val", evaluator=ev)
+        ratios = [a / finetuned[t] for t, a in zip(table["task"], table["accuracy"]) if finetuned[t] > 0]
+        scores[beta] = sum(ratios) / len(ratios)
+    best = min(b for b, s in scores.items() if s == max(scores.values()))
+    assert chosen.modifiers == [("lines", {"mode": "multi-task", "alpha": 1.0, "beta": best})]
+    assert chosen.result.modifiers == chosen.modifiers and chosen.params["lam"] == 1.0
+    rerun = run_merge(space, "task_arithmetic", chosen.params, modifiers=chosen.modifiers)
+    assert torch.equal(chosen.result.delta, rerun.delta)
+    assert set(chosen.table["value"]) == set(grid)
