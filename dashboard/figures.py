@@ -15,9 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 CLASS_COLORS = {"catastrophic": "#d62728", "selfish": "#ff7f0e", "general": "#2ca02c"}
-MODEL_ORDER = ("pretrained", "individual", "merged", "TALL-reconstructed")
+MODEL_ORDER = ("pretrained", "individual", "merged", "TALL-reconstructed", "EMR-reconstructed")
 MODEL_COLORS = {"pretrained": "#9e9e9e", "individual": "#1f77b4", "merged": "#2ca02c",
-                "TALL-reconstructed": "#9467bd"}
+                "TALL-reconstructed": "#9467bd", "EMR-reconstructed": "#8c564b"}
 ORDINAL_COLUMNS = ("stage", "step", "iteration", "epoch", "round")
 PREFERRED_VALUES = ("accuracy", "coefficient", "fraction", "density", "value")
 _AXIS = {"gridcolor": "#e5e5e5", "linecolor": "#bbbbbb", "zerolinecolor": "#bbbbbb", "automargin": True}

@@ -13,8 +13,10 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from .params import Param, ParameterError  # noqa: E402
 from .progress import CancelToken, Cancelled, Progress
-from .registry import MergeMethod, MergeResult, UnknownMethodError, get_method, list_methods, run_merge
+from .registry import (MergeMethod, MergeResult, Modifier, UnknownMethodError, get_method, get_modifier, list_methods,
+                       list_modifiers, run_merge)
 from .space import CheckpointError, TaskVectorSpace
 
-__all__ = ["CancelToken", "Cancelled", "CheckpointError", "MergeMethod", "MergeResult", "Param", "ParameterError",
-           "Progress", "TaskVectorSpace", "UnknownMethodError", "get_method", "list_methods", "run_merge"]
+__all__ = ["CancelToken", "Cancelled", "CheckpointError", "MergeMethod", "MergeResult", "Modifier", "Param",
+           "ParameterError", "Progress", "TaskVectorSpace", "UnknownMethodError", "get_method", "get_modifier",
+           "list_methods", "list_modifiers", "run_merge"]

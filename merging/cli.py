@@ -3,6 +3,7 @@
     python -m merging merge --pretrained A --finetuned B C … --method ties --set k=20 --out merged.safetensors
     python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
     python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
+    python -m merging merge --zoo assets/demo-zoo --method task_arithmetic --set lam=1 --modifier lines beta=0.3
 
 Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.  ``--out``
 is checked before anything is loaded or merged: its folder must exist (it is not created), and it may not be one of
@@ -19,14 +20,14 @@ import pandas as pd
 from .atomic import check_output_path, clean_stale_temp
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
-from .registry import UnknownMethodError, get_method, list_methods, run_merge
+from .registry import UnknownMethodError, get_method, list_methods, list_modifiers, resolve_modifiers, run_merge
 from .space import CheckpointError, TaskVectorSpace
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merging", description="mergescope merge engine")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("methods", help="list merge methods and their parameters")
+    sub.add_parser("methods", help="list merge methods and modifiers with their parameters")
     for name in ("merge", "stats"):
         cmd = sub.add_parser(name, help="merge checkpoints" if name == "merge" else "print mask statistics")
         source = cmd.add_argument_group("checkpoints (a zoo, or pretrained + fine-tuned files)")
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         source.add_argument("--tasks", nargs="+", help="task names (default: file stems, or all zoo tasks)")
         cmd.add_argument("--method", required=True, help="merge method (see `methods`)")
         cmd.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="method parameters")
+        cmd.add_argument("--modifier", nargs="+", action="append", default=[], metavar=("MODIFIER", "NAME=VALUE"),
+                         help="apply a modifier (see `methods`) with its parameters to the merged vector; "
+                              "repeat for several, applied in order")
         cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
         cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
         if name == "merge":
@@ -100,20 +104,38 @@ def _methods() -> None:
         print(f"{method.name}: {method.title} — {method.summary}")
         for p in method.params:
             print(f"    {p.describe()}")
+    print("\nmodifiers (--modifier NAME [NAME=VALUE ...], after any method):")
+    for modifier in list_modifiers():
+        print(f"{modifier.name}: {modifier.title} — {modifier.summary}")
+        for p in modifier.params:
+            print(f"    {p.describe()}")
+
+
+def _modifiers(args) -> list[tuple[str, dict]]:
+    """``--modifier lines beta=0.3`` → ``[("lines", {"beta": "0.3"})]``, checked before any file is read."""
+    chain = []
+    for name, *assignments in args.modifier:
+        params = parse_assignments(assignments, f"--modifier {name}")
+        resolve_modifiers([(name, params)])
+        chain.append((name, params))
+    return chain
 
 
 def _merge(args) -> None:
     method = get_method(args.method)
-    params = parse_assignments(args.set)
+    params, modifiers = parse_assignments(args.set), _modifiers(args)
     zoo, inputs = _source(args)
     if args.eval and zoo is None:
         raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
     if args.out:
         _prepare_output(args.out, inputs)
     space = _space(args, zoo)
-    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space))
+    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
+                       modifiers=modifiers)
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
     print("parameters:", ", ".join(f"{k}={v}" for k, v in result.params.items()) or "none")
+    for name, values in result.modifiers:
+        print(f"modifier {name}:", ", ".join(f"{k}={v}" for k, v in values.items()))
     if args.out:
         from .checkpoints import export_merge
 
@@ -135,12 +157,13 @@ def _stats(args) -> None:
     from .maskstats import mask_statistics
 
     method = get_method(args.method)
+    params, modifiers = parse_assignments(args.set), _modifiers(args)
     zoo, _ = _source(args)
     space = _space(args, zoo)
-    result = run_merge(space, method, parse_assignments(args.set), progress=_stderr_progress,
-                       context=_context(method, zoo, space))
+    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
+                       modifiers=modifiers)
     if not result.masks:
-        raise ParameterError(f"{method.title} produces no masks; try tall, consensus, ties, dare or pcb")
+        raise ParameterError(f"{method.title} produces no masks; try tall, emr, consensus, ties, dare or pcb")
     for name, masks in result.masks.items():
         stats = mask_statistics(masks, space.index)
         tables = {"agreement histogram": stats.histogram, "mask density": stats.density,

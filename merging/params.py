@@ -101,12 +101,12 @@ def resolve_params(spec: Sequence[Param], given: Mapping[str, Any] | None, num_t
     return {p.name: p.coerce(given.get(p.name, p.default), num_tasks) for p in spec}
 
 
-def parse_assignments(items: Sequence[str]) -> dict[str, str]:
-    """``["k=20", "lam=0.3"]`` → ``{"k": "20", "lam": "0.3"}`` (CLI ``--set``)."""
+def parse_assignments(items: Sequence[str], option: str = "--set") -> dict[str, str]:
+    """``["k=20", "lam=0.3"]`` → ``{"k": "20", "lam": "0.3"}`` (CLI ``--set``, or ``option``)."""
     out = {}
     for item in items:
         if "=" not in item:
-            raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
+            raise ParameterError(f"{option} expects NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
