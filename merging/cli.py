@@ -3,6 +3,9 @@
     python -m merging merge --pretrained A --finetuned B C … --method ties --set k=20 --out merged.safetensors
     python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
     python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
+    python -m merging merge --recipe merged.recipe.yaml --out again.safetensors   # the same bytes
+
+Every merge with --out also writes its recipe beside it (OUT with the suffix .recipe.yaml; see merging/recipe.py).
 
 Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.
 """
@@ -16,6 +19,7 @@ import pandas as pd
 
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
+from .recipe import RecipeError, load_recipe, make_recipe, verify_inputs, write_recipe
 from .registry import UnknownMethodError, get_method, list_methods, run_merge
 from .space import CheckpointError, TaskVectorSpace
 
@@ -31,11 +35,15 @@ def _parser() -> argparse.ArgumentParser:
         source.add_argument("--pretrained", help="pretrained checkpoint θ0")
         source.add_argument("--finetuned", nargs="+", default=[], help="one fine-tuned checkpoint per task")
         source.add_argument("--tasks", nargs="+", help="task names (default: file stems, or all zoo tasks)")
-        cmd.add_argument("--method", required=True, help="merge method (see `methods`)")
+        cmd.add_argument("--method", help="merge method (see `methods`); required without --recipe")
         cmd.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="method parameters")
         cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
         cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
         if name == "merge":
+            cmd.add_argument("--recipe", help="rerun a recipe file: its method, parameters, tasks and checkpoints "
+                                              "(--zoo / --pretrained / --finetuned point at other copies; their "
+                                              "sha256 must match)")
+            cmd.add_argument("--recipe-out", help="where to write this merge's recipe (default: beside --out)")
             cmd.add_argument("--out", help="output file (safetensors); never overwrites an input")
             cmd.add_argument("--format", choices=("open_clip", "hf", "tall-compressed"),
                              help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
@@ -84,10 +92,39 @@ def _methods() -> None:
             print(f"    {p.describe()}")
 
 
+def _apply_recipe(args) -> None:
+    """Fill ``args`` from ``--recipe`` (command-line checkpoint paths take precedence over the recipe's)."""
+    if args.method or args.set or args.tasks:
+        raise RecipeError("--recipe fixes the method, parameters and tasks: drop --method, --set and --tasks")
+    recipe = load_recipe(args.recipe)
+    args.method, args.set, args.tasks, args.dtype = recipe.method, [], recipe.tasks, recipe.dtype
+    args.params = recipe.params
+    if not (args.zoo or args.pretrained):
+        args.zoo = str(recipe.zoo) if recipe.zoo else None
+        args.pretrained = str(recipe.pretrained) if recipe.pretrained else None
+        args.finetuned = [str(recipe.finetuned[t]) for t in recipe.tasks] if recipe.pretrained else []
+    args.recipe_loaded = recipe
+
+
+def _checkpoint_files(space, zoo, args) -> dict[str, str]:
+    """"pretrained" and each task → the checkpoint file the merge read."""
+    if zoo is not None:
+        return {"pretrained": str(zoo.manifest.pretrained),
+                **{t.name: str(t.finetuned) for t in zoo.manifest.tasks if t.name in space.task_names}}
+    return {"pretrained": args.pretrained, **dict(zip(space.task_names, args.finetuned))}
+
+
 def _merge(args) -> None:
+    if args.recipe:
+        _apply_recipe(args)
+    if not args.method:
+        raise ParameterError("--method is required (or give --recipe)")
     method = get_method(args.method)
-    params = parse_assignments(args.set)
+    params = getattr(args, "params", None) or parse_assignments(args.set)
     space, zoo, inputs = _space(args)
+    files = _checkpoint_files(space, zoo, args)
+    if args.recipe:
+        verify_inputs(args.recipe_loaded, list(files.values()))
     result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space))
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
     print("parameters:", ", ".join(f"{k}={v}" for k, v in result.params.items()) or "none")
@@ -97,6 +134,17 @@ def _merge(args) -> None:
         fmt = args.format or ("tall-compressed" if result.per_task else "open_clip")
         export_merge(args.out, space, result, fmt, inputs=inputs)
         print(f"wrote {args.out} ({fmt})")
+    recipe_out = args.recipe_out or (str(Path(args.out).with_suffix(".recipe.yaml")) if args.out else None)
+    if recipe_out:
+        from .atomic import ensure_not_input
+
+        ensure_not_input(recipe_out, [*inputs, args.recipe])
+        recipe = make_recipe(recipe_out, method.name, result.params, space.task_names, files, zoo=args.zoo,
+                             pretrained=None if args.zoo else args.pretrained,
+                             finetuned=None if args.zoo else dict(zip(space.task_names, args.finetuned)),
+                             dtype=args.dtype)
+        write_recipe(recipe_out, recipe)
+        print(f"wrote {recipe_out} (recipe)")
     if args.eval:
         if zoo is None:
             raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
@@ -113,6 +161,8 @@ def _merge(args) -> None:
 def _stats(args) -> None:
     from .maskstats import mask_statistics
 
+    if not args.method:
+        raise ParameterError("--method is required")
     method = get_method(args.method)
     space, zoo, _ = _space(args)
     result = run_merge(space, method, parse_assignments(args.set), progress=_stderr_progress,
@@ -154,8 +204,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats}[args.command](args)
-    except (CheckpointError, ParameterError, UnknownMethodError, ValueError, KeyError, OSError, Cancelled,
-            RuntimeError) as error:
+    except (CheckpointError, ParameterError, RecipeError, UnknownMethodError, ValueError, KeyError, OSError,
+            Cancelled, RuntimeError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 2
     return 0
