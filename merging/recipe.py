@@ -17,7 +17,8 @@ versions: {mergescope: 0.1.0, torch: 2.14.1, ...}
 Paths are relative to the recipe's folder when they lie inside it, absolute otherwise (a colleague points
 ``--zoo`` / ``--pretrained`` / ``--finetuned`` at their own copies; the digests say whether they are the same).
 ``inputs`` holds the sha256 of every checkpoint the merge reads, keyed like the paths, and
-:func:`verify_inputs` refuses a file whose digest differs.  Loading uses ``yaml.safe_load`` (no code runs) and rejects unknown keys and wrong types by name.
+:func:`verify_inputs` refuses a file whose digest differs.  Loading uses ``yaml.safe_load`` (no code runs)
+and rejects unknown keys and wrong types by name.
 """
 from __future__ import annotations
 
