@@ -1,25 +1,34 @@
 """Consensus Merging (Wang et al., ICML 2024): drop weights that fewer than k tasks' TALL masks select.
 
 c = Σt mt (TALL masks); m_cons = 1{c ≥ k}; Consensus TA: θ = θ0 + λ (m_cons ⊙ Σt τt); Consensus TIES:
-θ = θ0 + λ (m_cons ⊙ TIES(τ)).  k = 0 is plain TA/TIES, k = 1 drops only catastrophic weights, k > T gives θ0.
+θ = θ0 + λ (m_cons ⊙ TIES(τ)).  k = 0 is plain TA/TIES, k = 1 drops only catastrophic weights; k > T would
+keep nothing (θ0) and is refused.  Besides the TALL masks the result holds ``consensus_keep``: mt ∧ m_cons, the
+weights of each task that the consensus mask keeps (their union is m_cons for k ≥ 1).
 """
 from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..maskset import MaskSet
+from ..params import Param, ParameterError
 from ..registry import MergeMethod, MergeResult, lam_param, register
 from .tall import BASE, TALL_LAMBDA, TIES_K, multitask_vector, tall_masks
 
 
 def run(space, params, progress, context=None) -> MergeResult:
+    if params["k"] > space.T:
+        raise ParameterError(f"k: {params['k']} is above the number of merged tasks ({space.T}); k > T keeps no "
+                             "weight (the merge would be θ0)")
     tau_mtl, trims = multitask_vector(space, params["base"], params["ties_k"], progress.sub(0.0, 0.5))
     masks = tall_masks(space, tau_mtl, params["tall_lambda"], progress.sub(0.5, 0.95))
     agreement = torch.zeros(space.P, dtype=torch.int32, device=space.device)
     for t in range(masks.T):
         agreement += masks.get(t)
     consensus = agreement >= params["k"]
-    masks_out = {"tall": masks, **({"ties_trim": trims} if trims is not None else {})}
+    kept = MaskSet.empty(space.task_names, space.P, space.device, "consensus_keep")
+    for t in range(masks.T):
+        kept.set(t, masks.get(t) & consensus)
+    masks_out = {"tall": masks, "consensus_keep": kept, **({"ties_trim": trims} if trims is not None else {})}
     return MergeResult("consensus", params, tau_mtl.masked_fill_(~consensus, 0.0).mul_(params["lam"]), masks=masks_out,
                        info={"consensus_fraction": float(consensus.float().mean())})
 

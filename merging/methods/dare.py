@@ -7,6 +7,8 @@ device (one draw per task), so a merge is reproducible on the same kind of devic
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..maskset import MaskSet
@@ -64,4 +66,4 @@ METHOD = register(MergeMethod(
      Param("seed", int, 0, "random seed of the drop masks", low=0, high=2**31 - 1),
      Param("base", str, "ta", "merge the dropped vectors with Task Arithmetic (ta) or TIES (ties)",
            choices=("ta", "ties")),
-     K_PARAM, MERGE_PARAM, lam_param(0.3)), run))
+     replace(K_PARAM, when=("base", "ties")), replace(MERGE_PARAM, when=("base", "ties")), lam_param(0.3)), run))
