@@ -284,6 +284,7 @@ class Service:
         note = f"\n\nNo head or {SPLIT} data for {', '.join(missing)}: merged and analysed, not evaluated." \
             if missing else ""
         report = "\n".join(f"- {line}" for line in getattr(entry.zoo, "report", []))
+        report = report.replace(str(entry.path), entry.label or entry.name)  # no server paths
         return (f"**{entry.name}** — {len(entry.zoo.task_names)} tasks, architecture "
                 f"`{entry.zoo.architecture.name}`, {size}, device `{space.device if space else self.device}`."
                 + note + (f"\n\n{report}" if report else ""))
