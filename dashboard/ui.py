@@ -47,7 +47,7 @@ def escape(text: Any) -> str:
 
 def error(message: Any) -> gr.Error:
     """A toast with ``message`` shown literally (Gradio renders error messages as HTML)."""
-    return gr.Error(escape(message), duration=None, title="mergescope")
+    return gr.Error(escape(message), duration=None, title="mergescope", print_exception=False)
 
 
 def owner(request: gr.Request | None) -> str:
@@ -57,9 +57,22 @@ def owner(request: gr.Request | None) -> str:
     if username:
         return f"user:{username}"
     session = getattr(request, "session_hash", None)
-    if not session:
+    if not session or not _sent_session(request):
         raise error(NO_SESSION)
     return f"session:{session}"
+
+
+def _sent_session(request: gr.Request) -> bool:
+    """False for a bare REST call (``/call/<api>`` whose body has no session_hash): Gradio then makes one up
+    from the event id, which the caller never learns, so it could neither cancel the job nor be held to the
+    per-session limit."""
+    raw = getattr(request, "request", None)
+    if raw is None or "/call/" not in raw.url.path:
+        return True  # the page and gradio_client join the queue with their session
+    try:
+        return bool(json.loads(getattr(raw, "_body", b"") or b"{}").get("session_hash"))
+    except ValueError:
+        return False
 
 
 def run_id(value: Any, field: str) -> int:
@@ -537,6 +550,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth=None
     (uploads nobody used, old downloads), and all of them at shutdown.  ``auth``: Gradio's login ((user, password)
     pairs)."""
     settings = demo.dashboard.service.settings
+    demo.delete_cache = clean  # (Gradio takes it at Blocks(); the server reads it at launch)
     return demo.launch(server_name=host, server_port=port, theme=gr.themes.Soft(), css=CSS, auth=auth,
-                       delete_cache=clean, max_file_size=settings.upload_limit,
+                       max_file_size=settings.upload_limit,
                        footer_links=["api", "gradio"], **options)

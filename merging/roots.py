@@ -80,8 +80,8 @@ class Roots:
             candidates = [given]
         else:
             head, _, rest = given.as_posix().partition("/")
-            candidates = [self.folders[self.labels.index(head)] / rest] if head in self.labels else []
-            candidates += [root / given for root in self.folders]
+            candidates = [self.folders[self.labels.index(head)] / rest] if head in self.labels else \
+                [root / given for root in self.folders]
         inside = [c.resolve() for c in candidates if self.contains(c)]
         if not inside:
             raise RootError(f"{text!r} is not inside the zoo roots ({self.describe()})")
