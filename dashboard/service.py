@@ -377,7 +377,9 @@ class Service:
 
     @staticmethod
     def _statistics(stats: Mapping, result) -> dict:
-        summary = {"masks": {kind: s.class_fractions() for kind, s in stats.items()},
+        masks = {kind: {figures.class_label(kind, name): value for name, value in s.class_fractions().items()}
+                 for kind, s in stats.items()}  # "catastrophic" etc. only for TALL masks
+        summary = {"masks": masks,
                    "density": {kind: float(s.density["density"].mean()) for kind, s in stats.items()}}
         summary.update({k: v for k, v in result.info.items() if isinstance(v, (int, float))})
         return plain(summary)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dashboard import figures
 from dashboard.service import Service, Settings, UserError
 from dashboard_app import zoo_dir  # noqa: F401 (module fixture)
 from merging import ParameterError, UnknownMethodError
@@ -72,7 +73,9 @@ def test_merge_records_a_run_with_independently_checked_accuracy(service, entry)
     assert record.params == {"k": 30.0, "merge": "mean", "lam": 0.7} and record.device == "cpu"
     expected = mask_statistics(view.result.masks["ties_trim"], view.space.index)
     pd.testing.assert_frame_equal(view.stats["ties_trim"].histogram, expected.histogram)
-    assert record.statistics["masks"]["ties_trim"] == pytest.approx(expected.class_fractions())
+    kept = {figures.KEPT_LABELS[name]: v for name, v in expected.class_fractions().items()}
+    assert record.statistics["masks"]["ties_trim"] == pytest.approx(kept)  # TIES trims are no TALL classes
+    assert "catastrophic" not in view.summary() and "kept by no task" in view.summary()
     assert 0 <= record.statistics["sign_conflict_rate"] <= 1
     models = set(view.accuracy["model"])
     assert models == {"pretrained", "individual", "merged"}
@@ -84,6 +87,11 @@ def test_merge_records_a_run_with_independently_checked_accuracy(service, entry)
 def test_consensus_marks_k_and_tall_reports_reconstruction(service, entry):
     view = service.merge(entry.id, "consensus", {"k": 2})
     assert view.k == 2 and view.figures()["histogram"].layout.shapes[0].x0 == 1.5
+    # the consensus keep mask itself is a mask choice: each task's TALL mask restricted to weights with c ≥ 2
+    assert list(view.stats) == ["tall", "consensus_keep"]
+    keep = view.stats["consensus_keep"].histogram.set_index("c")["count"]
+    tall = view.stats["tall"].histogram.set_index("c")["count"]
+    assert keep[1] == 0 and keep[0] == tall[0] + tall[1] and (keep[2:] == tall[2:]).all()
     tall = service.merge(entry.id, "tall", {"tall_lambda": 0.4})
     assert set(tall.accuracy["model"]) == {"pretrained", "individual", "TALL-reconstructed"}
     assert tall.k is None
