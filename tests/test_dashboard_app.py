@@ -180,6 +180,40 @@ def test_app_flags_and_environment(monkeypatch):
     assert (args.host, args.port, args.zoo) == ("0.0.0.0", 8123, "/srv/zoo")
 
 
+def _app_module():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parent.parent / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hosting_flags_roots_job_limit_and_login(monkeypatch, tmp_path, capsys):
+    app_module = _app_module()
+    for name in ("MERGESCOPE_ZOO_ROOTS", "MERGESCOPE_JOBS_PER_SESSION", "MERGESCOPE_AUTH", "MERGESCOPE_AUTH_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    args = app_module.parse_args([])
+    assert (args.zoo_roots, args.jobs_per_session, args.logins) == (None, 2, None)  # roots: demo zoo + data/zoos
+    args = app_module.parse_args(["--zoo-root", "/srv/a", "--zoo-root", "/srv/b", "--jobs-per-session", "3",
+                                  "--auth", "ann:secret:with:colons"])
+    assert (args.zoo_roots, args.jobs_per_session, args.logins) == (["/srv/a", "/srv/b"], 3,
+                                                                    [("ann", "secret:with:colons")])
+    logins = tmp_path / "logins"
+    logins.write_text("# team\nbob:pw1\n\ncarol:pw2\n")
+    monkeypatch.setenv("MERGESCOPE_ZOO_ROOTS", "/srv/a:/srv/c")
+    monkeypatch.setenv("MERGESCOPE_AUTH", "ann:pw0")
+    args = app_module.parse_args(["--auth-file", str(logins)])
+    assert args.zoo_roots == ["/srv/a", "/srv/c"]
+    assert args.logins == [("ann", "pw0"), ("bob", "pw1"), ("carol", "pw2")]
+    logins.write_text("bob:pw1\nnocolon\n")
+    with pytest.raises(SystemExit):
+        app_module.parse_args(["--auth-file", str(logins)])
+    assert "--auth-file line 2: expected USER:PASSWORD" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app_module.parse_args(["--jobs-per-session", "0"])
+
+
 def test_a_merge_before_any_load_uses_the_default_zoo(app):
     client = _client(app)  # no /load_zoo call: the page may not have finished loading the default zoo yet
     out = client.predict("task_arithmetic", "{}", [], api_name="/merge")
