@@ -24,6 +24,7 @@ from .param_index import ParamEntry, ParamIndex
 EXCLUDED = "text_projection"  # the official codes keep it off the matrix path
 ATTN_MLP_KINDS = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
 TOP = 64  # singular values per matrix and model kept in the spectra tables
+BUDGET: int | None = None  # elements per batch; None = T × the largest selected matrix (tests change it)
 
 Select = Callable[[ParamEntry], bool]
 
@@ -46,7 +47,7 @@ def batches(index: ParamIndex, select: Select, T: int, budget: int | None = None
     chosen = [e for e in index.entries if select(e)]
     if not chosen:
         return []
-    budget = budget if budget is not None else T * max(e.numel for e in chosen)
+    budget = budget or BUDGET or T * max(e.numel for e in chosen)
     groups: dict[tuple[int, ...], list[ParamEntry]] = {}
     for e in chosen:
         groups.setdefault(e.shape, []).append(e)
