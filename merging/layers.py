@@ -24,6 +24,7 @@ from .param_index import ParamEntry, ParamIndex
 EXCLUDED = "text_projection"  # the official codes keep it off the matrix path
 ATTN_MLP_KINDS = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
 TOP = 64  # singular values per matrix and model kept in the spectra tables
+NULL = 1e-6  # σ / σ1 at or below which a singular direction counts as numerically null (see svd)
 BUDGET: int | None = None  # elements per batch; None = T × the largest selected matrix (tests change it)
 
 Select = Callable[[ParamEntry], bool]
@@ -89,20 +90,44 @@ def iterate(space, select: Select, progress, stage: str) -> Iterator[tuple[list[
         yield entries, task_matrices(space, entries)
 
 
-def svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD x = U diag(S) Vh of a batch (..., m, n), r = min(m, n); wide matrices are decomposed through
-    their transpose (the same factorisation; LAPACK is several times faster on tall inputs)."""
-    if x.shape[-2] >= x.shape[-1]:
-        return torch.linalg.svd(x, full_matrices=False)
-    u, s, vh = torch.linalg.svd(x.mT, full_matrices=False)
-    return vh.mT, s, u.mT
+def svd(x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Leading ``k`` (default all r = min(m, n)) singular triplets of a batch x (..., m, n) in float64:
+    U (..., m, k), S (..., r) (all singular values, decreasing), Vh (..., k, n).
+
+    Computed from the eigendecomposition of the smaller Gram matrix in float64 (``torch.linalg.eigh``; U = X V / σ),
+    5–8× faster than ``torch.linalg.svd`` on CPU and more accurate than the float32 SVD the official codes run
+    for every σ above ~1e-8·σ1.  When the k requested triplets reach the numerical null space
+    (σ_k ≤ NULL·σ1: a rank-deficient matrix, where those vectors are arbitrary), the batch falls back to
+    ``torch.linalg.svd`` in float64, which completes them orthonormally as the official codes' SVD does."""
+    if x.shape[-2] < x.shape[-1]:
+        u, s, vh = svd(x.mT, k)
+        return vh.mT, s, u.mT
+    r = x.shape[-1]
+    k = r if k is None else min(k, r)
+    x = x.to(torch.float64)
+    values, vectors = torch.linalg.eigh(x.mT @ x)
+    s = values.flip(-1).clamp_min(0).sqrt()
+    if k and bool((s[..., k - 1] <= NULL * s[..., 0]).any()):
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        return u[..., :k], s, vh[..., :k, :]
+    v = vectors.flip(-1)[..., :k]
+    return (x @ v) / s[..., None, :k], s, v.mT
 
 
 def polar(x: torch.Tensor) -> torch.Tensor:
-    """The orthogonal polar factor P Qᵀ of x = P S Qᵀ (the nearest matrix with orthonormal columns or rows,
-    the orthogonal Procrustes solution)."""
-    u, _, vh = svd(x)
-    return u @ vh
+    """The orthogonal polar factor P Qᵀ of x = P S Qᵀ (float64; the nearest matrix with orthonormal columns or
+    rows, the orthogonal Procrustes solution): x (xᵀx)^(-1/2) from a float64 eigendecomposition, or from the SVD
+    when x is numerically rank-deficient."""
+    if x.shape[-2] < x.shape[-1]:
+        return polar(x.mT).mT
+    x = x.to(torch.float64)
+    if x.shape[-1] == 0:
+        return x
+    values, vectors = torch.linalg.eigh(x.mT @ x)
+    if bool((values[..., 0] <= NULL ** 2 * values[..., -1]).any()):
+        u, _, vh = torch.linalg.svd(x, full_matrices=False)
+        return u @ vh
+    return x @ ((vectors * values.rsqrt()[..., None, :]) @ vectors.mT)
 
 
 def top_singular_values(x: torch.Tensor, top: int = TOP) -> torch.Tensor:

@@ -22,7 +22,7 @@ SHAPES = {  # name → (shape, rank of each τt or None for full rank)
     "text_projection": ((6, 4), None),                                 # excluded from the matrix path
     "proj": ((6, 4), None),                                            # 2-D, not attention / MLP
 }
-close = {"rtol": 1e-4, "atol": 2e-5}
+close = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def make_space(T=3, seed=0, shapes=SHAPES, scale=0.1):
@@ -282,3 +282,31 @@ def test_top_singular_values_helper():
     torch.testing.assert_close(layers.top_singular_values(x, 4), torch.linalg.svdvals(x)[..., :4], rtol=1e-5,
                                atol=1e-6)
     torch.testing.assert_close(layers.top_singular_values(x.mT), torch.linalg.svdvals(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(9, 5), (5, 9), (6, 6)])
+def test_svd_helper_matches_a_float64_svd(shape):
+    x = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(1))
+    u, s, vh = layers.svd(x, 3)
+    U, S, Vh = torch.linalg.svd(x.double(), full_matrices=False)
+    torch.testing.assert_close(s, S)
+    torch.testing.assert_close((u * s[..., None, :3]) @ vh, (U[..., :3] * S[..., None, :3]) @ Vh[..., :3, :])
+    torch.testing.assert_close(u.mT @ u, torch.eye(3, dtype=torch.float64).expand(2, 3, 3, 3))
+    torch.testing.assert_close(layers.polar(x), U @ Vh)
+
+
+def test_svd_helper_completes_the_null_space_orthonormally():
+    """A rank-2 matrix asked for 4 triplets: the Gram route cannot give the null directions, the SVD fallback
+    does (orthonormal, as the official codes' SVD); polar factors of rank-deficient inputs stay orthonormal."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 2, generator=g) @ torch.randn(2, 6, generator=g)
+    for a in (x, x.T, torch.zeros(7, 5)):
+        u, s, vh = layers.svd(a, 4)
+        eye = torch.eye(4, dtype=torch.float64)
+        torch.testing.assert_close(u.mT @ u, eye)
+        torch.testing.assert_close(vh @ vh.mT, eye)
+        torch.testing.assert_close((u * s[:4]) @ vh, a.double(), atol=1e-6, rtol=1e-6)
+        p = layers.polar(a)
+        small = min(a.shape)
+        torch.testing.assert_close(p.mT @ p if a.shape[0] >= a.shape[1] else p @ p.mT,
+                                   torch.eye(small, dtype=torch.float64))

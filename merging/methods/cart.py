@@ -68,10 +68,11 @@ def run(space, params, progress, context=None) -> MergeResult:
     spectra = Spectra()
     centred_names = [f"{t} (centred)" for t in space.task_names]
     for entries, x in iterate(space, is_attn_mlp_weight, progress, "centre and truncate"):
+        x = x.to(torch.float64)
         mean = x.mean(1)
-        u, s, vh = svd(x - mean[:, None])
-        k = rank(rho, s.shape[-1])
-        low = ((u[..., :k] * s[..., None, :k]) @ vh[..., :k, :]).sum(1)
+        k = rank(rho, min(x.shape[-2:]))
+        u, s, vh = svd(x - mean[:, None], k)
+        low = ((u * s[..., None, :k]) @ vh).sum(1)
         merged = mean + lam * low
         write(delta, entries, merged)
         if params["tables"]:

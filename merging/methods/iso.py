@@ -44,18 +44,17 @@ def common_space_size(r: int, T: int, fraction: float) -> tuple[int, int]:
 def iso_cts(x: torch.Tensor, fraction: float):
     L, T, m, n = x.shape
     common, per_task = common_space_size(min(m, n), T, fraction)
-    u, s, vh = svd(x.sum(1))
-    uc = u[..., :common]
+    x = x.to(torch.float64)
+    uc, s, vc = svd(x.sum(1), common)
     us, ss, vs = [], [], []
     if per_task:
-        residual = x - uc[:, None] @ (uc.mT[:, None] @ x)
-        ut, st, vht = svd(residual)
-        us.append(ut[..., :per_task].permute(0, 2, 1, 3).reshape(L, m, T * per_task))
+        ut, st, vt = svd(x - uc[:, None] @ (uc.mT[:, None] @ x), per_task)
+        us.append(ut.permute(0, 2, 1, 3).reshape(L, m, T * per_task))
         ss.append(st[..., :per_task].reshape(L, T * per_task))
-        vs.append(vht[:, :, :per_task, :].reshape(L, T * per_task, n))
+        vs.append(vt.reshape(L, T * per_task, n))
     U = torch.cat(us + [uc], -1)
     sigma = torch.cat(ss + [s[..., :common]], -1)
-    V = torch.cat(vs + [vh[..., :common, :]], -2)
+    V = torch.cat(vs + [vc], -2)
     return sigma.mean(-1)[:, None, None] * (polar(U) @ polar(V)), sigma
 
 

@@ -47,10 +47,8 @@ def task_singular_vectors(x: torch.Tensor):
     concatenated task by task; also the full singular values (L, T, r)."""
     L, T, m, n = x.shape
     k = int(min(m, n) * (1 / T))
-    u, s, vh = svd(x)
-    U = u[..., :k].permute(0, 2, 1, 3).reshape(L, m, T * k)
-    V = vh[:, :, :k, :].reshape(L, T * k, n)
-    return U, s[..., :k].reshape(L, T * k), V, s
+    u, s, vh = svd(x, k)
+    return u.permute(0, 2, 1, 3).reshape(L, m, T * k), s[..., :k].reshape(L, T * k), vh.reshape(L, T * k, n), s
 
 
 def interference(U: torch.Tensor, sigma: torch.Tensor, V: torch.Tensor, T: int):
