@@ -338,3 +338,6 @@ def run_figures(stats: Mapping[str, object], tables: Mapping[str, pd.DataFrame],
     for name, table in tables.items():
         figures[f"table:{name}"] = method_table_figure(name, table)
     return figures
+
+
+from . import spectral_figures  # noqa: E402,F401  (registers the SVD family figures in DEDICATED)
