@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import check_output_path, clean_stale_temp
+from .diskstack import parse_size
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
 from .recipe import RecipeError, load_recipe, make_recipe, verify_inputs, write_recipe
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                               "repeat for several, applied in order")
         cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
         cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
+        cmd.add_argument("--max-memory", metavar="SIZE", help="e.g. 8G: when the task-vector stack and the merge's "
+                         "working vectors would exceed it, the stack lives in a memory-mapped scratch file")
+        cmd.add_argument("--scratch", metavar="DIR", help="folder of the out-of-core stack (default: the system's "
+                         "temporary folder)")
         if name == "merge":
             cmd.add_argument("--recipe", help="rerun a recipe file: its method, parameters, modifiers, tasks and "
                                               "checkpoints (--zoo / --pretrained / --finetuned point at other "
@@ -74,8 +79,9 @@ def _source(args) -> tuple[object, list]:
 
 
 def _space(args, zoo) -> TaskVectorSpace:
+    storage = {"max_memory": parse_size(args.max_memory) if args.max_memory else None, "scratch": args.scratch}
     if zoo is not None:
-        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype)
+        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype, **storage)
     from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
@@ -90,7 +96,7 @@ def _space(args, zoo) -> TaskVectorSpace:
         return load
 
     return TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
-                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned])
+                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned], **storage)
 
 
 def _prepare_output(out: str, inputs: list) -> None:
