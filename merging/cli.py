@@ -4,6 +4,7 @@
     python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
     python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
     python -m merging merge --zoo assets/demo-zoo --method task_arithmetic --set lam=1 --modifier lines beta=0.3
+    python -m merging sweep --zoo assets/demo-zoo --method ties --grid k=10,20,40 lam=0.5,1.0 [--ray [ADDRESS]]
     python -m merging merge --recipe merged.recipe.yaml --out again.safetensors   # the same tensors
 
 Every merge with --out also writes its recipe beside it (OUT with the suffix .recipe.yaml; see merging/recipe.py).
@@ -33,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merging", description="mergescope merge engine")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list merge methods and modifiers with their parameters")
-    for name in ("merge", "stats"):
-        cmd = sub.add_parser(name, help="merge checkpoints" if name == "merge" else "print mask statistics")
+    helps = {"merge": "merge checkpoints", "stats": "print mask statistics",
+             "sweep": "evaluate a 1-D or 2-D parameter grid on a zoo's validation split"}
+    for name in ("merge", "stats", "sweep"):
+        cmd = sub.add_parser(name, help=helps[name])
         source = cmd.add_argument_group("checkpoints (a zoo, or pretrained + fine-tuned files)")
         source.add_argument("--zoo", help="zoo folder or manifest (zoo.json)")
         source.add_argument("--pretrained", help="pretrained checkpoint θ0")
@@ -61,8 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                              help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
                                   "(default for tall)")
             cmd.add_argument("--eval", action="store_true", help="evaluate per task on the zoo's test split")
-        else:
+        elif name == "stats":
             cmd.add_argument("--csv", help="also write the tables as CSV files into this folder")
+        else:
+            cmd.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2,…",
+                             help="swept parameters and their values (two for a 2-D grid)")
+            cmd.add_argument("--split", default="val", help="held-out split (never test)")
+            cmd.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                             help="run the points as Ray tasks: a cluster address, auto, or nothing for a local "
+                                  "Ray instance (pip install ray)")
+            cmd.add_argument("--csv", help="write the per-task table to this CSV file")
     return parser
 
 
@@ -238,6 +249,39 @@ def _stats(args) -> None:
         _print(title, table)
 
 
+def _sweep(args) -> None:
+    from .sweep import RayRunner, best_point, parse_grid, sweep
+
+    if not args.method:
+        raise ParameterError("--method is required")
+    method = get_method(args.method)
+    zoo, _ = _source(args)
+    if zoo is None:
+        raise CheckpointError("sweep needs --zoo (heads and validation data come from the zoo manifest)")
+    space = _space(args, zoo)
+    grid = parse_grid(method, args.grid, space.T)
+    runner = None
+    if args.ray:
+        runner = RayRunner(None if args.ray == "local" else args.ray)
+    table = sweep(zoo, space, method.name, grid, parse_assignments(args.set), _modifiers(args), args.split,
+                  runner, _stderr_progress)
+    names = list(grid)
+    means = table.groupby(names, sort=False)["normalized"].mean()
+    _print(f"mean normalized {args.split} accuracy", means.unstack(names[-1]) if len(names) == 2 else
+           means.to_frame())
+    best = best_point(table, grid)
+    print("\nbest:", ", ".join(f"{k}={v}" for k, v in best.point.items()),
+          f"(mean normalized {best.mean_normalized:.4f})")
+    for name in best.on_edge:
+        print(f"warning: the best {name} lies on the grid's edge; widen the grid", file=sys.stderr)
+    if args.csv:
+        from .atomic import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"wrote {args.csv}")
+
+
 def _context(method, zoo, space):
     if not method.needs_data:
         return None
@@ -255,7 +299,7 @@ def _stderr_progress(fraction: float, stage: str) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats}[args.command](args)
+        {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats, "sweep": _sweep}[args.command](args)
     except (CheckpointError, ParameterError, RecipeError, UnknownMethodError, ValueError, KeyError, OSError,
             Cancelled, RuntimeError) as error:
         lines = str(error).strip().splitlines() or [type(error).__name__]
