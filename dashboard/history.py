@@ -24,12 +24,14 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, zoo TEXT NOT NULL, zoo_hash TEXT NOT NULL,
     method TEXT NOT NULL, params TEXT NOT NULL, tasks TEXT NOT NULL, accuracy TEXT NOT NULL,
     normalized TEXT NOT NULL, mean_accuracy REAL, mean_normalized REAL, statistics TEXT NOT NULL,
-    seconds REAL NOT NULL, eval_seconds REAL NOT NULL, device TEXT NOT NULL, zoo_path TEXT NOT NULL DEFAULT '');
+    seconds REAL NOT NULL, eval_seconds REAL NOT NULL, device TEXT NOT NULL, zoo_path TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS baselines (
     zoo_hash TEXT NOT NULL, split TEXT NOT NULL, model TEXT NOT NULL, accuracy TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (zoo_hash, split, model));
 """
 JSON_FIELDS = ("params", "tasks", "accuracy", "normalized", "statistics")
+PRIVATE_FIELDS = ("owner",)  # never exported or shown
 
 
 class HistoryError(KeyError):
@@ -70,7 +72,8 @@ class RunRecord:
     seconds: float = 0.0
     eval_seconds: float = 0.0
     device: str = ""
-    zoo_path: str = ""
+    zoo_path: str = ""  # as the user named it (relative to a zoo root), never a server path
+    owner: str = ""  # who made the run (login name or session key); "" = shared with every visitor
     id: int | None = None
     created: float = field(default_factory=time.time)
 
@@ -98,8 +101,10 @@ class History:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
+        with closing(self._connect()) as con, con:
             con.executescript(SCHEMA)
+            if "owner" not in {row["name"] for row in con.execute("PRAGMA table_info(runs)")}:
+                con.execute("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")  # older history files
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30)
@@ -124,18 +129,22 @@ class History:
             record.id = cursor.lastrowid
         return record.id
 
-    def get(self, run_id: int) -> RunRecord:
+    def get(self, run_id: int, viewer: str | None = None) -> RunRecord:
+        """One run; with ``viewer``, only a shared run or one of the viewer's own (others do not exist for them)."""
         rows = self._execute("SELECT * FROM runs WHERE id = ?", (int(run_id),))
-        if not rows:
+        if not rows or not _visible(rows[0]["owner"], viewer):
             raise HistoryError(f"run #{run_id} is not in the history")
         return self._record(rows[0])
 
-    def records(self, zoo_hash: str | None = None) -> list[RunRecord]:
-        if zoo_hash is None:
-            rows = self._execute("SELECT * FROM runs ORDER BY id")
-        else:
-            rows = self._execute("SELECT * FROM runs WHERE zoo_hash = ? ORDER BY id", (zoo_hash,))
-        return [self._record(row) for row in rows]
+    def records(self, zoo_hash: str | None = None, viewer: str | None = None) -> list[RunRecord]:
+        """Runs oldest first (of one zoo); with ``viewer``, the shared runs and the viewer's own."""
+        where, args = [], []
+        if zoo_hash is not None:
+            where.append("zoo_hash = ?"), args.append(zoo_hash)
+        if viewer is not None:
+            where.append("(owner = '' OR owner = ?)"), args.append(viewer)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return [self._record(row) for row in self._execute(sql, tuple(args))]
 
     @staticmethod
     def _record(row: sqlite3.Row) -> RunRecord:
@@ -145,19 +154,19 @@ class History:
         data.pop("mean_accuracy"), data.pop("mean_normalized")
         return RunRecord(**data)
 
-    def table(self, zoo_hash: str | None = None) -> pd.DataFrame:
-        """One row per run, newest first: the runs table of the Compare tab."""
+    def table(self, zoo_hash: str | None = None, viewer: str | None = None) -> pd.DataFrame:
+        """One row per run (visible to ``viewer``), newest first: the runs table of the Compare tab."""
         rows = [{"run": r.id, "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)),
                  "zoo": r.zoo, "method": r.method, "params": r.params_text(), "tasks": len(r.tasks),
                  "avg acc %": _percent(r.mean_accuracy), "avg normalized %": _percent(r.mean_normalized),
                  "merge s": round(r.seconds, 3), "eval s": round(r.eval_seconds, 3), "device": r.device}
-                for r in reversed(self.records(zoo_hash))]
+                for r in reversed(self.records(zoo_hash, viewer))]
         return pd.DataFrame(rows, columns=["run", "time", "zoo", "method", "params", "tasks", "avg acc %",
                                            "avg normalized %", "merge s", "eval s", "device"])
 
-    def compare(self, first: int, second: int) -> pd.DataFrame:
+    def compare(self, first: int, second: int, viewer: str | None = None) -> pd.DataFrame:
         """Side by side: parameters, timing, per-task accuracy and the difference (second − first)."""
-        a, b = self.get(first), self.get(second)
+        a, b = self.get(first, viewer), self.get(second, viewer)
         label_a, label_b = f"#{a.id} {a.method}", f"#{b.id} {b.method}"
         if label_a == label_b:
             label_b += " "
@@ -176,11 +185,11 @@ class History:
                      label_b: _percent(b.mean_normalized), "Δ": _delta(a.mean_normalized, b.mean_normalized)})
         return pd.DataFrame(rows).astype(str).replace("None", "")
 
-    def accuracy_long(self, run_ids: Iterable[int]) -> pd.DataFrame:
+    def accuracy_long(self, run_ids: Iterable[int], viewer: str | None = None) -> pd.DataFrame:
         """Long table (task, model, accuracy) with model = "#id method" for the accuracy bar figure."""
         rows = []
         for run_id in run_ids:
-            record = self.get(run_id)
+            record = self.get(run_id, viewer)
             rows += [{"task": t, "model": f"#{record.id} {record.method}", "accuracy": v}
                      for t, v in record.accuracy.items()]
         return pd.DataFrame(rows, columns=["task", "model", "accuracy"])
@@ -196,13 +205,14 @@ class History:
         return json.loads(rows[0]["accuracy"]) if rows else None
 
     # ---------------------------------------------------------------- exports
-    def export(self, target: str | Path, run_ids: Iterable[int] | None = None) -> Path:
-        """Write runs (all, or ``run_ids``) atomically as .csv (one column per task) or .json (full records)."""
+    def export(self, target: str | Path, run_ids: Iterable[int] | None = None, viewer: str | None = None) -> Path:
+        """Write runs (all visible to ``viewer``, or ``run_ids``) atomically as .csv (one column per task) or .json
+        (full records without their owner)."""
         target = Path(target)
-        records = self.records() if run_ids is None else [self.get(i) for i in run_ids]
+        records = self.records(viewer=viewer) if run_ids is None else [self.get(i, viewer) for i in run_ids]
         with atomic_path(target) as tmp:
             if target.suffix == ".json":
-                tmp.write_text(json.dumps([plain(asdict(r)) | {"mean_accuracy": r.mean_accuracy,
+                tmp.write_text(json.dumps([_public(r) | {"mean_accuracy": r.mean_accuracy,
                                                              "mean_normalized": r.mean_normalized}
                                            for r in records], indent=1))
             elif target.suffix == ".csv":
@@ -215,6 +225,17 @@ class History:
             else:
                 raise ValueError(f"export format must be .csv or .json, got {target.name!r}")
         return target
+
+
+def _visible(owner: str, viewer: str | None) -> bool:
+    return viewer is None or owner in ("", viewer)
+
+
+def _public(record: RunRecord) -> dict:
+    data = plain(asdict(record))
+    for key in PRIVATE_FIELDS:
+        data.pop(key)
+    return data
 
 
 def _percent(value: float | None) -> float | None:

@@ -1,11 +1,12 @@
 """Every merge method against a hand-computed tiny case and a plain dense reference (tests/reference.py)."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 import reference as ref
 from engine_fixtures import dense, space as make_space
-from merging import TaskVectorSpace, run_merge
+from merging import ParameterError, TaskVectorSpace, run_merge
 from merging import chunks
 from merging.maskstats import mask_statistics
 from merging.param_index import ParamEntry, ParamIndex
@@ -85,7 +86,8 @@ def test_ties_matches_reference(sp, K, merge, lam):
 @pytest.mark.parametrize("method,params", [("ties", {"merge": "mean"}), ("ties", {"merge": "sum", "k": 50}),
                                            ("dare", {"base": "ties", "p": 0.3}), ("dare", {}), ("tall", {}),
                                            ("tall", {"base": "ties"}),
-                                           ("consensus", {}), ("pcb", {})])
+                                           ("consensus", {}), ("pcb", {}), ("task_arithmetic", {}),
+                                           ("averaging", {})])
 def test_cpu_kernels_and_gpu_code_paths_identical(sp, monkeypatch, method, params):
     """The chunked numpy kernels (CPU) and the whole-tensor torch code (used on CUDA) give identical results."""
     fast = run_merge(sp, method, params)
@@ -101,13 +103,29 @@ def test_cpu_kernels_and_gpu_code_paths_identical(sp, monkeypatch, method, param
         assert fast.tables[name].equals(plain.tables[name])
 
 
-@pytest.mark.parametrize("base,rescale", [("ta", "inverse"), ("ta", "l1"), ("ties", "inverse")])
-def test_dare_matches_reference(sp, base, rescale):
-    out, result = merged(sp, "dare", p=0.5, seed=7, rescale=rescale, base=base, lam=0.4)
-    dropped = torch.stack([ref.dare_dropped(tau, t, 0.5, 7, rescale) for t, tau in enumerate(dense(sp))])
+@pytest.mark.parametrize("base,rescale,generator", [("ta", "inverse", "philox"), ("ta", "l1", "philox"),
+                                                    ("ties", "inverse", "philox"), ("ta", "inverse", "torch")])
+def test_dare_matches_reference(sp, base, rescale, generator):
+    out, result = merged(sp, "dare", p=0.5, seed=7, rescale=rescale, base=base, lam=0.4, generator=generator)
+    dropped = torch.stack([ref.dare_dropped(tau, t, 0.5, 7, rescale, generator) for t, tau in enumerate(dense(sp))])
     expected = ref.ta(sp.theta0, dropped, 0.4) if base == "ta" else ref.ties(sp.theta0, dropped, 20, "mean", 0.4)
     torch.testing.assert_close(out, expected, **close)
     assert 0.4 < result.masks["dare_keep"].to_bool().float().mean() < 0.6
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dare_philox_masks_cross_chunks_and_ignore_thread_count(threads):
+    from merging.methods.dare import philox_keep_packed
+    n = 3 * (1 << 18) + 13
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        packed = philox_keep_packed(n, 0.3, 11, 2)
+    finally:
+        torch.set_num_threads(before)
+    keep = torch.from_numpy(np.unpackbits(packed, count=n).astype(bool))
+    assert torch.equal(keep, ref.dare_keep(n, 2, 0.3, 11))
+    assert abs(float(keep.float().mean()) - 0.7) < 0.005
 
 
 def test_dare_is_seeded(sp):
@@ -158,13 +176,17 @@ def test_ties_without_conflicts_is_disjoint_mean(rows, T, signs):
 
 @settings(max_examples=30, deadline=None)
 @given(taus=taus_strategy)
-def test_consensus_k0_is_ta_and_k_above_T_is_theta0(taus):
+def test_consensus_k0_is_ta_and_k_above_T_is_refused(taus):
     sp = tiny_space(taus, theta0=torch.linspace(-1, 1, 12))
     ta, _ = merged(sp, "task_arithmetic", lam=0.3)
     k0, _ = merged(sp, "consensus", k=0, lam=0.3)
     torch.testing.assert_close(k0, ta, **close)
-    above, _ = merged(sp, "consensus", k=sp.T + 1, lam=0.3)
-    assert torch.equal(above, sp.theta0)
+    with pytest.raises(ParameterError, match=rf"^k: {sp.T + 1} is above the number of merged tasks \({sp.T}\)"):
+        merged(sp, "consensus", k=sp.T + 1, lam=0.3)
+    _, result = merged(sp, "consensus", k=sp.T, lam=0.3)  # keep mask: weights every task's TALL mask selects
+    tall = torch.stack([result.masks["tall"].get(t) for t in range(sp.T)])
+    kept = torch.stack([result.masks["consensus_keep"].get(t) for t in range(sp.T)])
+    assert torch.equal(kept, tall & tall.all(0))
 
 
 @settings(max_examples=30, deadline=None)
@@ -188,7 +210,7 @@ def test_dare_p0_is_task_arithmetic(taus, seed):
 @pytest.mark.parametrize("method", ["averaging", "task_arithmetic", "ties", "dare", "tall", "consensus", "pcb"])
 def test_single_task_runs_and_maps_back(method):
     sp = make_space(T=1)
-    result = run_merge(sp, method)
+    result = run_merge(sp, method, {"k": 1} if method == "consensus" else {})  # the default k = 2 > T is refused
     state = sp.state_dict(result.task_delta(0))
     assert list(state) == sp.base["__order__"]
     assert all(torch.isfinite(v.float()).all() for v in state.values())
