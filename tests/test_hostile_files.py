@@ -100,6 +100,7 @@ _MALFORMED = {
     "metadata not strings": b'{"__metadata__": {"secret": 5}, "a": {"dtype": "F32", "shape": [1], '
                             b'"data_offsets": [0, 4]}}',
     "not UTF-8": b'{"\xff\xfe": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+    "shape overflowing": b'{"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}}',
     "string value echoed": b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": "aws_secret_value"}}',
 }
 
@@ -114,6 +115,15 @@ def test_malformed_safetensors_headers_are_one_named_line(tmp_path, case):
         assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 500, message
         assert info.value.problem in ("corrupt", "truncated"), message
         assert "aws_secret_value" not in message
+
+
+def test_an_empty_tensor_whose_strides_overflow_is_named_when_inspected(tmp_path):
+    header = (b'{"conv1.weight": {"dtype": "F32", "shape": [0, 4294967296, 4294967296, 4294967296], '
+              b'"data_offsets": [0, 0]}}')
+    path = write_safetensors_header(tmp_path / "empty.safetensors", header)
+    with pytest.raises(CheckpointFileError, match="corrupt: a tensor shape torch cannot represent"):
+        inspect_checkpoint(path)
+    assert load_checkpoint(path).visual["conv1.weight"].numel() == 0  # harmless when read: no elements
 
 
 def test_safetensors_limits(tmp_path):

@@ -45,8 +45,11 @@ def inspect_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | 
     fmt = detect_format(path)
     if fmt == "safetensors":
         header = safetensors_header(path)
-        raw = {k: torch.empty(v["shape"], dtype=_ST_DTYPES.get(v["dtype"], torch.float32), device="meta")
-               for k, v in header.items()}
+        try:
+            raw = {k: torch.empty(v["shape"], dtype=_ST_DTYPES.get(v["dtype"], torch.float32), device="meta")
+                   for k, v in header.items()}
+        except RuntimeError as exc:  # e.g. an empty tensor whose other dimensions overflow torch's strides
+            raise CheckpointFileError(path, "corrupt", f"a tensor shape torch cannot represent ({exc})") from None
     else:
         mappable = torch_zip_mappable(path, fmt)
         try:
