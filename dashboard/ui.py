@@ -20,7 +20,7 @@ import gradio as gr
 from . import figures, guide
 from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
 from .service import Service, Settings, zoos_folder
-from .widgets import build_panel, collect_params, explain, method_choices, per_task_table
+from .widgets import HIDDEN, build_panel, collect_params, explain, method_choices, per_task_table
 
 MASK_PLOTS = ("histogram", "layers", "jaccard", "density")
 PLOTS = MASK_PLOTS + ("accuracy", "normalized")
@@ -31,7 +31,8 @@ CSS = """
 .progress-slot {min-height: 4em}
 .gradio-container {max-width: 1500px !important}
 .drag-only input[type=number], .drag-only button {display: none !important}
-"""
+.%s {display: none !important}
+""" % HIDDEN
 NO_SESSION = ("this action needs a session: use the web page or gradio_client (a bare REST call must send a "
               "session_hash, so that its job has an owner who can cancel it)")
 

@@ -3,6 +3,7 @@ an error for a corrupt upload, the guide, compare.  Screenshots go to test-artif
 
 Skipped when chromium or playwright is missing — unless MERGESCOPE_REQUIRE_BROWSER=1, then they fail.
 """
+import json
 import os
 import shutil
 from pathlib import Path
@@ -200,3 +201,93 @@ def test_sweep_over_consensus_k(page):
     page.wait_for_selector("#plot-sweep .js-plotly-plot .trace")
     page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best k')")
     _shot(page, "08-sweep")
+
+
+def _toast(page, text: str):
+    toast = page.locator(".toast-body").filter(has_text=text).last
+    toast.wait_for()
+    return toast
+
+
+def _close_toasts(page) -> None:
+    page.evaluate("document.querySelectorAll('.toast-close').forEach(b => b.click())")
+
+
+def _type(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number], #{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def test_typed_values_are_refused_not_clamped_and_name_the_field(page, app):
+    runs = len(app[1].dashboard.service.history.records())
+    _choose_method(page, "TIES-Merging")
+    assert page.locator("#s-ties-k input[type=range]").count() == 1  # a slider to drag …
+    assert not page.locator("#s-ties-k input[type=number]").is_visible()  # … whose clamping box is hidden
+    _type(page, "p-ties-k", "150")
+    assert page.locator("#p-ties-k input").input_value() == "150"  # not clamped to 100
+    page.click("#merge-btn")
+    assert "above the maximum 100" in _toast(page, "k: 150").inner_text()
+    _status_has(page, "failed")
+    _shot(page, "09-refused-typed-value", full_page=False)
+    _close_toasts(page)
+    _type(page, "p-ties-k", "20")
+    _choose_method(page, "Consensus Merging")
+    _type(page, "p-consensus-k", "2.5")
+    page.click("#merge-btn")
+    _toast(page, "k: expected int, got 2.5")
+    _close_toasts(page)
+    _type(page, "p-consensus-k", "4")  # T = 3
+    page.click("#merge-btn")
+    _toast(page, "k: 4 is above the number of merged tasks (3)")
+    _close_toasts(page)
+    _type(page, "p-consensus-k", "2")
+    for task in ("task0", "task1", "task2"):
+        page.locator("#tasks").get_by_text(task, exact=True).click()
+    page.click("#merge-btn")
+    _toast(page, "tasks to merge: tick at least one task")
+    assert len(app[1].dashboard.service.history.records()) == runs  # nothing ran, nothing recorded
+    for task in ("task0", "task1", "task2"):
+        page.locator("#tasks").get_by_text(task, exact=True).click()
+
+
+def test_hidden_methods_do_not_block_a_merge(page):
+    _choose_method(page, "DARE")
+    _type(page, "p-dare-seed", "-3")
+    _choose_method(page, "Task Arithmetic")
+    _merge(page)  # DARE's bad seed is not validated for Task Arithmetic
+    assert "task_arithmetic" in page.inner_text("#run-summary")
+
+
+def test_parameters_show_only_when_they_apply_and_only_those_are_recorded(page, app):
+    _choose_method(page, "DARE")
+    assert not page.locator("#w-dare-k").is_visible() and not page.locator("#w-dare-merge").is_visible()
+    _type(page, "p-dare-seed", "0")
+    _merge(page)
+    assert set(app[1].dashboard.service.history.records()[-1].params) == {"p", "rescale", "seed", "base", "lam"}
+    page.click("#p-dare-base input")
+    page.locator("#p-dare-base").get_by_role("option", name="ties", exact=True).click()
+    page.locator("#w-dare-k").wait_for(state="visible")
+    _shot(page, "10-dare-ties-base")
+    page.wait_for_timeout(300)  # let the dropdown's new value settle before Merge reads it
+    _merge(page)
+    sent = json.loads(page.locator("#params-json textarea").input_value())
+    assert sent["base"] == "ties" and {"k", "merge"} <= set(sent)
+    assert {"k", "merge"} <= set(app[1].dashboard.service.history.records()[-1].params)
+    _choose_method(page, "TALL masks")
+    assert not page.locator("#w-tall-ties_k").is_visible()
+
+
+def test_messages_are_shown_literally_never_rendered(page):
+    page.evaluate("window.__fired = false")
+    page.get_by_role("tab", name="Load zoo").click()
+    page.get_by_label("server folder or manifest").check()
+    hostile = "<task><img src=x onerror=\"window.__fired = true\">"
+    page.fill("#zoo-path textarea, #zoo-path input", hostile)
+    page.click("#load-btn")
+    toast = _toast(page, "<task>")
+    assert hostile in toast.inner_text()  # shown as text: the tag did not disappear
+    assert toast.locator("img").count() == 0
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__fired") is False
+    _shot(page, "11-escaped-message", full_page=False)
