@@ -196,7 +196,7 @@ def test_sweep_over_consensus_k(page):
     page.locator("#sweep-method").get_by_role("option", name="Consensus Merging", exact=True).click()
     page.locator("#sweep-param input").click()
     page.locator("#sweep-param").get_by_role("option", name="k", exact=True).click()
-    page.fill("#sweep-values textarea, #sweep-values input", "0, 1, 2, 4")
+    page.fill("#sweep-values textarea, #sweep-values input", "0, 1, 2, 3")
     page.click("#sweep-btn")
     page.wait_for_selector("#plot-sweep .js-plotly-plot .trace")
     page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best k')")
