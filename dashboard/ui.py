@@ -143,7 +143,7 @@ class Dashboard:
     def load_outputs(self, entry) -> list:
         tasks = entry.zoo.task_names
         tables = [per_task_table(w.param, tasks) for p in self.panels.values() for w in p.widgets if w.table]
-        return [entry.id, self.service.zoo_summary(entry), self.service.zoo_table(entry),
+        return [entry.id, escape(self.service.zoo_summary(entry)), self.service.zoo_table(entry),
                 gr.update(choices=tasks, value=tasks), *tables,
                 f"Loaded **{escape(entry.name)}**. Baselines are evaluated in the background; pick a method and "
                 "press Merge."]

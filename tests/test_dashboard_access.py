@@ -179,3 +179,14 @@ def test_with_a_login_runs_belong_to_the_user(zoo_dir, tmp_path):
         assert demo.dashboard.service.history.get(run).owner == "user:ann"
         assert run in [row[0] for row in ann_again.predict(api_name="/history")[0]["data"]]  # another tab
         assert run not in [row[0] for row in bob.predict(api_name="/history")[0]["data"]]
+
+
+def test_uploads_nobody_used_are_removed_from_the_temp_folder(zoo_dir, tmp_path):
+    with running_app(zoo_dir, tmp_path / "data", clean=(1, 2)) as (url, demo):
+        reply = httpx.post(f"{url}gradio_api/upload", files={"files": ("stray.safetensors", b"x" * 1000)})
+        (stored,) = reply.json()
+        assert Path(stored).is_file() and Path(demo.GRADIO_CACHE) in Path(stored).parents
+        deadline = time.time() + 20
+        while Path(stored).exists() and time.time() < deadline:
+            time.sleep(0.25)
+        assert not Path(stored).exists()
