@@ -90,3 +90,38 @@ def test_concurrent_writers(tmp_path):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and len(set(ids)) == 40 and len(h.records()) == 40
+
+
+def test_a_viewer_sees_shared_runs_and_their_own_only(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    shared, ann, bob = (h.add(_record(owner=o)) for o in ("", "user:ann", "user:bob"))
+    assert [r.id for r in h.records(viewer="user:ann")] == [shared, ann]
+    assert list(h.table(viewer="user:bob")["run"]) == [bob, shared]
+    assert list(h.table(viewer="")["run"]) == [shared]
+    assert len(h.records()) == 3  # no viewer: the operator's view
+    for call in (lambda: h.get(bob, "user:ann"), lambda: h.compare(shared, bob, "user:ann"),
+                 lambda: h.accuracy_long([bob], "user:ann"), lambda: h.export(tmp_path / "x.csv", [bob], "user:ann")):
+        with pytest.raises(HistoryError, match=f"run #{bob} is not in the history"):
+            call()
+    exported = json.loads(h.export(tmp_path / "ann.json", viewer="user:ann").read_text())
+    assert [r["id"] for r in exported] == [shared, ann] and all("owner" not in r for r in exported)
+
+
+def test_an_older_history_file_gains_owners_and_its_runs_stay_shared(tmp_path):
+    import sqlite3
+    from dashboard.history import SCHEMA
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as con:  # the schema before runs had owners
+        con.executescript(SCHEMA.replace(",\n    owner TEXT NOT NULL DEFAULT ''", ""))
+    con.close()
+    with sqlite3.connect(path) as con:
+        assert "owner" not in {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+        con.execute("INSERT INTO runs (created, zoo, zoo_hash, method, params, tasks, accuracy, normalized, "
+                    "statistics, seconds, eval_seconds, device) VALUES (1, 'demo', 'h', 'ties', '{}', '[]', '{}', "
+                    "'{}', '{}', 0, 0, 'cpu')")
+    con.close()
+    h = History(path)
+    (old,) = h.records(viewer="user:ann")
+    assert old.owner == "" and old.method == "ties"
+    new = h.add(_record(owner="user:bob"))
+    assert [r.id for r in h.records(viewer="user:bob")] == [old.id, new]
