@@ -353,6 +353,7 @@ class Dashboard:
 
     # ---------------------------------------------------------------- guide
     def on_guide(self, index: int):
+        """"Explore": the step's method and parameters in the Merge tab."""
         step = guide.STEPS[index]
         values = []
         for name, panel in self.panels.items():
@@ -360,6 +361,35 @@ class Dashboard:
                 value = step.params.get(widget.param.name, gr.skip()) if name == step.method else gr.skip()
                 values.append(value)
         return [gr.Tabs(selected="merge"), step.method, *values]
+
+    def guide_handler(self, index: int) -> Callable:
+        def run_step(zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
+            return self.on_guide_step(index, zoo_id, found, request, progress)
+        return run_step
+
+    def on_guide_step(self, index: int, zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
+        """Run step ``index`` in place: its figure, what the numbers show, and the session's headline numbers."""
+        who, step = owner(request), guide.STEPS[index]
+        try:
+            zoo_id = self.current_zoo(zoo_id, progress)
+            if step.figure == "sweep":
+                table = self.submit(lambda p: self.service.sweep(zoo_id, step.method, "lam", None, step.params,
+                                                                 None, p, who), request, "guide sweep", progress)
+                figure, (text, headline) = figures.sweep_lines(table), guide.sweep_finding(table)
+            else:
+                view = self.submit(lambda p: self.service.merge(zoo_id, step.method, step.params, None, p, who),
+                                   request, f"guide {step.method}", progress)
+                figure = view.figures(step.mask_kind).get(step.figure) or figures.placeholder(
+                    "no figure: this zoo has no heads or test data")
+                tall = view.stats.get("tall")
+                text, headline = guide.finding(index, view.accuracy, view.tables,
+                                               tall.class_fractions() if tall is not None else None, found,
+                                               view.result.info if view.result is not None else None)
+                text += f" (run #{view.id})"
+        except Stopped as stop:
+            return gr.skip(), f"**Cancelled** ({escape(stop)}).", gr.skip()
+        found = {**(found or {}), **({str(index + 1): headline} if headline is not None else {})}
+        return figure, text, found
 
     # ---------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
@@ -373,10 +403,23 @@ class Dashboard:
             with gr.Tabs(selected="merge") as tabs:
                 with gr.Tab("Guide", id="guide"):
                     gr.Markdown(guide.INTRO)
-                    step_buttons = []
+                    found = gr.State({})
+                    step_buttons, explore_buttons, step_outputs = [], [], []
                     for i, step in enumerate(guide.STEPS):
-                        gr.Markdown(f"#### {step.title}\n{step.text}")
-                        step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", elem_id=f"guide-{i + 1}"))
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=2, min_width=320):
+                                gr.Markdown(f"#### {step.title}\n{step.text}")
+                                with gr.Row():
+                                    step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", variant="primary",
+                                                                  elem_id=f"guide-{i + 1}"))
+                                    explore_buttons.append(gr.Button("Explore in Merge & see", size="sm",
+                                                                     elem_id=f"guide-explore-{i + 1}"))
+                                result_md = gr.Markdown("", elem_id=f"guide-result-{i + 1}",
+                                                        elem_classes="progress-slot")
+                            with gr.Column(scale=3):
+                                plot = gr.Plot(figures.placeholder(f"press Run step {i + 1}"),
+                                               label=step.title, elem_id=f"guide-plot-{i + 1}")
+                        step_outputs.append((plot, result_md))
                 with gr.Tab("Merge & see", id="merge"):
                     with gr.Row():
                         with gr.Column(scale=1, min_width=320):
@@ -496,7 +539,10 @@ class Dashboard:
             collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
                                api_name="merge", show_progress_on=merge_progress, **WORK) \
                 .failure(lambda: failed, None, status, api_visibility="private")
-            for i, button in enumerate(step_buttons):
+            for i, (button, (plot, result_md)) in enumerate(zip(step_buttons, step_outputs)):
+                button.click(self.guide_handler(i), [zoo_state, found], [plot, result_md, found],
+                             api_visibility="private", show_progress_on=result_md, **WORK)
+            for i, button in enumerate(explore_buttons):
                 chosen = button.click(lambda i=i: self.on_guide(i), None, [tabs, method, *[
                     w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
                 merge_chain(chosen).success(self.on_merge, [zoo_state, method, params_json, tasks],

@@ -165,13 +165,26 @@ def test_a_corrupt_upload_shows_an_error_and_keeps_the_zoo(page, app, tmp_path):
     _shot(page, "05-corrupt-upload", full_page=False)  # the message is a fixed-position toast
 
 
-def test_guide_step_runs_ties_and_shows_sign_conflicts(page):
+def test_guide_runs_each_step_in_place_beside_its_text(page, app):
     page.get_by_role("tab", name="Guide").click()
+    page.click("#guide-1")
+    page.wait_for_selector("#guide-plot-1 .js-plotly-plot .trace")
+    page.wait_for_function("document.querySelector('#guide-result-1').innerText.includes('average test accuracy')")
     page.click("#guide-2")
+    page.wait_for_selector("#guide-plot-2 .js-plotly-plot .trace")
+    page.wait_for_function("document.querySelector('#guide-result-2').innerText.includes('vs Task Arithmetic')")
+    result = page.inner_text("#guide-result-2")
+    record = app[1].dashboard.service.history.records()[-1]
+    assert record.method == "ties" and f"run #{record.id}" in result
+    assert f"{100 * record.mean_accuracy:.1f} %" in result  # the sentence quotes the recorded number
+    text, plot = page.locator("#guide-result-2").bounding_box(), page.locator("#guide-plot-2").bounding_box()
+    assert plot["x"] > text["x"] + text["width"] - 1 and abs(plot["y"] - text["y"]) < 400  # side by side
+    assert page.locator("#guide-plot-2").is_visible()  # still on the Guide tab
+    _shot(page, "06-guide-steps")
+    page.click("#guide-explore-2")
     page.wait_for_function("document.querySelector('#run-summary').innerText.includes('ties')")
     page.wait_for_selector("#plot-table .js-plotly-plot .trace")
     assert page.locator("#method input").input_value() == "TIES-Merging"
-    _shot(page, "06-guide-ties")
 
 
 def test_compare_two_runs(page, app):
