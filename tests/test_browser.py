@@ -5,6 +5,7 @@ Skipped when chromium or playwright is missing — unless MERGESCOPE_REQUIRE_BRO
 """
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -83,10 +84,11 @@ def _status_has(page, text: str) -> None:
 
 
 def _merge(page) -> None:
-    before = page.inner_text("#status")
+    """Press Merge and wait for a *new* run's "Run #N done" (the status also shows progress timers)."""
+    before = re.search(r"Run #(\d+) done", page.inner_text("#status"))
     page.click("#merge-btn")
-    page.wait_for_function(f"(s => s.includes('done') && s !== {before!r})(document.querySelector('#status')"
-                           ".innerText)")
+    page.wait_for_function("prev => { const m = document.querySelector('#status').innerText.match(/Run #(\\d+) done/);"
+                           " return m !== null && m[1] !== prev; }", arg=before.group(1) if before else "")
 
 
 def _choose_method(page, title: str) -> None:
@@ -187,20 +189,33 @@ def test_guide_runs_each_step_in_place_beside_its_text(page, app):
     assert page.locator("#method input").input_value() == "TIES-Merging"
 
 
-def test_compare_two_runs(page, app):
+def test_compare_runs_and_annotate_one(page, app):
     _merge(page)
     _choose_method(page, "Task Arithmetic")
     _merge(page)
     page.get_by_role("tab", name="Compare & download").click()
-    ids = [str(r.id) for r in app[1].dashboard.service.history.records()[-2:]]
-    assert ids[0] in page.locator("#runs-table").inner_text()
-    for dropdown, run in zip(("#run-a", "#run-b"), ids):
-        page.click(f"{dropdown} input")
-        page.locator(dropdown).get_by_role("option", name=run, exact=True).click()
+    history = app[1].dashboard.service.history
+    records = history.records()[-2:]
+    assert str(records[0].id) in page.locator("#runs-table").inner_text()
+    for count, record in enumerate(records, 1):
+        page.click("#compare-runs input")
+        page.get_by_role("option", name=record.label(), exact=True).click()
+        page.wait_for_function(f"document.querySelector('#compare-runs').innerText.split('#').length > {count}")
     page.click("#compare-btn")
     page.wait_for_selector("#plot-compare .js-plotly-plot .trace")
-    assert "avg acc %" in page.inner_text("#compare-table")
+    page.wait_for_selector("#plot-parallel .js-plotly-plot")
+    assert "method" in page.inner_text("#compare-table")
+    header = page.locator("#runs-table thead").inner_text()
+    assert header.index("avg acc %") < header.index("params")  # accuracy columns first, in view at 1280 px
     _shot(page, "07-compare")
+    page.click("#edit-run input")
+    page.get_by_role("option", name=records[-1].label(), exact=True).click()
+    page.wait_for_function("document.querySelector('#edit-note').innerText.includes('Editing run')")
+    page.fill("#edit-name textarea", "my <b>best</b> run")
+    page.click("#edit-save")
+    page.wait_for_function("document.querySelector('#edit-note').innerText.includes('Saved')")
+    assert history.get(records[-1].id).name == "my <b>best</b> run"
+    assert "my <b>best</b> run" in page.locator("#runs-table").inner_text()  # shown literally
 
 
 def test_sweep_over_consensus_k(page):
