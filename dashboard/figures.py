@@ -194,17 +194,17 @@ def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
 
 
 def parallel_coordinates(points: pd.DataFrame, title: str = "Parameters vs mean accuracy") -> go.Figure:
-    """One line per run across its numeric parameters (and the method, as a coded axis), coloured and ended by
-    the run's mean accuracy (``points``: run, method, numeric parameter columns, "mean accuracy %")."""
+    """One line per run across the numeric parameters every run has (and the method, as a coded axis), coloured
+    and ended by the run's mean accuracy (``points``: run, method, numeric parameter columns, "mean accuracy %")."""
     score = "mean accuracy %"
     methods = list(dict.fromkeys(points["method"]))
     dims = [{"label": "method", "values": [methods.index(m) for m in points["method"]],
              "tickvals": list(range(len(methods))), "ticktext": methods}] if len(methods) > 1 else []
     for column in points.columns:
-        if column in ("run", "method", score) or not pd.api.types.is_numeric_dtype(points[column]):
+        if column in ("run", "method", score) or not pd.api.types.is_numeric_dtype(points[column]) \
+                or points[column].isna().any():  # a parameter some runs do not have would be drawn as a value
             continue
-        values = points[column]
-        dims.append({"label": str(column), "values": values.fillna(values.min() if values.notna().any() else 0)})
+        dims.append({"label": str(column), "values": points[column]})
     accuracy = points[score].fillna(0)
     dims.append({"label": score, "values": accuracy})
     fig = _figure(go.Parcoords(dimensions=dims, line={"color": accuracy, "colorscale": "Viridis",
