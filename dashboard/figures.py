@@ -193,6 +193,25 @@ def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
     return _styled(fig, title or f"Sweep over {params}", params, label)
 
 
+def parallel_coordinates(points: pd.DataFrame, title: str = "Parameters vs mean accuracy") -> go.Figure:
+    """One line per run across the numeric parameters every run has (and the method, as a coded axis), coloured
+    and ended by the run's mean accuracy (``points``: run, method, numeric parameter columns, "mean accuracy %")."""
+    score = "mean accuracy %"
+    methods = list(dict.fromkeys(points["method"]))
+    dims = [{"label": "method", "values": [methods.index(m) for m in points["method"]],
+             "tickvals": list(range(len(methods))), "ticktext": methods}] if len(methods) > 1 else []
+    for column in points.columns:
+        if column in ("run", "method", score) or not pd.api.types.is_numeric_dtype(points[column]) \
+                or points[column].isna().any():  # a parameter some runs do not have would be drawn as a value
+            continue
+        dims.append({"label": str(column), "values": points[column]})
+    accuracy = points[score].fillna(0)
+    dims.append({"label": score, "values": accuracy})
+    fig = _figure(go.Parcoords(dimensions=dims, line={"color": accuracy, "colorscale": "Viridis",
+                                                      "showscale": True, "colorbar": {"title": {"text": "%"}}}))
+    return _styled(fig, title)
+
+
 def sign_conflict_bars(table: pd.DataFrame, title: str = "") -> go.Figure:
     """Per-layer rate of TIES sign conflicts (trimmed entries whose sign disagrees with the elected sign)."""
     fig = _figure(go.Bar(x=table["layer"].astype(str), y=100 * table["sign_conflicts_rate"],

@@ -314,6 +314,17 @@ class Service:
         entry.baselines = table
         return table
 
+    def cached_baselines(self, record) -> pd.DataFrame | None:
+        """The pretrained and individual test accuracies cached for ``record``'s zoo (None when not evaluated)."""
+        if record is None:
+            return None
+        cached = {m: self.history.baseline(record.zoo_hash, SPLIT, m) for m in ("pretrained", "individual")}
+        if any(c is None for c in cached.values()):
+            return None
+        tasks = [t for t in record.tasks if t in cached["pretrained"] and t in cached["individual"]]
+        return pd.DataFrame({"task": tasks, "pretrained": [cached["pretrained"][t] for t in tasks],
+                             "individual": [cached["individual"][t] for t in tasks]})
+
     # ---------------------------------------------------------------- merging
     @staticmethod
     def methods() -> list:

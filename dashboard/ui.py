@@ -20,7 +20,7 @@ import gradio as gr
 from . import figures, guide
 from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
 from .service import Service, Settings, zoos_folder
-from .widgets import build_panel, collect_params, explain, method_choices, per_task_table
+from .widgets import HIDDEN, build_panel, collect_params, explain, method_choices, per_task_table
 
 MASK_PLOTS = ("histogram", "layers", "jaccard", "density")
 PLOTS = MASK_PLOTS + ("accuracy", "normalized")
@@ -31,7 +31,8 @@ CSS = """
 .progress-slot {min-height: 4em}
 .gradio-container {max-width: 1500px !important}
 .drag-only input[type=number], .drag-only button {display: none !important}
-"""
+.%s {display: none !important}
+""" % HIDDEN
 NO_SESSION = ("this action needs a session: use the web page or gradio_client (a bare REST call must send a "
               "session_hash, so that its job has an owner who can cancel it)")
 
@@ -142,7 +143,7 @@ class Dashboard:
     def load_outputs(self, entry) -> list:
         tasks = entry.zoo.task_names
         tables = [per_task_table(w.param, tasks) for p in self.panels.values() for w in p.widgets if w.table]
-        return [entry.id, self.service.zoo_summary(entry), self.service.zoo_table(entry),
+        return [entry.id, escape(self.service.zoo_summary(entry)), self.service.zoo_table(entry),
                 gr.update(choices=tasks, value=tasks), *tables,
                 f"Loaded **{escape(entry.name)}**. Baselines are evaluated in the background; pick a method and "
                 "press Merge."]
@@ -243,8 +244,7 @@ class Dashboard:
         summary = escape(view.summary())
         if not kinds:
             summary += "\n\nThis method makes no masks; TIES, DARE, PCB, TALL and Consensus show mask statistics."
-        runs = self.service.history.table(viewer=who)
-        run_ids = [str(r) for r in runs["run"]]
+        runs, pickers = self.history_outputs(who)
         for name in PLOTS:
             if figs[name] is None:
                 figs[name] = figures.placeholder("this method makes no masks" if name in MASK_PLOTS
@@ -255,8 +255,7 @@ class Dashboard:
                 *[figs[name] for name in PLOTS],
                 figs.get(f"table:{table}") if table else None,
                 view.tables[table].round(4) if table else None,
-                runs, *[gr.update(choices=run_ids) for _ in range(3)],
-                gr.update(choices=[""] + view.record.tasks, value="")]
+                runs, *pickers, gr.update(choices=[""] + view.record.tasks, value="")]
 
     def on_view(self, run, mask_kind: str, table: str, request: gr.Request):
         """Re-draw the current run for another mask kind or method table (no recomputation)."""
@@ -313,25 +312,67 @@ class Dashboard:
                 f"accuracy ({100 * best['normalized']:.1f}% of fine-tuned).")
         return figures.sweep_lines(table), table.round(4), note
 
-    # ---------------------------------------------------------------- compare and download
-    def on_compare(self, first: str, second: str, request: gr.Request):
+    # ---------------------------------------------------------------- compare, runs and download
+    def history_outputs(self, who: str, deleted: bool = False) -> tuple:
+        """The runs table and the run pickers (compare, download, edit), labelled "#33 ties k=20 λ=1 · 61.2 %"."""
+        history = self.service.history
+        labels = history.labels(who)
+        own = [(label, run) for label, run in labels if history.get(int(run), who).owner == who]
+        deleted_own = [(r.label(), str(r.id)) for r in history.records(viewer=who, deleted=True) if r.owner == who]
+        return history.table(viewer=who, deleted=deleted), (gr.update(choices=labels), gr.update(choices=labels),
+                                                            gr.update(choices=own + deleted_own))
+
+    def on_compare(self, runs: list, request: gr.Request):
+        """Any number of runs: per-task accuracy with θ0 and individual as references, the parameters that
+        differ, parameters vs mean accuracy (parallel coordinates), and warnings."""
         who = owner(request)
-        if not first or not second:
-            raise error("run A, run B: pick two runs to compare")
-        a, b = run_id(first, "run A"), run_id(second, "run B")
+        ids = [run_id(r, "runs to compare") for r in (runs or [])]
         try:
-            table = self.service.history.compare(a, b, who)
-            long = self.service.history.accuracy_long([a, b], who)
+            first = self.service.history.get(ids[0], who) if ids else None
+            comparison = self.service.history.compare_many(ids, who, self.service.cached_baselines(first))
         except (KeyError, ValueError) as exc:
             raise error(exc.args[0] if isinstance(exc, KeyError) else exc) from None
-        fig = figures.accuracy_bars(long, "Accuracy per task: the two runs") if not long.empty else None
-        return table, fig
+        note = "\n\n".join(f"⚠️ {escape(w)}" for w in comparison.warnings) or \
+            f"{len(ids)} runs of the same zoo and tasks; only the parameters that differ are listed."
+        bars = figures.accuracy_bars(comparison.accuracy, "Accuracy per task: the runs, θ0 and individual")
+        return (comparison.differences.reset_index(), bars, figures.parallel_coordinates(comparison.points),
+                note)
 
-    def on_history(self, request: gr.Request):
-        """The runs this visitor may see: the shared ones and their own."""
-        runs = self.service.history.table(viewer=owner(request))
-        ids = [str(r) for r in runs["run"]]
-        return runs, *[gr.update(choices=ids) for _ in range(3)]
+    def on_history(self, deleted: bool, request: gr.Request):
+        """The runs this visitor may see: the shared ones and their own (their deleted ones on request)."""
+        runs, pickers = self.history_outputs(owner(request), bool(deleted))
+        return runs, *pickers
+
+    def on_edit_pick(self, run: str, request: gr.Request):
+        if not run:
+            return "", "", "", ""
+        record = self.service.history.get(run_id(run, "run"), owner(request), deleted=True)
+        state = " (deleted)" if record.deleted is not None else ""
+        return record.name, ", ".join(record.tags), record.notes, f"Editing run #{record.id}{state}."
+
+    def edit_handler(self, action: str) -> Callable:
+        def edit(run: str, name: str, tags: str, notes: str, deleted: bool, request: gr.Request):
+            return self.on_edit(action, run, name, tags, notes, deleted, request)
+        return edit
+
+    def on_edit(self, action: str, run: str, name: str, tags: str, notes: str, deleted: bool, request: gr.Request):
+        """Save the name/tags/notes of one of the visitor's runs, delete it (soft) or undo the delete."""
+        who, history = owner(request), self.service.history
+        number = run_id(run, "run")
+        try:
+            if action == "save":
+                history.annotate(number, who, name=name, tags=tags, notes=notes)
+                message = f"Saved run #{number}."
+            elif action == "delete":
+                history.delete(number, who)
+                message = f"Deleted run #{number}: press Undo delete to bring it back."
+            else:
+                history.restore(number, who)
+                message = f"Run #{number} is back."
+        except (KeyError, ValueError) as exc:
+            raise error(exc.args[0] if isinstance(exc, KeyError) else exc) from None
+        runs, pickers = self.history_outputs(who, bool(deleted))
+        return runs, *pickers, message
 
     def on_download(self, run: str, fmt: str, task: str, request: gr.Request, progress=gr.Progress()):
         who = owner(request)
@@ -352,6 +393,7 @@ class Dashboard:
 
     # ---------------------------------------------------------------- guide
     def on_guide(self, index: int):
+        """"Explore": the step's method and parameters in the Merge tab."""
         step = guide.STEPS[index]
         values = []
         for name, panel in self.panels.items():
@@ -359,6 +401,35 @@ class Dashboard:
                 value = step.params.get(widget.param.name, gr.skip()) if name == step.method else gr.skip()
                 values.append(value)
         return [gr.Tabs(selected="merge"), step.method, *values]
+
+    def guide_handler(self, index: int) -> Callable:
+        def run_step(zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
+            return self.on_guide_step(index, zoo_id, found, request, progress)
+        return run_step
+
+    def on_guide_step(self, index: int, zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
+        """Run step ``index`` in place: its figure, what the numbers show, and the session's headline numbers."""
+        who, step = owner(request), guide.STEPS[index]
+        try:
+            zoo_id = self.current_zoo(zoo_id, progress)
+            if step.figure == "sweep":
+                table = self.submit(lambda p: self.service.sweep(zoo_id, step.method, "lam", None, step.params,
+                                                                 None, p, who), request, "guide sweep", progress)
+                figure, (text, headline) = figures.sweep_lines(table), guide.sweep_finding(table)
+            else:
+                view = self.submit(lambda p: self.service.merge(zoo_id, step.method, step.params, None, p, who),
+                                   request, f"guide {step.method}", progress)
+                figure = view.figures(step.mask_kind).get(step.figure) or figures.placeholder(
+                    "no figure: this zoo has no heads or test data")
+                tall = view.stats.get("tall")
+                text, headline = guide.finding(index, view.accuracy, view.tables,
+                                               tall.class_fractions() if tall is not None else None, found,
+                                               view.result.info if view.result is not None else None)
+                text += f" (run #{view.id})"
+        except Stopped as stop:
+            return gr.skip(), f"**Cancelled** ({escape(stop)}).", gr.skip()
+        found = {**(found or {}), **({str(index + 1): headline} if headline is not None else {})}
+        return figure, text, found
 
     # ---------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
@@ -372,10 +443,23 @@ class Dashboard:
             with gr.Tabs(selected="merge") as tabs:
                 with gr.Tab("Guide", id="guide"):
                     gr.Markdown(guide.INTRO)
-                    step_buttons = []
+                    found = gr.State({})
+                    step_buttons, explore_buttons, step_outputs = [], [], []
                     for i, step in enumerate(guide.STEPS):
-                        gr.Markdown(f"#### {step.title}\n{step.text}")
-                        step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", elem_id=f"guide-{i + 1}"))
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=2, min_width=320):
+                                gr.Markdown(f"#### {step.title}\n{step.text}")
+                                with gr.Row():
+                                    step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", variant="primary",
+                                                                  elem_id=f"guide-{i + 1}"))
+                                    explore_buttons.append(gr.Button("Explore in Merge & see", size="sm",
+                                                                     elem_id=f"guide-explore-{i + 1}"))
+                                result_md = gr.Markdown("", elem_id=f"guide-result-{i + 1}",
+                                                        elem_classes="progress-slot")
+                            with gr.Column(scale=3):
+                                plot = gr.Plot(figures.placeholder(f"press Run step {i + 1}"),
+                                               label=step.title, elem_id=f"guide-plot-{i + 1}")
+                        step_outputs.append((plot, result_md))
                 with gr.Tab("Merge & see", id="merge"):
                     with gr.Row():
                         with gr.Column(scale=1, min_width=320):
@@ -442,15 +526,34 @@ class Dashboard:
                     sweep_plot = gr.Plot(label="sweep", elem_id="plot-sweep")
                     sweep_table = gr.Dataframe(label="sweep results", interactive=False)
                 with gr.Tab("Compare & download", id="compare"):
-                    runs_table = gr.Dataframe(self.service.history.table(viewer=""), label="runs (newest first)",
-                                              interactive=False, elem_id="runs-table")
-                    refresh = gr.Button("Refresh", size="sm")
+                    runs_table = gr.Dataframe(self.service.history.table(viewer=""), elem_id="runs-table",
+                                              label="runs, newest first (sort by a column header; filter to search)",
+                                              interactive=False, show_search="filter", pinned_columns=1,
+                                              max_height=420, wrap=False)
                     with gr.Row():
-                        cmp_a = gr.Dropdown([], label="run A", elem_id="run-a", allow_custom_value=True)
-                        cmp_b = gr.Dropdown([], label="run B", elem_id="run-b", allow_custom_value=True)
-                        cmp_btn = gr.Button("Compare", elem_id="compare-btn")
-                    cmp_table = gr.Dataframe(label="side by side", interactive=False, elem_id="compare-table")
-                    cmp_plot = gr.Plot(label="accuracy of the two runs", elem_id="plot-compare")
+                        refresh = gr.Button("Refresh", size="sm")
+                        show_deleted = gr.Checkbox(False, label="show my deleted runs", elem_id="show-deleted")
+                    with gr.Row():
+                        cmp_runs = gr.Dropdown([], multiselect=True, label="runs to compare (two or more)",
+                                               elem_id="compare-runs", scale=4, allow_custom_value=True)
+                        cmp_btn = gr.Button("Compare", elem_id="compare-btn", scale=1)
+                    cmp_md = gr.Markdown("", elem_id="compare-note")
+                    with gr.Row():
+                        cmp_plot = gr.Plot(label="accuracy per task", elem_id="plot-compare")
+                        cmp_parallel = gr.Plot(label="parameters vs mean accuracy", elem_id="plot-parallel")
+                    cmp_table = gr.Dataframe(label="parameters that differ", interactive=False,
+                                             elem_id="compare-table")
+                    gr.Markdown("#### My runs: name, tags, notes")
+                    with gr.Row():
+                        edit_run = gr.Dropdown([], label="run", elem_id="edit-run", allow_custom_value=True)
+                        edit_name = gr.Textbox(label="name", elem_id="edit-name")
+                        edit_tags = gr.Textbox(label="tags (comma-separated)", elem_id="edit-tags")
+                    edit_notes = gr.Textbox(label="notes", lines=2, elem_id="edit-notes")
+                    with gr.Row():
+                        save_btn = gr.Button("Save", size="sm", elem_id="edit-save")
+                        delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="edit-delete")
+                        undo_btn = gr.Button("Undo delete", size="sm", elem_id="edit-undo")
+                    edit_md = gr.Markdown("", elem_id="edit-note")
                     gr.Markdown("#### Downloads")
                     with gr.Row():
                         dl_run = gr.Dropdown([], label="run", allow_custom_value=True)
@@ -469,8 +572,8 @@ class Dashboard:
             panel_inputs = [c for p in self.panels.values() for c in p.components()]
             self.load_targets = [zoo_state, zoo_md, zoo_table, tasks, *panel_tables, status]
             self.run_targets = [run_state, run_md, mask_kind, table_row, table_choice, p_hist, p_layers, p_jaccard,
-                                p_density, p_acc, p_norm, p_table, table_df, runs_table, cmp_a, cmp_b, dl_run, dl_task,
-                                status]
+                                p_density, p_acc, p_norm, p_table, table_df, runs_table, cmp_runs, dl_run, edit_run,
+                                dl_task, status]
             failed = "⚠️ The last action failed — see the message in the corner. Nothing you had was changed."
 
             demo.load(self.on_page_load, None, self.load_targets, api_visibility="private", show_progress_on=status,
@@ -495,7 +598,10 @@ class Dashboard:
             collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
                                api_name="merge", show_progress_on=merge_progress, **WORK) \
                 .failure(lambda: failed, None, status, api_visibility="private")
-            for i, button in enumerate(step_buttons):
+            for i, (button, (plot, result_md)) in enumerate(zip(step_buttons, step_outputs)):
+                button.click(self.guide_handler(i), [zoo_state, found], [plot, result_md, found],
+                             api_visibility="private", show_progress_on=result_md, **WORK)
+            for i, button in enumerate(explore_buttons):
                 chosen = button.click(lambda i=i: self.on_guide(i), None, [tabs, method, *[
                     w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
                 merge_chain(chosen).success(self.on_merge, [zoo_state, method, params_json, tasks],
@@ -513,10 +619,17 @@ class Dashboard:
                             [sweep_plot, sweep_table, sweep_md], api_name="sweep", show_progress_on=sweep_md, **WORK)
             sweep_cancel.click(self.on_cancel, None, sweep_md, api_visibility="private", **QUICK)
 
-            history_targets = [runs_table, cmp_a, cmp_b, dl_run]
-            refresh.click(self.on_history, None, history_targets, api_name="history", **QUICK)
-            demo.load(self.on_history, None, history_targets, api_visibility="private", **QUICK)
-            cmp_btn.click(self.on_compare, [cmp_a, cmp_b], [cmp_table, cmp_plot], api_name="compare", **QUICK)
+            history_targets = [runs_table, cmp_runs, dl_run, edit_run]
+            refresh.click(self.on_history, show_deleted, history_targets, api_name="history", **QUICK)
+            show_deleted.change(self.on_history, show_deleted, history_targets, api_visibility="private", **QUICK)
+            demo.load(self.on_history, show_deleted, history_targets, api_visibility="private", **QUICK)
+            cmp_btn.click(self.on_compare, cmp_runs, [cmp_table, cmp_plot, cmp_parallel, cmp_md], api_name="compare",
+                          **QUICK)
+            edit_run.input(self.on_edit_pick, edit_run, [edit_name, edit_tags, edit_notes, edit_md],
+                           api_visibility="private", **QUICK)
+            for action, button in (("save", save_btn), ("delete", delete_btn), ("restore", undo_btn)):
+                button.click(self.edit_handler(action), [edit_run, edit_name, edit_tags, edit_notes, show_deleted],
+                             [*history_targets, edit_md], api_name=f"run_{action}", **QUICK)
             dl_btn.click(self.on_download, [dl_run, dl_fmt, dl_task], dl_file, api_name="download", **WORK)
             res_btn.click(self.on_results, res_fmt, dl_file, api_name="download_results", **QUICK)
             demo.unload(self.on_unload)

@@ -10,6 +10,7 @@ only while it applies, and only applicable parameters are collected.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 from merging.params import ParameterError, applicable, resolve_params
 
+HIDDEN = "param-not-applicable"  # CSS class of a widget whose parameter does not apply (display: none)
 SLIDER_MAX_STEPS = 100  # wider integer ranges (seeds, open-ended thresholds) get a number box
 
 
@@ -104,7 +106,7 @@ def build_panel(method, visible: bool, tasks: Sequence[str] = ()) -> MethodPanel
         for param in method.params:
             kind, kwargs = component_spec(param)
             shown = param.when is None or defaults.get(param.when[0]) == param.when[1]
-            with gr.Column(visible=shown, elem_id=f"w-{method.name}-{param.name}") as box:
+            with gr.Column(elem_id=f"w-{method.name}-{param.name}", elem_classes=[] if shown else [HIDDEN]) as box:
                 widget = ParamWidget(param, getattr(gr, kind)(elem_id=f"p-{method.name}-{param.name}", **kwargs),
                                      box=box)
                 slider = slider_spec(param)
@@ -121,11 +123,13 @@ def build_panel(method, visible: bool, tasks: Sequence[str] = ()) -> MethodPanel
                                                     interactive=True, show_label=False)
             panel.widgets.append(widget)
         by_name = {w.param.name: w for w in panel.widgets}
-        for name in {w.param.when[0] for w in panel.widgets if w.param.when}:
-            dependents = [w for w in panel.widgets if w.param.when and w.param.when[0] == name]
-            by_name[name].value.change(lambda v, ws=dependents: [gr.update(visible=v == w.param.when[1]) for w in ws],
-                                       by_name[name].value, [w.box for w in dependents], api_visibility="private",
-                                       queue=False)
+        for name in dict.fromkeys(w.param.when[0] for w in panel.widgets if w.param.when):
+            shows = {f"w-{method.name}-{w.param.name}": w.param.when[1] for w in panel.widgets
+                     if w.param.when and w.param.when[0] == name}
+            # in the browser only: a server round trip re-renders the panel and can race with the next click
+            by_name[name].value.change(None, by_name[name].value, None, js=(
+                f"(v) => {{ for (const [id, want] of Object.entries({json.dumps(shows)})) "
+                f"document.getElementById(id)?.classList.toggle({json.dumps(HIDDEN)}, v !== want); }}"))
     return panel
 
 

@@ -43,7 +43,7 @@ SLOW_METHOD = MergeMethod(SLOW, "Slow (test)", "Task Arithmetic that takes its t
 
 
 @contextmanager
-def running_app(zoo: Path | None, data_dir: Path, slots: int = 1, auth=None, **settings):
+def running_app(zoo: Path | None, data_dir: Path, slots: int = 1, auth=None, clean=(600, 3600), **settings):
     """Yield (url, demo) for an app serving ``zoo``; always shut down (server, job queue)."""
     from dashboard.service import Settings
     from dashboard.ui import create_app, launch
@@ -52,7 +52,7 @@ def running_app(zoo: Path | None, data_dir: Path, slots: int = 1, auth=None, **s
                       slots=slots)
     port = free_port()
     try:
-        launch(demo, "127.0.0.1", port, auth=auth, prevent_thread_lock=True, quiet=True)
+        launch(demo, "127.0.0.1", port, auth=auth, clean=clean, prevent_thread_lock=True, quiet=True)
         yield f"http://127.0.0.1:{port}/", demo
     finally:
         demo.dashboard.jobs.close()

@@ -78,7 +78,7 @@ def test_a_visitor_sees_downloads_and_cancels_only_their_own_runs(app):
     with pytest.raises(AppError, match=f"run #{run} is not in the history"):
         theirs.predict(str(run), "open_clip", "", api_name="/download")
     with pytest.raises(AppError, match=f"run #{run} is not in the history"):
-        theirs.predict(str(run), str(run), api_name="/compare")
+        theirs.predict([str(run), str(run)], api_name="/compare")
     results = json.loads(Path(theirs.predict("json", api_name="/download_results")).read_text())
     assert run not in [r["id"] for r in results]
     mine_results = Path(mine.predict("json", api_name="/download_results"))
@@ -106,8 +106,8 @@ def test_a_visitor_sees_downloads_and_cancels_only_their_own_runs(app):
 
 def test_non_numeric_run_ids_give_a_clean_message(app):
     client = _client(app)
-    with pytest.raises(AppError, match=r"^run A: a run number such as 12 is expected, got 'abc'$"):
-        client.predict("abc", "1", api_name="/compare")
+    with pytest.raises(AppError, match=r"^runs to compare: a run number such as 12 is expected, got 'abc'$"):
+        client.predict(["abc", "1"], api_name="/compare")
     with pytest.raises(AppError, match=r"^run: a run number such as 12 is expected, got '1; DROP'$"):
         client.predict("1; DROP", "open_clip", "", api_name="/download")
 
@@ -179,3 +179,14 @@ def test_with_a_login_runs_belong_to_the_user(zoo_dir, tmp_path):
         assert demo.dashboard.service.history.get(run).owner == "user:ann"
         assert run in [row[0] for row in ann_again.predict(api_name="/history")[0]["data"]]  # another tab
         assert run not in [row[0] for row in bob.predict(api_name="/history")[0]["data"]]
+
+
+def test_uploads_nobody_used_are_removed_from_the_temp_folder(zoo_dir, tmp_path):
+    with running_app(zoo_dir, tmp_path / "data", clean=(1, 2)) as (url, demo):
+        reply = httpx.post(f"{url}gradio_api/upload", files={"files": ("stray.safetensors", b"x" * 1000)})
+        (stored,) = reply.json()
+        assert Path(stored).is_file() and Path(demo.GRADIO_CACHE) in Path(stored).parents
+        deadline = time.time() + 20
+        while Path(stored).exists() and time.time() < deadline:
+            time.sleep(0.25)
+        assert not Path(stored).exists()

@@ -57,8 +57,9 @@ def test_merge_returns_figures_and_is_recorded(app):
     accuracy = _traces(out[ACCURACY])
     assert [t["name"] for t in accuracy] == ["pretrained", "individual", "merged"]
     runs = client.predict(api_name="/history")[0]
-    row = next(r for r in runs["data"] if r[0] == run_id)
-    assert row[3] == "ties" and row[4] == "k=30, merge=mean, lam=0.8" and row[5] == 2
+    row = dict(zip(runs["headers"], next(r for r in runs["data"] if r[0] == run_id)))
+    assert row["method"] == "ties" and row["params"] == "k=30, merge=mean, lam=0.8" and row["tasks"] == 2
+    assert runs["headers"][:3] == ["run", "avg acc %", "avg normalized %"]
     record = app[1].dashboard.service.history.get(run_id)
     assert set(record.accuracy) == {"task0", "task2"}
 
@@ -68,9 +69,17 @@ def test_compare_and_download(app):
     first = client.predict("task_arithmetic", json.dumps({"lam": 0.3}), [], api_name="/merge")
     second = client.predict("consensus", json.dumps({"k": 2}), [], api_name="/merge")
     a, b = (int(o[0].split("Run #")[1].split(":")[0]) for o in (first, second))
-    table, plot = client.predict(str(a), str(b), api_name="/compare")
-    assert table["headers"][1:] == [f"#{a} task_arithmetic", f"#{b} consensus", "Δ"]
-    assert {t["name"] for t in _traces(plot)} == {f"#{a} task_arithmetic", f"#{b} consensus"}
+    history = app[1].dashboard.service.history
+    labels = [history.get(a).label(), history.get(b).label()]
+    third = client.predict("ties", json.dumps({"k": 30}), [], api_name="/merge")
+    c = int(third[0].split("Run #")[1].split(":")[0])
+    table, plot, parallel, note = client.predict([str(a), str(b), str(c)], api_name="/compare")
+    assert table["headers"][0] == "parameter" and table["headers"][1:] == [*labels, history.get(c).label()]
+    assert [row[0] for row in table["data"]][0] == "method"  # only what differs: the method, λ, k, …
+    assert labels[0].startswith(f"#{a} task_arithmetic λ=0.3 · ") and labels[0].endswith(" %")
+    assert {t["name"] for t in _traces(plot)} == {"pretrained", "individual", *labels, history.get(c).label()}
+    assert _traces(parallel)[0]["type"] == "parcoords"
+    assert "3 runs of the same zoo" in note
     path = client.predict(str(b), "open_clip", "", api_name="/download")
     tensors = load_file(path)
     assert tensors and all(k.startswith("visual.") for k in tensors)

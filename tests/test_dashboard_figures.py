@@ -192,3 +192,12 @@ def test_calm_stage_accuracy_and_training_curve():
     assert [t.name for t in traces] == ["entropy", "accuracy (%)"] and traces[1].yaxis == "y2"
     # a table that only shares the name falls back to the generic figure
     assert figures.method_table_figure("stages", pd.DataFrame({"x": ["a"], "v": [1.0]})).data[0].type == "bar"
+
+
+def test_parallel_coordinates_use_parameters_every_run_has():
+    points = pd.DataFrame({"run": ["#1 ties", "#2 ta"], "method": ["ties", "task_arithmetic"], "k": [20.0, None],
+                           "lam": [1.0, 0.3], "mean accuracy %": [61.0, 58.0]})
+    fig = figures.parallel_coordinates(points)
+    dims = fig.data[0].dimensions
+    assert [d.label for d in dims] == ["method", "lam", "mean accuracy %"]
+    assert list(dims[0].ticktext) == ["ties", "task_arithmetic"] and list(dims[-1].values) == [61.0, 58.0]
