@@ -64,7 +64,10 @@ class CompressedTall:
 
 
 def load_compressed(path) -> CompressedTall:
+    from .checkpoints import safetensors_header
+
     path = Path(path)
+    safetensors_header(path)  # size and entry caps, one-line errors for malformed headers
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

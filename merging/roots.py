@@ -8,12 +8,11 @@ looks before the manifest is parsed (parsing checks that the files exist), :meth
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .manifest import find_manifest
+from .manifest import ManifestError, find_manifest, read_manifest
 
 
 class RootError(ValueError):
@@ -100,13 +99,8 @@ class Roots:
             return
         self._refuse_outside(manifest)
         try:
-            text = manifest.read_text(encoding="utf-8")
-            if manifest.suffix in (".yaml", ".yml"):
-                import yaml
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception:  # noqa: BLE001 — the manifest loader reports syntax errors with its own message
+            data = read_manifest(manifest)  # size-capped, no YAML aliases
+        except ManifestError:  # the manifest loader reports it with its own message
             return
         for field, value in manifest_paths(data):
             if isinstance(value, str) and value and not self.contains(manifest.parent / value):

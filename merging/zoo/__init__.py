@@ -116,8 +116,9 @@ class Zoo:
         """The space of ``tasks`` (default all); ``storage``: ``max_memory`` / ``scratch`` of
         :meth:`TaskVectorSpace.build`."""
         tasks = list(tasks) if tasks is not None else self.task_names
+        sources = [str(self.manifest.pretrained)] + [str(self.manifest.task(t).finetuned) for t in tasks]
         return TaskVectorSpace.build(self.pretrained_state(), [self.finetuned_loader(t) for t in tasks], tasks,
-                                     device=device, dtype=dtype, progress=progress, **storage)
+                                     device=device, dtype=dtype, progress=progress, sources=sources, **storage)
 
     # ---------------------------------------------------------------- models
     def encoder(self, device: str | torch.device | None = "auto", state: StateDict | None = None) -> torch.nn.Module:
