@@ -37,8 +37,8 @@ ZOO_NAME = "mergescope demo zoo"
 class BuildConfig:
     seed: int = 0
     n_pretrain: int = 2500  # captioned pretraining images per task, in memory only
-    pretrain_shift: float = 0.25  # the fraction of them moved into the tasks' domain
-    n_train: int = 2000  # per task, in memory only (fine-tuning)
+    pretrain_shift: float = 0.0  # the fraction of them moved into the tasks' domain
+    n_train: int = 3000  # per task, in memory only (fine-tuning)
     n_val: int = 150  # per task, shipped (selection of λ, unlabeled data for CALM/AdaMerging)
     n_test: int = 300  # per task, shipped (reported accuracies)
     pretrain: Schedule = PRETRAIN
