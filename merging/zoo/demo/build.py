@@ -1,9 +1,11 @@
 """``python -m merging.zoo build``: regenerate the demo zoo (assets/demo-zoo) from seeds.
 
-Steps: generate the eight tasks' images (train in memory; val and test exported as ImageFolders), SimCLR-pretrain
-θ0 on the unlabeled train images of all tasks, build each task's frozen prototype head from θ0, fine-tune one
-image tower per task, save θ0 and the fine-tuned towers as float16 open_clip safetensors, and record the
-pretrained and fine-tuned accuracies that the zoo's own evaluation code measures on the exported splits.  The new
+Steps: generate captioned pretraining images of all eight tasks' visual world and the tasks' images (train in
+memory; val and test exported as ImageFolders), pretrain a miniature CLIP (image and text towers) on the captioned
+images, build each task's zero-shot head from its class names and templates through the text tower, fine-tune one
+image tower per task through its frozen head, save θ0 (both towers) and the fine-tuned image towers as float16
+open_clip safetensors, and record the pretrained and fine-tuned accuracies that the zoo's own evaluation code
+measures on the exported splits.  The new
 zoo is assembled in a temporary sibling folder and swapped in only when complete.  Same seed, hardware class
 (CPU or a given GPU model) and library versions → the same bytes.
 """
@@ -24,8 +26,8 @@ from ...checkpoints import save_open_clip
 from ...device import pick_device
 from ...progress import as_progress
 from . import tasks as demo_tasks
-from .train import (ARCHITECTURE, FINETUNE, HEAD_SCALE, PRETRAIN, Schedule, finetune, prototype_head, pretrain,
-                    to_input)
+from ...heads import ClassificationHead, zero_shot_weights
+from .train import ARCHITECTURE, FINETUNE, PRETRAIN, Schedule, finetune, pretrain, to_input, tokenize
 
 DEFAULT_OUT = Path(__file__).resolve().parents[3] / "assets" / "demo-zoo"
 ZOO_NAME = "mergescope demo zoo"
@@ -34,7 +36,9 @@ ZOO_NAME = "mergescope demo zoo"
 @dataclass(frozen=True)
 class BuildConfig:
     seed: int = 0
-    n_train: int = 3000  # per task, in memory only (pretraining without labels, heads, fine-tuning)
+    n_pretrain: int = 2500  # captioned pretraining images per task, in memory only
+    pretrain_shift: float = 0.0  # the fraction of them moved into the tasks' domain
+    n_train: int = 3000  # per task, in memory only (fine-tuning)
     n_val: int = 150  # per task, shipped (selection of λ, unlabeled data for CALM/AdaMerging)
     n_test: int = 300  # per task, shipped (reported accuracies)
     pretrain: Schedule = PRETRAIN
@@ -59,20 +63,24 @@ def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfi
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         names = list(demo_tasks.TASKS)
-        train = {}
+        train, pre_images, captions = {}, [], []
         for i, task in enumerate(names):
             progress(0.1 * i / len(names), f"generating {task}")
+            images, text = demo_tasks.pretraining_pairs(task, config.n_pretrain, config.pretrain_shift, config.seed)
+            pre_images.append(to_input(images))
+            captions += text
             images, labels = demo_tasks.generate(task, "train", config.n_train, config.seed)
             train[task] = (to_input(images), torch.from_numpy(labels))
             for split, n in (("val", config.n_val), ("test", config.n_test)):
                 demo_tasks.export_imagefolder(task, split, n, tmp / "data" / task / split, config.seed)
         times["data"] = time.perf_counter() - start
 
-        unlabeled = torch.cat([x for x, _ in train.values()])
-        encoder = pretrain(unlabeled, config.pretrain, config.seed, device, progress.sub(0.1, 0.5))
-        theta0 = _fp16_round(encoder.state_dict())  # heads and fine-tuning start from the shipped θ0
-        encoder.load_state_dict({k: v.float() for k, v in theta0.items()})
-        save_open_clip(tmp / "pretrained.safetensors", theta0)  # no metadata: its key order is not reproducible
+        clip = pretrain(torch.cat(pre_images), tokenize(captions), config.pretrain, config.seed, device,
+                        progress.sub(0.1, 0.5))
+        theta0 = _fp16_round(clip.state_dict())  # heads and fine-tuning start from the shipped θ0
+        clip.load_state_dict({k: v.float() for k, v in theta0.items()})
+        save_open_clip(tmp / "pretrained.safetensors", {k[7:]: v for k, v in theta0.items() if k.startswith("visual.")},
+                       {k: v for k, v in theta0.items() if not k.startswith("visual.")})
         times["pretrain"] = time.perf_counter() - start - times["data"]
         log(f"pretrained θ0 in {times['pretrain']:.0f} s")
 
@@ -80,14 +88,14 @@ def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfi
         for i, task in enumerate(names):
             generator = demo_tasks.TASKS[task]
             x, y = train[task]
-            head = prototype_head(encoder, x, y, len(generator.classnames), HEAD_SCALE)
-            _save_head(tmp / "heads" / f"{task}.safetensors", head.weight.detach())
-            state = finetune(encoder, head, x, y, config.finetune, config.seed + 1000 * (i + 1),
+            head = ClassificationHead(zero_shot_weights(clip, tokenize, generator.classnames, generator.templates,
+                                                        device))
+            state = finetune(clip.visual, head, x, y, config.finetune, config.seed + 1000 * (i + 1),
                              progress.sub(0.5 + 0.4 * i / len(names), 0.5 + 0.4 * (i + 1) / len(names)))
             save_open_clip(tmp / "finetuned" / f"{task}.safetensors", _fp16_round(state))
             manifest_tasks.append({
                 "name": task, "finetuned": f"finetuned/{task}.safetensors", "classnames": list(generator.classnames),
-                "head": {"weights": f"heads/{task}.safetensors"},
+                "head": {"templates": list(generator.templates)},
                 "data": {s: {"imagefolder": f"data/{task}/{s}"} for s in ("val", "test")},
                 "recorded": {"description": generator.description}})
         times["finetune"] = time.perf_counter() - start - times["data"] - times["pretrain"]
@@ -112,13 +120,6 @@ def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfi
             shutil.rmtree(tmp)
     progress(1.0, "demo zoo built")
     return times
-
-
-def _save_head(path: Path, weight: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"weight": weight.float().contiguous()}, str(path))
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 IMAGE_SIZE = 32
 DRAW_SIZE = 128
 SPLITS = ("train", "val", "test")
+PRETRAIN = "pretrain"   # the pretraining images: their own seed stream, drawn before the task domain shift
 
 S = DRAW_SIZE
 _Y, _X = np.mgrid[0:S, 0:S].astype(np.float32) - (S - 1) / 2   # canvas coordinates about the centre
@@ -35,6 +36,7 @@ class TaskGenerator:
     classnames: tuple[str, ...]
     draw: Callable[[Rng, int, str], Image.Image]   # (rng, label, split) -> 32×32 RGB image
     description: str
+    templates: tuple[str, ...]   # prompts with "{}" for the class name: captions and zero-shot heads
 
 
 # ------------------------------------------------------------------ shared drawing helpers
@@ -185,6 +187,7 @@ def digit_sources() -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray]]:
 
 def _draw_digit(rng: Rng, label: int, split: str) -> Image.Image:
     images, pools = digit_sources()
+    split = "train" if split == PRETRAIN else split
     h = int(rng.integers(84, 116))
     glyph = Image.fromarray(images[rng.choice(pools[split, label])])
     return _ink(rng, glyph.resize((int(h * rng.uniform(0.75, 1)), h), Image.BICUBIC).point(_FIRM), clutter=2)
@@ -413,14 +416,22 @@ def _draw_scene(rng: Rng, label: int, split: str) -> Image.Image:
 
 # ------------------------------------------------------------------ the tasks
 TASKS: dict[str, TaskGenerator] = {t.name: t for t in (
-    TaskGenerator("digits", DIGITS, _draw_digit, "handwritten digits (scikit-learn digits), like MNIST/SVHN"),
-    TaskGenerator("letters", LETTERS, _draw_letter, "printed capital letters in varied weights, like GTSRB/SVHN"),
-    TaskGenerator("shapes", tuple(SHAPES), _draw_shape, "filled or outlined geometric shapes, like object classes"),
-    TaskGenerator("textures", tuple(TEXTURES), _draw_texture, "procedural two-colour textures, like DTD"),
-    TaskGenerator("colours", tuple(HUES), _draw_colour, "the hue of a single object, like GTSRB's colour cues"),
-    TaskGenerator("counts", COUNTS, _draw_count, "how many objects (1-6), like SVHN's counting difficulty"),
-    TaskGenerator("positions", POSITIONS, _draw_position, "where an object is on a 3×3 grid, like EuroSAT layout"),
-    TaskGenerator("scenes", tuple(SCENES), _draw_scene, "scenes composed from primitives, like SUN397/RESISC45"),
+    TaskGenerator("digits", DIGITS, _draw_digit, "handwritten digits (scikit-learn digits), like MNIST/SVHN",
+                  ("a photo of the number {}", "a handwritten digit {}", "the digit {}")),
+    TaskGenerator("letters", LETTERS, _draw_letter, "printed capital letters in varied weights, like GTSRB/SVHN",
+                  ("a photo of the letter {}", "a capital letter {}", "the letter {}")),
+    TaskGenerator("shapes", tuple(SHAPES), _draw_shape, "filled or outlined geometric shapes, like object classes",
+                  ("a photo of a {}", "a drawing of a {}", "a {} shape")),
+    TaskGenerator("textures", tuple(TEXTURES), _draw_texture, "procedural two-colour textures, like DTD",
+                  ("a photo of a {} texture", "a {} pattern", "a surface with {}")),
+    TaskGenerator("colours", tuple(HUES), _draw_colour, "the hue of a single object, like GTSRB's colour cues",
+                  ("a photo of a {} object", "something coloured {}", "the colour {}")),
+    TaskGenerator("counts", COUNTS, _draw_count, "how many objects (1-6), like SVHN's counting difficulty",
+                  ("a photo of {} objects", "a picture of {} things", "there are {} shapes")),
+    TaskGenerator("positions", POSITIONS, _draw_position, "where an object is on a 3×3 grid, like EuroSAT layout",
+                  ("a photo of an object at the {}", "something in the {}", "a shape at the {} of the image")),
+    TaskGenerator("scenes", tuple(SCENES), _draw_scene, "scenes composed from primitives, like SUN397/RESISC45",
+                  ("a photo of a {}", "a {} scene", "a view of a {}")),
 )}
 
 
@@ -432,13 +443,49 @@ def _check(task: str, split: str) -> TaskGenerator:
     return TASKS[task]
 
 
+# ------------------------------------------------------------------ the task domain
+SHIFT_CONTRAST, SHIFT_CAST, SHIFT_NOISE = (0.35, 0.75), 20, (6.0, 18.0)
+
+
+def shift(image: Image.Image, rng: Rng) -> Image.Image:
+    """The tasks' domain, harder than most pretraining images (as MNIST or EuroSAT are for CLIP): contrast
+    reduced to a factor in SHIFT_CONTRAST about the mean, a colour cast of up to ±SHIFT_CAST per channel and
+    Gaussian noise of a strength drawn from SHIFT_NOISE."""
+    pixels = np.asarray(image, np.float32)
+    mean = pixels.mean((0, 1))
+    pixels = mean + (pixels - mean) * rng.uniform(*SHIFT_CONTRAST) + rng.uniform(-SHIFT_CAST, SHIFT_CAST, 3)
+    pixels = pixels + rng.normal(0, rng.uniform(*SHIFT_NOISE), pixels.shape)
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
 def sample(task: str, split: str, index: int, seed: int = 0) -> tuple[Image.Image, int]:
-    """Image ``index`` of a split and its label ``index % C`` (balanced); its rng is seeded from (seed, task,
-    split, index) alone, so any sample is reproducible on its own."""
+    """Image ``index`` of a split and its label ``index % C`` (balanced), in the task domain (:func:`shift`);
+    its rng is seeded from (seed, task, split, index) alone, so any sample is reproducible on its own."""
     generator = _check(task, split)
     label = index % len(generator.classnames)
     rng = np.random.default_rng([seed, list(TASKS).index(task), SPLITS.index(split), index])
-    return generator.draw(rng, label, split), label
+    return shift(generator.draw(rng, label, split), rng), label
+
+
+def caption(task: str, label: int, rng: Rng) -> str:
+    """One of the task's templates filled with the class name."""
+    generator = TASKS[task]
+    return str(rng.choice(generator.templates)).replace("{}", generator.classnames[label])
+
+
+def pretraining_pairs(task: str, n: int, shift_p: float, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """(n, 32, 32, 3) uint8 images and their captions for pretraining: image i has label i % C, is drawn from its
+    own seed stream (disjoint from the splits'), moved into the task domain with probability ``shift_p`` and
+    captioned by :func:`caption`."""
+    generator = _check(task, "train")
+    images, captions = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), []
+    for i in range(n):
+        label = i % len(generator.classnames)
+        rng = np.random.default_rng([seed, list(TASKS).index(task), len(SPLITS), i])
+        image = generator.draw(rng, label, PRETRAIN)
+        images[i] = np.asarray(shift(image, rng) if rng.random() < shift_p else image)
+        captions.append(caption(task, label, rng))
+    return images, captions
 
 
 def generate(task: str, split: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
