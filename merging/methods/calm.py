@@ -64,7 +64,7 @@ PARAMS = (
           "attribution u = ∂CE/∂θ ⊙ (τj − τseq): lr = (M(L)/steps + sparsity)/a_q, M(L) = e^L − e^−L + 2L, a_q the "
           "⌈lr_fraction·P⌉-th largest drive towards zero ±u, so the top lr_fraction of the scores can cross zero "
           "within the steps) or a positive number (official 1e7, calibrated to ViT-B/32's gradients)"),
-    Param("lr_fraction", float, 0.01, "lr 'auto': fraction of the mask scores whose first-update drive flips "
+    Param("lr_fraction", float, 0.3, "lr 'auto': fraction of the mask scores whose first-update drive flips "
           "them within the steps", low=1e-9, high=1.0),
     Param("sparsity", float, 1.0, "L1 strength: each score moves by sparsity·σ'(S) per update",
           low=0.0, high=1e6),
