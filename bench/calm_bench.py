@@ -97,8 +97,9 @@ def main(argv=None) -> dict:
     history = calm.tables["history"]
     staged = float(stages["seconds"].sum())
     per_update = history.groupby("task", sort=False)["seconds"].median()
-    print(f"CALM schedule: TA group {len(calm.info['first_group'])} tasks, sequential {calm.info['order']}, "
-          f"{args.steps} updates × {args.batches_per_task} batches × {args.batch_size} images per merged task")
+    print(f"CALM schedule: first group {len(calm.info['first_group'])} tasks, sequential {calm.info['order']}, "
+          f"{args.steps} updates × {args.batches_per_task} batches × {args.batch_size} images per merged task, "
+          f"lr {calm.params['lr']} ({', '.join(f'{lr:.3g}' for lr in calm.info['lr'])})")
     for task, seconds in per_update.items():
         seen = int(stages.loc[stages["task"] == task, "tasks_merged"].iloc[0])
         print(f"  mask update for {task} ({seen} merged tasks): {seconds * 1e3:.0f} ms median")

@@ -61,7 +61,7 @@ def main(argv=None) -> list[dict]:
         table = evaluate_result(zoo, space, result, reference=reference, evaluator=evaluator)
         stages = result.tables["stages"]
         rows.append({"method": "CALM " + " ".join(args.set), "seed": seed, "avg": 100 * table["accuracy"].mean(),
-                     "seconds": time.perf_counter() - start, "order": result.info["order"],
+                     "normalized": 100 * table["normalized"].mean(), "seconds": time.perf_counter() - start, "order": result.info["order"],
                      "lr": result.info["lr"], "mask_density": stages["mask_density"].dropna().tolist(),
                      **{t: 100 * a for t, a in zip(table["task"], table["accuracy"])}})
         print(rows[-1], file=sys.stderr, flush=True)

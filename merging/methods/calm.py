@@ -48,7 +48,7 @@ SAMPLING_SHARE = 0.1  # progress fraction given to the pseudo-labelling passes
 PARAMS = (
     Param("order", str, "", "tasks merged one at a time, in order, comma-separated (empty: default rule — the "
           "tasks whose predictions the TA merge changes most, most affected last)"),
-    Param("num_sequential", int, 2, "how many tasks the default rule merges sequentially (the rest: TA group)",
+    Param("num_sequential", int, 2, "how many tasks the default rule merges sequentially (the rest: the first group)",
           low=0, high=10_000),
     Param("lam", float, 0.3, "TA coefficient λ of the first, globally merged group", low=0.0, high=3.0, step=0.05),
     Param("pseudo_model", str, "finetuned", "model whose argmax gives the pseudo-labels: the task's fine-tuned "
@@ -64,7 +64,7 @@ PARAMS = (
           "attribution u = ∂CE/∂θ ⊙ (τj − τseq): lr = (M(L)/steps + sparsity)/a_q, M(L) = e^L − e^−L + 2L, a_q the "
           "⌈lr_fraction·P⌉-th largest drive towards zero ±u, so the top lr_fraction of the scores can cross zero "
           "within the steps) or a positive number (official 1e7, calibrated to ViT-B/32's gradients)"),
-    Param("lr_fraction", float, 0.01, "lr 'auto': fraction of the mask scores whose first-update drive flips "
+    Param("lr_fraction", float, 0.3, "lr 'auto': fraction of the mask scores whose first-update drive flips "
           "them within the steps", low=1e-9, high=1.0),
     Param("sparsity", float, 1.0, "L1 strength: each score moves by sparsity·σ'(S) per update",
           low=0.0, high=1e6),
@@ -112,8 +112,9 @@ def plan_groups(first: Sequence[str], order: Sequence[str], rule: str, lam: floa
                 ) -> tuple[list[str], list[str], float]:
     """(first group, sequential order, the first group's coefficient) under the ``first_group`` rule: "ta" keeps
     λ; "official" (``main.py``: TA only ``if step == 0 and len(seen_dataname) > 2``, else the group goes through
-    MaskMerging with paramslist[1] its first task) keeps λ for more than two tasks, takes one task unscaled and,
-    of two, the first unscaled with the second merged into it by a mask (the first sequential stage)."""
+    MaskMerging with paramslist[1] its first task) keeps λ for more than two tasks, takes one task unscaled (the
+    official code trains a mask between τa and itself there: a no-op, skipped) and, of two, the first unscaled
+    with the second merged into it by a mask (the first sequential stage)."""
     first, order = list(first), list(order)
     if rule == "ta" or len(first) > 2 or not first:
         return first, order, lam
@@ -141,6 +142,7 @@ class _Calm:
 
     def __init__(self, space, params, progress, context):
         self.space, self.p, self.progress, self.ctx = space, params, progress, context
+        self.lr = parse_lr(params["lr"])  # None: "auto"
         self.device = space.device
         self.tasks = space.task_names
         self.data = {}  # task -> the unlabeled images looked at (in memory when they fit)
@@ -196,7 +198,6 @@ class _Calm:
 
     def run(self) -> MergeResult:
         p, space, tasks = self.p, self.space, self.tasks
-        self.lr = parse_lr(p["lr"])
         order = parse_order(p["order"], tasks)
         rule = order is None
         count = min(p["num_sequential"], max(len(tasks) - 1, 0)) if rule else len(order)
