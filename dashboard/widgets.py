@@ -42,8 +42,8 @@ def component_spec(param) -> tuple[str, dict]:
         return "Dropdown", {**common, "choices": list(param.choices)}
     if param.type is bool:
         return "Checkbox", common
-    if param.type is str:
-        return "Textbox", common
+    if param.type is str or param.auto:
+        return "Textbox", {**common, "value": str(param.default)}
     if param.low is not None or param.high is not None:
         low = "" if param.low is None else f"{param.low:g}"
         high = "" if param.high is None else f"{param.high:g}"

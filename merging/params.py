@@ -27,6 +27,7 @@ class Param:
     step: float | None = None  # slider resolution for the dashboard
     grid: tuple[Any, ...] | None = None  # the paper's search grid, for sweeps and validation selection
     when: tuple[str, Any] | None = None  # (other parameter, value): applies only when that parameter has that value
+    auto: bool = False  # a number that may also be "auto": a default the method derives (CART's λ, CALM's lr)
 
     def coerce(self, value: Any, num_tasks: int | None = None) -> Any:
         """Convert and range-check ``value``; per-task params return a list of ``num_tasks`` values."""
@@ -46,6 +47,8 @@ class Param:
         return self._scalar(value)
 
     def _scalar(self, value: Any) -> Any:
+        if self.auto and isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
         try:
             if self.type is bool:
                 if isinstance(value, str):
@@ -72,7 +75,8 @@ class Param:
             else:
                 value = str(value)
         except (TypeError, ValueError):
-            raise ParameterError(f"{self.name}: expected {self.type.__name__}, got {value!r}") from None
+            expected = f"'auto' or a {self.type.__name__}" if self.auto else self.type.__name__
+            raise ParameterError(f"{self.name}: expected {expected}, got {value!r}") from None
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"{self.name}: must be one of {', '.join(self.choices)}; got {value!r}")
         if self.low is not None and value < self.low:

@@ -15,6 +15,7 @@ from merging.calm_masks import (AutoLr, apply_update, auto_lr, flip_margin, init
                                  regulariser)
 from merging.entropy_sampling import class_balanced_selection, prediction_entropy, sample_pseudo_labels
 from merging.maskstats import mask_statistics
+from merging.registry import get_method
 from merging.methods.calm import default_order, parse_lr, parse_order, plan_groups, sequential_merge
 from merging.unlabeled import BatchStream, generator
 
@@ -228,10 +229,12 @@ def test_auto_lr_is_scale_free(scale, fraction, seed, sparsity):
 
 
 def test_parse_lr_and_plan_groups():
-    assert parse_lr("auto") is None and parse_lr(" AUTO ") is None and parse_lr("1e7") == 1e7
+    spec = get_method("calm").param("lr")
+    assert parse_lr(spec.coerce("auto")) is None and parse_lr(spec.coerce(" AUTO ")) is None
+    assert parse_lr(spec.coerce("1e7")) == 1e7
     for bad in ("fast", "0", "-1", "nan", "inf", ""):
-        with pytest.raises(ParameterError, match="lr: expected 'auto' or a positive number"):
-            parse_lr(bad)
+        with pytest.raises(ParameterError, match="lr: expected 'auto' or a"):
+            parse_lr(spec.coerce(bad))
     assert plan_groups(["a", "b", "c"], ["d"], "official", 0.3) == (["a", "b", "c"], ["d"], 0.3)
     assert plan_groups(["a", "b"], ["d"], "official", 0.3) == (["a"], ["b", "d"], 1.0)
     assert plan_groups(["a"], ["d"], "official", 0.3) == (["a"], ["d"], 1.0)

@@ -15,6 +15,8 @@ def test_every_method_spec_is_complete_and_defaults_are_valid():
             assert p.help
             value = resolved[p.name]
             for v in (value if p.per_task else [value]):
+                if p.auto and v == "auto":
+                    continue
                 assert p.low is None or v >= p.low
                 assert p.high is None or v <= p.high
                 assert p.choices is None or v in p.choices
@@ -27,6 +29,17 @@ def test_paper_defaults():
     assert d["dare"]["p"] == 0.9 and d["dare"]["rescale"] == "inverse"
     assert d["consensus"]["k"] == 2 and d["tall"]["tall_lambda"] == 0.6
     assert d["pcb"]["r"] == 0.05 and d["pcb"]["clip_q"] == 0.01 and d["pcb"]["lam"] == 1.2
+
+
+def test_auto_numbers():
+    spec = Param("lam", float, "auto", "λ", low=0.0, high=5.0, auto=True)
+    assert spec.coerce("auto") == "auto" and spec.coerce(" Auto ") == "auto" and spec.coerce("2.5") == 2.5
+    with pytest.raises(ParameterError, match="lam: 6.0 is above the maximum 5.0"):
+        spec.coerce(6)
+    with pytest.raises(ParameterError, match="lam: expected 'auto' or a float, got 'often'"):
+        spec.coerce("often")
+    with pytest.raises(ParameterError, match="expected float"):
+        Param("lam", float, 0.3, "λ").coerce("auto")  # only where the spec says so
 
 
 def test_cli_strings_are_coerced():

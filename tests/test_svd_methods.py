@@ -182,7 +182,7 @@ def test_cart_auto_defaults_follow_the_official_configs():
 
 
 def test_cart_parameters_take_auto_or_a_number(sp):
-    with pytest.raises(ParameterError, match="lam: expected a number or 'auto'"):
+    with pytest.raises(ParameterError, match="lam: expected 'auto' or a float"):
         run_merge(sp, "cart", {"lam": "big"})
     with pytest.raises(ParameterError, match="rank_ratio: 1.5 is above the maximum"):
         run_merge(sp, "cart", {"rank_ratio": "1.5"})

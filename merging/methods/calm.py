@@ -60,10 +60,10 @@ PARAMS = (
     Param("steps", int, 100, "mask updates per sequential task", low=0, high=100_000),
     Param("batches_per_task", int, 2, "batches per merged task per update", low=1, high=1_000),
     Param("batch_size", int, 128, "images per batch", low=1, high=65_536),
-    Param("lr", str, "auto", "step on the mask scores: 'auto' (scale-free, per stage from its first update's "
+    Param("lr", float, "auto", "step on the mask scores: 'auto' (scale-free, per stage from its first update's "
           "attribution u = ∂CE/∂θ ⊙ (τj − τseq): lr = (M(L)/steps + sparsity)/a_q, M(L) = e^L − e^−L + 2L, a_q the "
           "⌈lr_fraction·P⌉-th largest drive towards zero ±u, so the top lr_fraction of the scores can cross zero "
-          "within the steps) or a positive number (official 1e7, calibrated to ViT-B/32's gradients)"),
+          "within the steps) or a positive number (official 1e7, calibrated to ViT-B/32's gradients)", auto=True),
     Param("lr_fraction", float, 0.3, "lr 'auto': fraction of the mask scores whose first-update drive flips "
           "them within the steps", low=1e-9, high=1.0),
     Param("sparsity", float, 1.0, "L1 strength: each score moves by sparsity·σ'(S) per update",
@@ -95,16 +95,13 @@ def parse_order(text: str, tasks: Sequence[str]) -> list[str] | None:
     return names
 
 
-def parse_lr(text: str) -> float | None:
-    """``None`` for "auto", else the positive learning rate."""
-    if text.strip().lower() == "auto":
+def parse_lr(value: float | str) -> float | None:
+    """``None`` for "auto", else the learning rate, which must be positive and finite (``value`` as the ``lr``
+    parameter resolved it)."""
+    if value == "auto":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
     if not 0.0 < value < math.inf:
-        raise ParameterError(f"lr: expected 'auto' or a positive number, got {text!r}")
+        raise ParameterError(f"lr: expected 'auto' or a positive number, got {value!r}")
     return value
 
 

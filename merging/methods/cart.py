@@ -18,30 +18,11 @@ from __future__ import annotations
 import torch
 
 from ..layers import Spectra, is_attn_mlp_weight, iterate, mean_delta, svd, top_singular_values, write
-from ..params import Param, ParameterError
+from ..params import Param
 from ..registry import MergeMethod, MergeResult, register
 from .tsvm import tables_param
 
 OFFICIAL = {8: (2.0, 0.12), 14: (1.5, 0.16), 20: (1.9, 0.32)}  # T → (λ, ρ), configs/CART/ViT-b-32_T_CART.yaml
-
-
-class AutoFloat(Param):
-    """A float parameter that also takes "auto" (a default that depends on the number of tasks)."""
-
-    def _scalar(self, value):
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ParameterError(f"{self.name}: expected a number or 'auto', got {value!r}") from None
-        if number != number or isinstance(value, bool):
-            raise ParameterError(f"{self.name}: expected a number or 'auto', got {value!r}")
-        if self.low is not None and number < self.low:
-            raise ParameterError(f"{self.name}: {number} is below the minimum {self.low}")
-        if self.high is not None and number > self.high:
-            raise ParameterError(f"{self.name}: {number} is above the maximum {self.high}")
-        return number
 
 
 def official_defaults(T: int) -> tuple[float, float]:
@@ -88,9 +69,9 @@ METHOD = register(MergeMethod(
     "Start from the plain average of the fine-tunes, keep only the few strongest directions of each model's "
     "difference from that average, and add them back with a coefficient.",
     "Choi et al., Revisiting Weight Averaging for Model Merging, arXiv 2412.12153 (2024)",
-    (AutoFloat("lam", str, "auto", "λ: θ = θavg + λ Σt SVD_k(τ̄t); 'auto' = the official value for T "
-                                   "(8: 2.0, 14: 1.5, 20: 1.9; nearest T)", low=0.0, high=5.0),
-     AutoFloat("rank_ratio", str, "auto", "ρ: keep k = int(ρ·rank) directions of each centred matrix; 'auto' = "
-                                          "the official value for T (8: 0.12, 14: 0.16, 20: 0.32; nearest T)",
-               low=0.0, high=1.0),
+    (Param("lam", float, "auto", "λ: θ = θavg + λ Σt SVD_k(τ̄t); 'auto' = the official value for T "
+                                 "(8: 2.0, 14: 1.5, 20: 1.9; nearest T)", low=0.0, high=5.0, auto=True),
+     Param("rank_ratio", float, "auto", "ρ: keep k = int(ρ·rank) directions of each centred matrix; 'auto' = "
+                                        "the official value for T (8: 0.12, 14: 0.16, 20: 0.32; nearest T)",
+           low=0.0, high=1.0, auto=True),
      tables_param()), run))
