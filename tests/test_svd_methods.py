@@ -310,3 +310,11 @@ def test_svd_helper_completes_the_null_space_orthonormally():
         small = min(a.shape)
         torch.testing.assert_close(p.mT @ p if a.shape[0] >= a.shape[1] else p @ p.mT,
                                    torch.eye(small, dtype=torch.float64))
+
+
+def test_alpha_is_selected_on_the_official_grid():
+    from merging.registry import get_method
+    for name in ("tsvm", "iso_c", "iso_cts"):
+        lam = get_method(name).param("lam")
+        assert lam.default == 1.0 and len(lam.grid) == 30
+        assert lam.grid == pytest.approx([0.1 * i for i in range(1, 31)])
