@@ -15,6 +15,8 @@ Tables: ``spectra`` (top-64 σ per matrix of each centred τ̄t, labelled "<task
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..layers import Spectra, is_attn_mlp_weight, iterate, mean_delta, svd, top_singular_values, write
@@ -25,8 +27,13 @@ from .tsvm import tables_param
 OFFICIAL = {8: (2.0, 0.12), 14: (1.5, 0.16), 20: (1.9, 0.32)}  # T → (λ, ρ), configs/CART/ViT-b-32_T_CART.yaml
 
 
+@dataclass(frozen=True)
 class AutoFloat(Param):
-    """A float parameter that also takes "auto" (a default that depends on the number of tasks)."""
+    """A number in [minimum, maximum] or "auto" (a default that depends on the number of tasks); a text field in
+    the dashboard, so ``low``/``high`` stay unset."""
+
+    minimum: float = 0.0
+    maximum: float = float("inf")
 
     def _scalar(self, value):
         if isinstance(value, str) and value.strip().lower() == "auto":
@@ -34,13 +41,11 @@ class AutoFloat(Param):
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ParameterError(f"{self.name}: expected a number or 'auto', got {value!r}") from None
+            number = float("nan")
         if number != number or isinstance(value, bool):
             raise ParameterError(f"{self.name}: expected a number or 'auto', got {value!r}")
-        if self.low is not None and number < self.low:
-            raise ParameterError(f"{self.name}: {number} is below the minimum {self.low}")
-        if self.high is not None and number > self.high:
-            raise ParameterError(f"{self.name}: {number} is above the maximum {self.high}")
+        if not self.minimum <= number <= self.maximum:
+            raise ParameterError(f"{self.name}: {number} is outside [{self.minimum}, {self.maximum}]")
         return number
 
 
@@ -89,8 +94,8 @@ METHOD = register(MergeMethod(
     "difference from that average, and add them back with a coefficient.",
     "Choi et al., Revisiting Weight Averaging for Model Merging, arXiv 2412.12153 (2024)",
     (AutoFloat("lam", str, "auto", "λ: θ = θavg + λ Σt SVD_k(τ̄t); 'auto' = the official value for T "
-                                   "(8: 2.0, 14: 1.5, 20: 1.9; nearest T)", low=0.0, high=5.0),
+                                   "(8: 2.0, 14: 1.5, 20: 1.9; nearest T); a number in [0, 5]", maximum=5.0),
      AutoFloat("rank_ratio", str, "auto", "ρ: keep k = int(ρ·rank) directions of each centred matrix; 'auto' = "
-                                          "the official value for T (8: 0.12, 14: 0.16, 20: 0.32; nearest T)",
-               low=0.0, high=1.0),
+               "the official value for T (8: 0.12, 14: 0.16, 20: 0.32; nearest T); a number in [0, 1]",
+               maximum=1.0),
      tables_param()), run))
