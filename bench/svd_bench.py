@@ -83,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device(args.device)
     ref_iterations = args.reference_wudi_iterations or args.wudi_iterations
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), torch {torch.__version__}")
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({what}), torch {torch.__version__}")
     print("| model | blocks | P | T | method | engine s | reference s | speed-up | engine peak / stack | "
           "reference peak / stack | diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
