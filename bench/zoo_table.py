@@ -42,6 +42,11 @@ ROWS = {
     "calm": ("CALM", "calm", {}, "default"),
     # the official lr 1e7 fits ViT-B/32's per-weight gradients; a 0.7 M-parameter model's are far larger
     "calm_lr1e5": ("CALM (lr 1e5)", "calm", {"lr": 1e5}, "default"),
+    "tsvm": ("TSV-M", "tsvm", {}, "select"),
+    "iso_c": ("Iso-C", "iso_c", {}, "select"),
+    "iso_cts": ("Iso-CTS", "iso_cts", {}, "select"),
+    "cart": ("CART", "cart", {}, "default"),
+    "wudi": ("WUDI-Merging", "wudi", {}, "default"),
 }
 
 

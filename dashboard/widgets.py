@@ -53,7 +53,7 @@ def component_spec(param) -> tuple[str, dict]:
 
 def slider_spec(param) -> dict | None:
     """Keyword arguments of the drag slider beside a number box, or None when the parameter gets none."""
-    if param.type not in (int, float) or param.low is None or param.high is None or param.choices:
+    if param.type not in (int, float) or param.low is None or param.high is None or param.choices or param.auto:
         return None
     if param.type is int and param.high - param.low <= SLIDER_MAX_STEPS:
         return {"minimum": param.low, "maximum": param.high, "step": param.step or 1}

@@ -184,7 +184,7 @@ def test_cart_auto_defaults_follow_the_official_configs():
 def test_cart_parameters_take_auto_or_a_number(sp):
     with pytest.raises(ParameterError, match="lam: expected 'auto' or a float"):
         run_merge(sp, "cart", {"lam": "big"})
-    with pytest.raises(ParameterError, match="rank_ratio: 1.5 is above the maximum"):
+    with pytest.raises(ParameterError, match=r"rank_ratio: 1.5 is outside \[0.0, 1.0\]"):
         run_merge(sp, "cart", {"rank_ratio": "1.5"})
     assert run_merge(sp, "cart", {"lam": "1.25", "rank_ratio": "AUTO"}).info == {"lam": 1.25, "rank_ratio": 0.12}
 
@@ -310,3 +310,11 @@ def test_svd_helper_completes_the_null_space_orthonormally():
         small = min(a.shape)
         torch.testing.assert_close(p.mT @ p if a.shape[0] >= a.shape[1] else p @ p.mT,
                                    torch.eye(small, dtype=torch.float64))
+
+
+def test_alpha_is_selected_on_the_official_grid():
+    from merging.registry import get_method
+    for name in ("tsvm", "iso_c", "iso_cts"):
+        lam = get_method(name).param("lam")
+        assert lam.default == 1.0 and len(lam.grid) == 30
+        assert lam.grid == pytest.approx([0.1 * i for i in range(1, 31)])

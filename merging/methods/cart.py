@@ -15,6 +15,7 @@ Tables: ``spectra`` (top-64 σ per matrix of each centred τ̄t, labelled "<task
 """
 from __future__ import annotations
 
+
 import torch
 
 from ..layers import Spectra, is_attn_mlp_weight, iterate, mean_delta, svd, top_singular_values, write

@@ -88,5 +88,5 @@ METHOD = register(MergeMethod(
      Param("lr", float, 1e-5, "Adam learning rate (official 1e-5)", low=0.0, high=1.0),
      Param("keys", str, "official", "official: attention and MLP weights only, other tensors stay θ0; all_2d: "
            "FusionBench's variant, every 2-D tensor, other tensors averaged", choices=tuple(KEYS)),
-     Param("lam", float, 1.0, "scaling α: θ = θ0 + α·τm (official 1, no search)", low=0.0, high=3.0, step=0.05),
+     Param("lam", float, 1.0, "scaling α: θ = θ0 + α·Δ (official 1, no search)", low=0.0, high=3.0, step=0.05),
      tables_param()), run))
