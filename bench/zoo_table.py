@@ -1,8 +1,9 @@
 """The accuracy table of every merge method on a zoo (the README's demo-zoo table).
 
 Protocol of the papers: each method's λ is chosen on the validation split (shared λ by mean normalized
-accuracy; TALL's λt per task), other hyperparameters at their defaults; CALM and AdaMerging learn from the
-unlabeled validation images; every row is then measured once on the test split.  Normalized accuracy =
+accuracy; TALL's λt per task; LiNeS's β, with the method at λ = 1 as the official code), other hyperparameters
+at their defaults; CALM and AdaMerging learn from the unlabeled validation images, PCB + ES searches λt on the
+labeled ones; every row is then measured once on the test split.  Normalized accuracy =
 merged / fine-tuned test accuracy per task.  The time column is the wall time of the row (selection included).
 
     python bench/zoo_table.py                          # the demo zoo, all rows
@@ -23,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from merging.evaluation import Evaluator, evaluate_baselines, evaluate_result  # noqa: E402
-from merging.registry import run_merge  # noqa: E402
-from merging.selection import select  # noqa: E402
+from merging.modifiers.lines import TIES_BETA_GRID  # noqa: E402
+from merging.registry import get_method, run_merge  # noqa: E402
+from merging.selection import select, select_modifier  # noqa: E402
 from merging.zoo import load_zoo  # noqa: E402
 
 # row label → (method, fixed parameters, how to set the rest: "select" on val or "default")
@@ -42,6 +44,10 @@ ROWS = {
     "calm": ("CALM", "calm", {}, "default"),
     # the official lr 1e7 fits ViT-B/32's per-weight gradients; a 0.7 M-parameter model's are far larger
     "calm_lr1e5": ("CALM (lr 1e5)", "calm", {"lr": 1e5}, "default"),
+    "emr": ("EMR-Merging", "emr", {}, "default"),
+    "pcb_es": ("PCB + ES", "pcb_es", {}, "default"),
+    "ta_lines": ("Task Arithmetic + LiNeS", "task_arithmetic", {"lam": 1.0}, "lines"),
+    "ties_lines": ("TIES + LiNeS", "ties", {"lam": 1.0}, "lines"),
 }
 
 
@@ -80,8 +86,13 @@ def main() -> None:
         if how == "select":
             chosen = select(zoo, space, method, fixed, reference=val_reference, evaluator=evaluator)
             result, params = chosen.result, chosen.params
+        elif how == "lines":
+            grid = TIES_BETA_GRID if method == "ties" else None
+            chosen = select_modifier(zoo, space, method, fixed, grid=grid, reference=val_reference,
+                                     evaluator=evaluator)
+            result, params = chosen.result, {**chosen.params, "lines": chosen.modifiers[0][1]}
         else:
-            if method in ("calm", "adamerging") and context is None:
+            if get_method(method).needs_data and context is None:
                 context = zoo.data_context(split="val", device=args.device)
             result = run_merge(space, method, fixed, context=context)
             params = dict(result.params)

@@ -27,6 +27,7 @@ from ..params import Param
 from ..registry import Modifier, register_modifier
 
 BETA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TIES_BETA_GRID = BETA_GRID + (1.1, 1.2, 1.3, 1.4, 1.5)  # the code's arange(0.1, 1.6, 0.1) for TIES
 SINGLE_TASK_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 PARAMS = (
     Param("mode", str, "multi-task", "multi-task: α = ‖Σt τt‖₁/‖δ‖₁/T, β given; single-task: α = alpha, "
