@@ -5,7 +5,8 @@ with peak memory; medians over --repeats.  Same table as bench/merge_bench.py (w
     python bench/emr_lines_bench.py                    # ViT-B/32 visual, T = 8
     python bench/emr_lines_bench.py --tasks 8 20 --device cuda
 
-LiNeS is timed alone: applied to a Task Arithmetic merge (λ = 1) in multi-task mode (β = 0.5).
+LiNeS is timed alone (α from the norms included): applied to a Task Arithmetic merge (λ = 1) in multi-task mode
+(β = 0.5).
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from merging.device import pick_device
 from merging.registry import resolve_modifiers
 
 
+def official_alpha(taus, merged) -> float:
+    """The LiNeS code's multi-task α: ‖Σt τt‖₁ / ‖τm‖₁ / T with .abs().sum()."""
+    return float(taus.sum(0).abs().sum() / merged.abs().sum()) / taus.shape[0]
+
+
 def cases(space):
     """name → (engine call, reference call)."""
     ta = run_merge(space, "task_arithmetic", {"lam": 1.0})
@@ -27,7 +33,7 @@ def cases(space):
     return {
         "emr": (lambda: run_merge(space, "emr"), lambda: ref.emr(space.stack, space.index)),
         "lines": (lambda: lines.apply(space, ta, params),
-                  lambda: ref.lines(ta.delta, space.index, 1 / space.T, 0.5)),
+                  lambda: ref.lines(ta.delta, space.index, official_alpha(space.stack, ta.delta), 0.5)),
     }
 
 

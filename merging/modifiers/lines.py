@@ -45,8 +45,8 @@ def coefficients(space, delta: torch.Tensor, params) -> tuple[float, float]:
         return params["alpha"], 1.0 - params["alpha"]
     if params["mode"] == "manual":
         return params["alpha"], params["beta"]
-    merged = float(delta.abs().sum(dtype=torch.float64))
-    summed = float(space.sum_tau().abs_().sum(dtype=torch.float64))
+    merged = float(torch.linalg.vector_norm(delta, 1))
+    summed = float(torch.linalg.vector_norm(space.sum_tau(), 1))
     return (summed / merged / space.T if merged > 0 else 0.0), params["beta"]
 
 
