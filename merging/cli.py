@@ -4,8 +4,13 @@
     python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
     python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
     python -m merging merge --zoo assets/demo-zoo --method task_arithmetic --set lam=1 --modifier lines beta=0.3
+    python -m merging merge --recipe merged.recipe.yaml --out again.safetensors   # the same tensors
 
-Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.
+Every merge with --out also writes its recipe beside it (OUT with the suffix .recipe.yaml; see merging/recipe.py).
+
+Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.  ``--out``
+is checked before anything is loaded or merged: its folder must exist (it is not created), and it may not be one of
+the inputs (the same file after resolving symlinks, or a hard link to one).
 """
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import check_output_path, clean_stale_temp
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
+from .recipe import RecipeError, load_recipe, make_recipe, verify_inputs, write_recipe
 from .registry import UnknownMethodError, get_method, list_methods, list_modifiers, resolve_modifiers, run_merge
 from .space import CheckpointError, TaskVectorSpace
 
@@ -32,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         source.add_argument("--pretrained", help="pretrained checkpoint θ0")
         source.add_argument("--finetuned", nargs="+", default=[], help="one fine-tuned checkpoint per task")
         source.add_argument("--tasks", nargs="+", help="task names (default: file stems, or all zoo tasks)")
-        cmd.add_argument("--method", required=True, help="merge method (see `methods`)")
+        cmd.add_argument("--method", help="merge method (see `methods`); required without --recipe")
         cmd.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="method parameters")
         cmd.add_argument("--modifier", nargs="+", action="append", default=[], metavar=("MODIFIER", "NAME=VALUE"),
                          help="apply a modifier (see `methods`) with its parameters to the merged vector; "
@@ -40,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
         cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
         if name == "merge":
-            cmd.add_argument("--out", help="output file (safetensors); never overwrites an input")
+            cmd.add_argument("--recipe", help="rerun a recipe file: its method, parameters, modifiers, tasks and "
+                                              "checkpoints (--zoo / --pretrained / --finetuned point at other "
+                                              "copies; their sha256 must match)")
+            cmd.add_argument("--recipe-out", help="where to write this merge's recipe (default: beside --out)")
+            cmd.add_argument("--out", help="output file (safetensors) in an existing folder; never an input")
             cmd.add_argument("--format", choices=("open_clip", "hf", "tall-compressed"),
                              help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
                                   "(default for tall)")
@@ -50,14 +61,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _space(args) -> tuple[TaskVectorSpace, object, list]:
+def _source(args) -> tuple[object, list]:
+    """The zoo (checked from headers, nothing loaded) or None, and every input file: known before any work."""
     if args.zoo:
         from .zoo import load_zoo
 
         zoo = load_zoo(args.zoo)
-        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype), zoo, zoo.inputs()
+        return zoo, zoo.inputs()
     if not args.pretrained or not args.finetuned:
         raise CheckpointError("give --zoo, or --pretrained and at least one --finetuned checkpoint")
+    return None, [args.pretrained, *args.finetuned]
+
+
+def _space(args, zoo) -> TaskVectorSpace:
+    if zoo is not None:
+        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype)
     from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
@@ -71,9 +89,17 @@ def _space(args) -> tuple[TaskVectorSpace, object, list]:
             return checkpoint.visual
         return load
 
-    space = TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
-                                  dtype=args.dtype)
-    return space, None, [args.pretrained, *args.finetuned]
+    return TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
+                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned])
+
+
+def _prepare_output(out: str, inputs: list) -> None:
+    """Refuse a bad ``--out`` before anything is merged; remove temporary files of killed writes beside it."""
+    check_output_path(out, inputs)
+    removed = clean_stale_temp(Path(out).parent)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by killed writes in {Path(out).parent}",
+              file=sys.stderr)
 
 
 def _print(title: str, table: pd.DataFrame) -> None:
@@ -103,10 +129,49 @@ def _modifiers(args) -> list[tuple[str, dict]]:
     return chain
 
 
+def _apply_recipe(args) -> None:
+    """Fill ``args`` from ``--recipe`` (command-line checkpoint paths take precedence over the recipe's)."""
+    if args.method or args.set or args.tasks or args.modifier:
+        raise RecipeError("--recipe fixes the method, parameters, modifiers and tasks: drop --method, --set, "
+                          "--modifier and --tasks")
+    recipe = load_recipe(args.recipe)
+    args.method, args.tasks, args.dtype = recipe.method, recipe.tasks, recipe.dtype
+    if not (args.zoo or args.pretrained):
+        args.zoo = str(recipe.zoo) if recipe.zoo else None
+        args.pretrained = str(recipe.pretrained) if recipe.pretrained else None
+        args.finetuned = [str(recipe.finetuned[t]) for t in recipe.tasks] if recipe.pretrained else []
+    args.recipe_loaded = recipe
+
+
+def _checkpoint_files(space, zoo, args) -> dict[str, str]:
+    """"pretrained" and each task → the checkpoint file the merge read."""
+    if zoo is not None:
+        return {"pretrained": str(zoo.manifest.pretrained),
+                **{t.name: str(t.finetuned) for t in zoo.manifest.tasks if t.name in space.task_names}}
+    return {"pretrained": args.pretrained, **dict(zip(space.task_names, args.finetuned))}
+
+
 def _merge(args) -> None:
+    if args.recipe:
+        _apply_recipe(args)
+    if not args.method:
+        raise ParameterError("--method is required (or give --recipe)")
     method = get_method(args.method)
-    params, modifiers = parse_assignments(args.set), _modifiers(args)
-    space, zoo, inputs = _space(args)
+    if args.recipe:
+        params, modifiers = args.recipe_loaded.params, args.recipe_loaded.modifiers
+    else:
+        params, modifiers = parse_assignments(args.set), _modifiers(args)
+    zoo, inputs = _source(args)
+    if args.eval and zoo is None:
+        raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
+    recipe_out = args.recipe_out or (str(Path(args.out).with_suffix(".recipe.yaml")) if args.out else None)
+    for target in (args.out, recipe_out):
+        if target:
+            _prepare_output(target, [*inputs, *([args.recipe] if args.recipe else [])])
+    space = _space(args, zoo)
+    files = _checkpoint_files(space, zoo, args)
+    if args.recipe:
+        verify_inputs(args.recipe_loaded, list(files.values()))
     result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
                        modifiers=modifiers)
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
@@ -119,9 +184,14 @@ def _merge(args) -> None:
         fmt = args.format or ("tall-compressed" if result.per_task else "open_clip")
         export_merge(args.out, space, result, fmt, inputs=inputs)
         print(f"wrote {args.out} ({fmt})")
+    if recipe_out:
+        recipe = make_recipe(recipe_out, method.name, result.params, space.task_names, files, zoo=args.zoo,
+                             pretrained=None if args.zoo else args.pretrained,
+                             finetuned=None if args.zoo else dict(zip(space.task_names, args.finetuned)),
+                             modifiers=result.modifiers, dtype=args.dtype)
+        write_recipe(recipe_out, recipe)
+        print(f"wrote {recipe_out} (recipe)")
     if args.eval:
-        if zoo is None:
-            raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
         from .evaluation import evaluate_baselines, evaluate_result
 
         base = evaluate_baselines(zoo, space.task_names)
@@ -135,9 +205,12 @@ def _merge(args) -> None:
 def _stats(args) -> None:
     from .maskstats import mask_statistics
 
+    if not args.method:
+        raise ParameterError("--method is required")
     method = get_method(args.method)
     params, modifiers = parse_assignments(args.set), _modifiers(args)
-    space, zoo, _ = _space(args)
+    zoo, _ = _source(args)
+    space = _space(args, zoo)
     result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
                        modifiers=modifiers)
     if not result.masks:
@@ -177,8 +250,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats}[args.command](args)
-    except (CheckpointError, ParameterError, UnknownMethodError, ValueError, KeyError, OSError, Cancelled,
-            RuntimeError) as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+    except (CheckpointError, ParameterError, RecipeError, UnknownMethodError, ValueError, KeyError, OSError,
+            Cancelled, RuntimeError) as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"\nerror: {lines[0]}", file=sys.stderr)
         return 2
     return 0

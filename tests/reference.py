@@ -4,6 +4,8 @@ benchmark (bench/merge_bench.py) can run them at ViT size too."""
 import math
 import re
 
+import numpy as np
+
 import torch
 
 
@@ -38,9 +40,21 @@ def ties(theta0, taus, K, merge, lam):
     return theta0 + lam * ties_merged(taus, K, merge)[0]
 
 
-def dare_dropped(tau, t, p, seed, rescale):
-    g = torch.Generator().manual_seed(seed * 1_000_003 + t)
-    kept = tau * (torch.rand(tau.numel(), generator=g) >= p)
+def dare_keep(n, t, p, seed, generator="philox"):
+    """DARE's keep mask from its definition: per 2^18-entry chunk c, uint32 draws of Philox(key=(seed, t),
+    counter=(0, c, 0, 0)); keep where u ≥ ⌊p·2^32⌋ (or the legacy torch.rand stream)."""
+    if generator == "torch":
+        return torch.rand(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + t)) >= p
+    keep = []
+    for c, start in enumerate(range(0, n, 1 << 18)):
+        bits = np.random.Philox(key=[seed, t], counter=[0, c, 0, 0])
+        u = np.random.Generator(bits).integers(0, 2**32, size=min(1 << 18, n - start), dtype=np.uint32)
+        keep.append(u.astype(np.float64) >= math.floor(p * 2**32))
+    return torch.from_numpy(np.concatenate(keep))
+
+
+def dare_dropped(tau, t, p, seed, rescale, generator="philox"):
+    kept = tau * dare_keep(tau.numel(), t, p, seed, generator)
     if rescale == "l1":
         return kept * (tau.abs().sum() / kept.abs().sum())
     return kept / (1 - p)

@@ -5,23 +5,46 @@ c = Σt mt (TALL masks); m_cons = 1{c ≥ k}; Consensus TA: θ = θ0 + λ (m_con
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ..chunks import map_chunks, use_numpy
 from ..params import Param
 from ..registry import MergeMethod, MergeResult, lam_param, register
 from .tall import BASE, TALL_LAMBDA, TIES_K, multitask_vector, tall_masks
 
 
+def consensus_filter(masks, vector: torch.Tensor, k: int, lam: float) -> int:
+    """In place: vector ← λ · (1{Σt mt ≥ k} ⊙ vector); returns how many entries are kept.  On CPU one chunked
+    pass over the packed masks (no P-sized temporaries)."""
+    if not (use_numpy(masks.packed) and use_numpy(vector)):
+        agreement = torch.zeros(masks.numel, dtype=torch.int32, device=vector.device)
+        for t in range(masks.T):
+            agreement += masks.get(t)
+        keep = agreement >= k
+        vector.masked_fill_(~keep, 0.0).mul_(lam)
+        return int(torch.count_nonzero(keep))
+    packed, values, factor = masks.packed.numpy(), vector.numpy(), np.float32(lam)
+
+    def body(a: int, b: int) -> int:
+        agreement = np.zeros(b - a, dtype=np.uint8 if masks.T < 256 else np.int32)
+        for row in packed:
+            agreement += np.unpackbits(row[a // 8:(b + 7) // 8], count=b - a)
+        drop = agreement < k
+        chunk = values[a:b]
+        chunk[drop] = 0.0
+        chunk *= factor
+        return b - a - int(np.count_nonzero(drop))
+
+    return sum(map_chunks(values.size, body))
+
+
 def run(space, params, progress, context=None) -> MergeResult:
     tau_mtl, trims = multitask_vector(space, params["base"], params["ties_k"], progress.sub(0.0, 0.5))
     masks = tall_masks(space, tau_mtl, params["tall_lambda"], progress.sub(0.5, 0.95))
-    agreement = torch.zeros(space.P, dtype=torch.int32, device=space.device)
-    for t in range(masks.T):
-        agreement += masks.get(t)
-    consensus = agreement >= params["k"]
+    kept = consensus_filter(masks, tau_mtl, params["k"], params["lam"])
     masks_out = {"tall": masks, **({"ties_trim": trims} if trims is not None else {})}
-    return MergeResult("consensus", params, tau_mtl.masked_fill_(~consensus, 0.0).mul_(params["lam"]), masks=masks_out,
-                       info={"consensus_fraction": float(consensus.float().mean())})
+    return MergeResult("consensus", params, tau_mtl, masks=masks_out, info={"consensus_fraction": kept / space.P})
 
 
 METHOD = register(MergeMethod(
