@@ -6,7 +6,8 @@ inter-balancing defaults to pcb_ES.py's Σj tanh(ñt ⊙ ñj), see ``inter``); t
 θ(λ) = θ0 + Σt λt·s_t ⊙ τc,t / max(Σt s_t, 1e-12) is linear in λ, so each candidate costs one weighted sum of
 the T stored terms (memory: one extra (T, P) float32 stack).  nevergrad's NGOpt (``ng.p.Array`` with init 1.0,
 bounds [0.8, 1.3], budget 100, as the code) minimises −(mean over tasks of the top-1 accuracy on the context's
-images); the seed fixes the optimiser's random state, so a run is reproducible.  The result uses the optimiser's
+images; nevergrad 1.0.12's NGOpt delegates to COBYLA for 8 bounded dimensions and budget 100); the seed fixes
+the optimiser's random state, so a run is reproducible.  The result uses the optimiser's
 recommendation (the code's ``recommendation.value``).  Every candidate is a row of the ``search`` table (step,
 λ per task, accuracy, best accuracy so far).  Unlike the other data-driven methods this one needs the labels of
 its (validation) images: the official objective is validation accuracy.
