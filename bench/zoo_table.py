@@ -61,6 +61,12 @@ def _row(label: str, table: pd.DataFrame, seconds: float | None, params: dict | 
     return row
 
 
+def _markdown(row: dict, tasks) -> str:
+    time_cell = "—" if row["seconds"] is None else f"{row['seconds']:.0f} s"
+    cells = [f"{row[t]:.1f}" for t in tasks] + [f"**{row['avg']:.1f}**", f"{row['normalized']:.1f}", time_cell]
+    return f"| {row['method']} | {' | '.join(cells)} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", default=str(Path(__file__).resolve().parents[1] / "assets" / "demo-zoo"))
@@ -98,17 +104,14 @@ def main() -> None:
             params = dict(result.params)
         table = evaluate_result(zoo, space, result, reference=reference, evaluator=evaluator)
         rows.append(_row(label, table, time.perf_counter() - start, params))
-        print(f"{label}: avg {rows[-1]['avg']:.1f}, normalized {rows[-1]['normalized']:.1f} "
-              f"({rows[-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        print(_markdown(rows[-1], zoo.task_names), f"params: {params}", file=sys.stderr, flush=True)
 
     frame = pd.DataFrame(rows)
     tasks = list(zoo.task_names)
     print(f"| method | {' | '.join(tasks)} | avg | normalized | time |")
     print("|" + "---|" * (len(tasks) + 4))
     for row in rows:
-        time_cell = "—" if row["seconds"] is None else f"{row['seconds']:.0f} s"
-        cells = [f"{row[t]:.1f}" for t in tasks] + [f"**{row['avg']:.1f}**", f"{row['normalized']:.1f}", time_cell]
-        print(f"| {row['method']} | {' | '.join(cells)} |")
+        print(_markdown(row, tasks))
     if args.json:
         Path(args.json).write_text(frame.to_json(orient="records", indent=1))
 
