@@ -1,7 +1,9 @@
 """Plotly figures built from the engine's small pandas tables — pure functions, no state, no Gradio.
 
-Agreement c = Σt m_t over T task masks: c = 0 *catastrophic* (active for no task), c = 1 *selfish* (exactly one
-task), c ≥ 2 *general*; the Consensus mask keeps c ≥ k (Wang et al., ICML 2024).  Normalized accuracy is merged
+Agreement c = Σt m_t over T task masks.  For TALL masks (which weights each task needs) c = 0 is *catastrophic*
+(needed by no task), c = 1 *selfish* (exactly one task), c ≥ 2 *general*; the Consensus mask keeps c ≥ k (Wang et
+al., ICML 2024).  Those are TALL notions: for every other mask (TIES trims, DARE drops, PCB, CALM, the weights
+Consensus keeps) c is drawn and labelled as what it is, the number of tasks whose mask keeps the weight.  Normalized accuracy is merged
 accuracy divided by the task's individual fine-tuned accuracy (Ilharco et al., ICLR 2023).
 
 The browser side is the plotly.js 3 bundled with Gradio while Python plotly 7 targets plotly.js 4, so the figures
@@ -16,6 +18,10 @@ import plotly.graph_objects as go
 
 CLASS_COLORS = {"catastrophic": "#d62728", "selfish": "#ff7f0e", "general": "#2ca02c"}
 MODEL_ORDER = ("pretrained", "individual", "merged", "TALL-reconstructed", "EMR-reconstructed")
+KEPT_COLOR = "#1f77b4"
+TALL_KINDS = ("tall",)  # mask kinds whose agreement classes mean catastrophic / selfish / general
+THRESHOLD_KINDS = ("tall", "consensus_keep")  # mask kinds whose agreement the consensus k thresholds
+KEPT_LABELS = {"catastrophic": "kept by no task", "selfish": "kept by one task", "general": "kept by 2+ tasks"}
 MODEL_COLORS = {"pretrained": "#9e9e9e", "individual": "#1f77b4", "merged": "#2ca02c",
                 "TALL-reconstructed": "#9467bd", "EMR-reconstructed": "#8c564b"}
 ORDINAL_COLUMNS = ("stage", "step", "iteration", "epoch", "round")
@@ -26,6 +32,11 @@ TEMPLATE = {"layout": {"font": {"family": "sans-serif", "size": 12, "color": "#3
                        "plot_bgcolor": "white", "xaxis": _AXIS, "yaxis": _AXIS, "hovermode": "closest",
                        "colorway": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                                     "#7f7f7f", "#bcbd22", "#17becf"]}}
+
+
+def class_label(kind: str, name: str) -> str:
+    """An agreement class as a ``kind`` mask means it: the TALL class name, else "kept by …"."""
+    return name if kind in TALL_KINDS else KEPT_LABELS.get(name, name)
 
 
 def _figure(*traces) -> go.Figure:
@@ -55,37 +66,42 @@ def warm_up() -> None:
     _figure(go.Bar(x=[0], y=[0]), go.Heatmap(z=[[0]]), go.Scatter(x=[0], y=[0])).to_json()
 
 
-def agreement_histogram(histogram: pd.DataFrame, k: int | None = None, title: str = "") -> go.Figure:
-    """Bars of the fraction of weights with agreement c = 0..T, coloured by class; the consensus threshold k
-    (weights with c < k are removed) as a dashed line at c = k − ½."""
+def agreement_histogram(histogram: pd.DataFrame, k: int | None = None, title: str = "",
+                        tall: bool = True) -> go.Figure:
+    """Bars of the fraction of weights with agreement c = 0..T: for TALL masks (``tall``) coloured by class,
+    otherwise one series "kept by c tasks"; the consensus threshold k (weights with c < k are removed) as a
+    dashed line at c = k − ½."""
     fig = _figure()
-    for name, group in histogram.groupby("class", sort=False):
+    groups = histogram.groupby("class", sort=False) if tall else [("weights kept by c tasks", histogram)]
+    for name, group in groups:
         fig.add_trace(go.Bar(x=group["c"], y=100 * group["fraction"], name=str(name),
-                             marker_color=CLASS_COLORS.get(str(name)), customdata=group["count"],
-                             hovertemplate="c = %{x}<br>%{y:.2f}% of weights (%{customdata:,})<extra>%{fullData.name}"
-                                           "</extra>"))
+                             marker_color=CLASS_COLORS.get(str(name), KEPT_COLOR), customdata=group["count"],
+                             hovertemplate=("c = %{x}" if tall else "kept by %{x} tasks") +
+                             "<br>%{y:.2f}% of weights (%{customdata:,})<extra>%{fullData.name}</extra>"))
     if k is not None:
         fig.add_shape(type="line", x0=k - 0.5, x1=k - 0.5, y0=0, y1=1, xref="x", yref="paper",
                       line={"color": "black", "dash": "dash", "width": 2})
         fig.add_annotation(x=k - 0.5, y=1, xref="x", yref="paper", yanchor="bottom", showarrow=False,
                            text=f"consensus k = {k}: keep c ≥ {k}")
     fig.update_xaxes(dtick=1)
-    return _styled(fig, title or "How many tasks use each weight (agreement c)", "agreement c (number of tasks)",
-                   "% of weights")
+    return _styled(fig, title or "How many tasks use each weight (agreement c)",
+                   "agreement c (number of tasks)" if tall else "kept by c tasks", "% of weights")
 
 
-def layer_heatmap(by_layer: pd.DataFrame, title: str = "") -> go.Figure:
-    """Layer × agreement c heatmap of the fraction of the layer's weights with that agreement."""
+def layer_heatmap(by_layer: pd.DataFrame, title: str = "", tall: bool = True) -> go.Figure:
+    """Layer × agreement c heatmap of the fraction of the layer's weights with that agreement (columns named
+    by TALL class for TALL masks, else "kept by c")."""
     table = by_layer.pivot_table(index="layer", columns="c", values="fraction", observed=True, sort=False)
     classes = by_layer.drop_duplicates("c").set_index("c")["class"]
-    labels = [f"{c}<br>{classes[c]}" if classes[c] != "general" else str(c) for c in table.columns]
+    labels = [f"{c}<br>{classes[c]}" if tall and classes[c] != "general" else str(c) if tall else f"kept by {c}"
+              for c in table.columns]
     fig = _figure(go.Heatmap(z=100 * table.to_numpy(), x=labels, y=[str(v) for v in table.index],
                                colorscale="Viridis", zmin=0, colorbar={"title": {"text": "%"}},
                                hovertemplate="%{y}, c = %{x}: %{z:.2f}% of the layer<extra></extra>"))
     fig.update_xaxes(type="category")
     fig.update_yaxes(autorange="reversed", type="category")
-    return _styled(fig, title or "Agreement classes per layer", "agreement c", "layer",
-                   height=max(320, 26 * len(table) + 120))
+    return _styled(fig, title or "Agreement classes per layer", "agreement c" if tall else "kept by c tasks",
+                   "layer", height=max(320, 26 * len(table) + 120))
 
 
 def jaccard_heatmap(jaccard: pd.DataFrame, title: str = "") -> go.Figure:
@@ -175,6 +191,25 @@ def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
         fig.update_xaxes(dtick=1)  # integer parameters such as the consensus k
     label = "average normalized accuracy (%)" if value_col == "normalized" else "average accuracy (%)"
     return _styled(fig, title or f"Sweep over {params}", params, label)
+
+
+def parallel_coordinates(points: pd.DataFrame, title: str = "Parameters vs mean accuracy") -> go.Figure:
+    """One line per run across the numeric parameters every run has (and the method, as a coded axis), coloured
+    and ended by the run's mean accuracy (``points``: run, method, numeric parameter columns, "mean accuracy %")."""
+    score = "mean accuracy %"
+    methods = list(dict.fromkeys(points["method"]))
+    dims = [{"label": "method", "values": [methods.index(m) for m in points["method"]],
+             "tickvals": list(range(len(methods))), "ticktext": methods}] if len(methods) > 1 else []
+    for column in points.columns:
+        if column in ("run", "method", score) or not pd.api.types.is_numeric_dtype(points[column]) \
+                or points[column].isna().any():  # a parameter some runs do not have would be drawn as a value
+            continue
+        dims.append({"label": str(column), "values": points[column]})
+    accuracy = points[score].fillna(0)
+    dims.append({"label": score, "values": accuracy})
+    fig = _figure(go.Parcoords(dimensions=dims, line={"color": accuracy, "colorscale": "Viridis",
+                                                      "showscale": True, "colorbar": {"title": {"text": "%"}}}))
+    return _styled(fig, title)
 
 
 def sign_conflict_bars(table: pd.DataFrame, title: str = "") -> go.Figure:
@@ -306,10 +341,13 @@ def run_figures(stats: Mapping[str, object], tables: Mapping[str, pd.DataFrame],
         ("histogram", "layers", "jaccard", "density", "accuracy", "normalized"))
     if stats:
         kind = mask_kind if mask_kind in stats else next(iter(stats))
-        chosen = stats[kind]
+        chosen, tall = stats[kind], kind in TALL_KINDS
         suffix = f" · {kind}"
-        figures["histogram"] = agreement_histogram(chosen.histogram, k, "Tasks using each weight" + suffix)
-        figures["layers"] = layer_heatmap(chosen.by_layer, "Agreement per layer" + suffix)
+        figures["histogram"] = agreement_histogram(
+            chosen.histogram, k if kind in THRESHOLD_KINDS else None,
+            ("Tasks using each weight" if tall else "Tasks whose mask keeps each weight") + suffix, tall)
+        figures["layers"] = layer_heatmap(chosen.by_layer, ("Agreement per layer" if tall else "Kept by c tasks, "
+                                                            "per layer") + suffix, tall)
         figures["jaccard"] = jaccard_heatmap(chosen.jaccard, "Mask overlap (Jaccard)" + suffix)
         figures["density"] = density_bars(chosen.density, "Mask density" + suffix)
     if accuracy is not None and not accuracy.empty:
@@ -319,3 +357,6 @@ def run_figures(stats: Mapping[str, object], tables: Mapping[str, pd.DataFrame],
     for name, table in tables.items():
         figures[f"table:{name}"] = method_table_figure(name, table)
     return figures
+
+
+from . import spectral_figures  # noqa: E402,F401  (registers the SVD family figures in DEDICATED)

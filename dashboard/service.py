@@ -8,8 +8,10 @@ open_clip, the engine) happen on first use so the page is up before they are nee
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -17,11 +19,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from merging.params import applicable
 from merging.progress import as_progress
+from merging.roots import RootError, Roots
 
 from . import figures
 from .history import History, RunRecord, plain
@@ -48,6 +52,15 @@ class Settings:
     upload_limit: int = 2 << 30  # bytes per upload
     keep_results: int = 8  # merge results (P-sized deltas and masks) held in memory
     keep_zoos: int = 3
+    zoo_roots: Sequence[Path] = ()  # folders zoos may be opened from (default: <data_dir>/zoos)
+    jobs_per_session: int = 2  # queued or running jobs one session may have
+
+
+def zoos_folder(data_dir: Path) -> Path:
+    """``<data_dir>/zoos``: where an operator puts zoos for visitors to open (a default zoo root)."""
+    folder = Path(data_dir) / "zoos"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @dataclass
@@ -59,6 +72,8 @@ class ZooEntry:
     zoo: Any
     fingerprint: str
     space: "TaskVectorSpace | None" = None
+    owner: str = ""  # "" = a zoo from the roots, shared; else the session that uploaded it
+    label: str = ""  # the path as users see it (relative to a zoo root)
     baselines: pd.DataFrame | None = None  # task, pretrained, individual (test split)
     _evaluator: Any = None
     _reference: dict = field(default_factory=dict)
@@ -165,7 +180,9 @@ class Service:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.roots = Roots(settings.zoo_roots or [zoos_folder(self.data_dir)])
         self.history = history or History(self.data_dir / "history.sqlite")
+        self._secret = _secret(self.data_dir / "secret.key")
         self._zoos: OrderedDict[str, ZooEntry] = OrderedDict()
         self._runs: OrderedDict[int, RunView] = OrderedDict()
         self._lock = threading.RLock()
@@ -177,18 +194,34 @@ class Service:
         return pick_device(self.settings.device)
 
     # ---------------------------------------------------------------- zoos
-    def load_zoo(self, path: str | Path, progress=None, architecture=None) -> ZooEntry:
-        """Load (or reuse) the zoo at ``path`` and build its task-vector space on the device.  ``architecture``
-        is used for a folder without a manifest whose architecture cannot be read from the weights."""
+    def load_zoo(self, path: str | Path, progress=None) -> ZooEntry:
+        """Load (or reuse) the zoo at ``path`` — a folder or manifest inside the zoo roots, shared by every
+        session — and build its task-vector space on the device.  Every path its manifest references must lie
+        inside the roots; messages name paths relative to a root."""
+        from merging.manifest import find_manifest
+        try:
+            found = self.roots.resolve(str(path))
+            self.roots.check_manifest(found)
+            if found.is_dir() and find_manifest(found) is None:
+                self.roots.check_tree(found)
+        except RootError as exc:
+            raise UserError(str(exc)) from None
+        return self._load(found, progress, self.roots, self.roots.redact, label=self.roots.display(found))
+
+    def _load(self, path: Path, progress, roots: Roots, redact: Callable[[str], str], owner: str = "",
+              architecture=None, label: str = "") -> ZooEntry:
+        """``architecture`` is used for a folder without a manifest whose architecture cannot be read from the
+        weights; every error is one line passed through ``redact`` (no server paths)."""
         progress = as_progress(progress)
-        path = Path(str(path).strip()).expanduser()
-        if not str(path).strip() or not path.exists():
-            raise UserError(f"no zoo at {str(path)!r}: give a zoo folder or a zoo.json manifest path")
         with self._lock:
             gate = self._loading.setdefault(str(path.resolve()), threading.Lock())
         with gate:  # two sessions loading the same zoo build its space once
             progress(0.0, "reading the zoo manifest")
-            zoo = _open_zoo(path, architecture)
+            try:
+                zoo = _open_zoo(path, architecture)
+                roots.check_zoo(zoo)
+            except ValueError as exc:  # ManifestError, CheckpointError, RootError
+                raise UserError(redact(str(exc))) from None
             key = fingerprint(zoo)
             with self._lock:
                 entry = self._zoos.get(key)
@@ -196,7 +229,7 @@ class Service:
                     self._zoos.move_to_end(key)
                     return entry
             space = zoo.build_space(device=self.device, progress=progress.sub(0.05, 1.0))
-            entry = ZooEntry(key, path.resolve(), zoo, key, space)
+            entry = ZooEntry(key, path.resolve(), zoo, key, space, owner, label)
             with self._lock:
                 self._zoos[key] = entry
                 while len(self._zoos) > self.settings.keep_zoos:
@@ -204,25 +237,27 @@ class Service:
             return entry
 
     def load_uploads(self, files: Iterable[str | Path], session: str, like: str | None = None,
-                     progress=None) -> ZooEntry:
+                     progress=None, move: bool = False) -> ZooEntry:
         """A zoo from uploaded safetensors (see :meth:`save_uploads`); the architecture is read from the weights,
         or taken from the loaded zoo ``like`` when the weights match no open_clip model."""
-        folder = self.save_uploads(files, session)
+        folder = self.save_uploads(files, session, move)
         architecture = None
         if like:
             with self._lock:
                 entry = self._zoos.get(like)
             architecture = entry.zoo.architecture if entry is not None else None
-        try:
-            return self.load_zoo(folder, progress, architecture)
-        except ValueError as exc:  # CheckpointError / ManifestError: name the uploaded file, not our copy
-            raise UserError(str(exc).replace(str(folder.resolve()) + "/", "").replace(str(folder) + "/", "")) \
-                from None
+        here = folder.resolve()
 
-    def zoo(self, zoo_id: str) -> ZooEntry:
+        def redact(message: str) -> str:  # name the uploaded file, not our copy
+            return message.replace(str(here) + "/", "").replace(str(folder) + "/", "").replace(str(here), "upload")
+
+        return self._load(folder, progress, Roots([folder]), redact, session, architecture, "upload")
+
+    def zoo(self, zoo_id: str, owner: str | None = None) -> ZooEntry:
+        """A loaded zoo; with ``owner``, only a shared one or the owner's own upload."""
         with self._lock:
             entry = self._zoos.get(zoo_id or "")
-        if entry is None:
+        if entry is None or (owner is not None and entry.owner not in ("", owner)):
             raise UserError("no zoo is loaded (or it was unloaded to free memory): load a zoo first")
         return entry
 
@@ -250,6 +285,7 @@ class Service:
         note = f"\n\nNo head or {SPLIT} data for {', '.join(missing)}: merged and analysed, not evaluated." \
             if missing else ""
         report = "\n".join(f"- {line}" for line in getattr(entry.zoo, "report", []))
+        report = report.replace(str(entry.path), entry.label or entry.name)  # no server paths
         return (f"**{entry.name}** — {len(entry.zoo.task_names)} tasks, architecture "
                 f"`{entry.zoo.architecture.name}`, {size}, device `{space.device if space else self.device}`."
                 + note + (f"\n\n{report}" if report else ""))
@@ -278,6 +314,17 @@ class Service:
         entry.baselines = table
         return table
 
+    def cached_baselines(self, record) -> pd.DataFrame | None:
+        """The pretrained and individual test accuracies cached for ``record``'s zoo (None when not evaluated)."""
+        if record is None:
+            return None
+        cached = {m: self.history.baseline(record.zoo_hash, SPLIT, m) for m in ("pretrained", "individual")}
+        if any(c is None for c in cached.values()):
+            return None
+        tasks = [t for t in record.tasks if t in cached["pretrained"] and t in cached["individual"]]
+        return pd.DataFrame({"task": tasks, "pretrained": [cached["pretrained"][t] for t in tasks],
+                             "individual": [cached["individual"][t] for t in tasks]})
+
     # ---------------------------------------------------------------- merging
     @staticmethod
     def methods() -> list:
@@ -299,14 +346,15 @@ class Service:
         return entry.zoo.data_context(tasks, split=splits[0], device=self.device)
 
     def merge(self, zoo_id: str, method: str, params: Mapping[str, Any] | None = None,
-              tasks: Sequence[str] | None = None, progress=None) -> RunView:
-        """Merge, compute mask statistics, evaluate on the test split, record the run in the history."""
+              tasks: Sequence[str] | None = None, progress=None, owner: str = "") -> RunView:
+        """Merge, compute mask statistics, evaluate on the test split, record the run in the history as
+        ``owner``'s ("" = shared) with only the parameters that apply."""
         from merging.evaluation import evaluate_result
         from merging.maskstats import mask_statistics
         from merging.registry import get_method, run_merge
 
         progress = as_progress(progress)
-        entry = self.zoo(zoo_id)
+        entry = self.zoo(zoo_id, owner)
         spec = get_method(method)
         space = self._space(entry, tasks)
         context = self._context(entry, spec, space.task_names)
@@ -323,11 +371,12 @@ class Service:
                 merged = evaluate_result(entry.zoo, space, result, evaluable, SPLIT, reference=reference,
                                          evaluator=entry.evaluator(space.device), progress=progress.sub(0.6, 0.98))
         eval_seconds = time.perf_counter() - start
-        record = RunRecord(zoo=entry.name, zoo_hash=entry.fingerprint, method=spec.name, params=plain(result.params),
+        record = RunRecord(zoo=entry.name, zoo_hash=entry.fingerprint, method=spec.name,
+                           params=plain(applicable(spec.params, result.params)),
                            tasks=list(space.task_names), accuracy=dict(zip(merged["task"], merged["accuracy"])),
                            normalized=dict(zip(merged["task"], merged["normalized"])),
                            statistics=self._statistics(stats, result), seconds=result.seconds,
-                           eval_seconds=eval_seconds, device=result.device, zoo_path=str(entry.path))
+                           eval_seconds=eval_seconds, device=result.device, zoo_path=entry.label, owner=owner)
         self.history.add(record)
         label = RECONSTRUCTED.get(spec.name, "reconstructed") if result.per_task else "merged"
         view = RunView(record, stats, dict(result.tables), self._accuracy_table(baselines, merged, label),
@@ -341,7 +390,9 @@ class Service:
 
     @staticmethod
     def _statistics(stats: Mapping, result) -> dict:
-        summary = {"masks": {kind: s.class_fractions() for kind, s in stats.items()},
+        masks = {kind: {figures.class_label(kind, name): value for name, value in s.class_fractions().items()}
+                 for kind, s in stats.items()}  # "catastrophic" etc. only for TALL masks
+        summary = {"masks": masks,
                    "density": {kind: float(s.density["density"].mean()) for kind, s in stats.items()}}
         summary.update({k: v for k, v in result.info.items() if isinstance(v, (int, float))})
         return plain(summary)
@@ -360,9 +411,11 @@ class Service:
             return pd.DataFrame(columns=["task", "model", "accuracy"])
         return pd.concat(frames, ignore_index=True)
 
-    def run(self, run_id: int) -> RunView:
+    def run(self, run_id: int, owner: str | None = None) -> RunView:
         with self._lock:
             view = self._runs.get(int(run_id))
+        if view is not None and owner is not None and view.record.owner not in ("", owner):
+            raise UserError(f"run #{run_id} is not in the history")
         if view is None:
             raise UserError(f"run #{run_id} is no longer in memory; its numbers are in the history")
         return view
@@ -370,7 +423,7 @@ class Service:
     # ---------------------------------------------------------------- sweeps
     def sweep(self, zoo_id: str, method: str, param: str, values: Sequence[Any] | None = None,
               params: Mapping[str, Any] | None = None, tasks: Sequence[str] | None = None,
-              progress=None) -> pd.DataFrame:
+              progress=None, owner: str = "") -> pd.DataFrame:
         """Average held-out accuracy over ``values`` of one hyperparameter (default: its paper grid); a long table
         method, param, value, task, accuracy, normalized.  Shared λ goes through :func:`merging.selection.select`
         (normalized by the fine-tuned models' accuracy on the same split)."""
@@ -378,7 +431,7 @@ class Service:
         from merging.registry import get_method, run_merge
 
         progress = as_progress(progress)
-        entry = self.zoo(zoo_id)
+        entry = self.zoo(zoo_id, owner)
         spec = get_method(method)
         names = [p.name for p in spec.params]
         if param not in names:
@@ -412,8 +465,13 @@ class Service:
         return table[["method", "param", "value", "task", "split", "accuracy", "normalized"]]
 
     # ---------------------------------------------------------------- files
+    def session_key(self, session: str) -> str:
+        """A session's folder name: a keyed hash, so neither a folder name nor a path reveals the session."""
+        return hmac.new(self._secret, str(session).encode(), hashlib.sha256).hexdigest()[:32]
+
     def session_dir(self, session: str) -> Path:
-        folder = self.data_dir / "sessions" / safe_name(session or "anonymous")
+        """The session's private folder (uploads; exports made outside the app); never served over HTTP."""
+        folder = self.data_dir / "sessions" / self.session_key(session)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -427,9 +485,10 @@ class Service:
             shutil.rmtree(folder, ignore_errors=True)
         return old
 
-    def save_uploads(self, files: Iterable[str | Path], session: str) -> Path:
-        """Copy uploaded safetensors into a fresh zoo folder: ``pretrained*`` → pretrained.safetensors, every
-        other file → finetuned/<name>.safetensors (a manifest is then inferred)."""
+    def save_uploads(self, files: Iterable[str | Path], session: str, move: bool = False) -> Path:
+        """Copy (``move``: move, so the web server's upload copy is not kept too) uploaded safetensors into a
+        fresh zoo folder in the session's folder: ``pretrained*`` → pretrained.safetensors, every other file →
+        finetuned/<name>.safetensors (a manifest is then inferred)."""
         files = [Path(f) for f in files or []]
         if not files:
             raise UserError("no files uploaded")
@@ -453,17 +512,22 @@ class Service:
         for f in files:
             target = folder / "pretrained.safetensors" if f in pretrained else \
                 folder / "finetuned" / (safe_name(f.stem) + ".safetensors")
-            shutil.copyfile(f, target)
+            if move:
+                shutil.move(f, target)
+            else:
+                shutil.copyfile(f, target)
         return folder
 
-    def export_checkpoint(self, run_id: int, fmt: str, session: str, task: str | None = None) -> Path:
-        """Write the merged model (or one task's TALL reconstruction, or the TALL compressed form) into the
-        session's output folder, atomically, never over a zoo input."""
+    def export_checkpoint(self, run_id: int, fmt: str, session: str, task: str | None = None,
+                          folder: Path | None = None) -> Path:
+        """Write the merged model (or one task's TALL reconstruction, or the TALL compressed form) of one of
+        ``session``'s runs (or a shared run) into ``folder`` (default: the session's exports), atomically, never over
+        a zoo input."""
         from merging.checkpoints import export_merge
 
         if fmt not in CHECKPOINT_FORMATS:
             raise UserError(f"unknown checkpoint format {fmt!r}; choose {', '.join(CHECKPOINT_FORMATS)}")
-        result, space, record = self._result_for(run_id)
+        result, space, record = self._result_for(run_id, session)
         row = None
         if task:
             if task not in space.task_names:
@@ -473,24 +537,24 @@ class Service:
             raise UserError(f"{record.method} serves one model per task: pick a task, or download the compressed "
                             f"TALL form")
         name = f"run{run_id}-{record.method}" + (f"-{safe_name(task)}" if task else "")
-        target = self.session_dir(session) / "exports" / (name + CHECKPOINT_FORMATS[fmt])
+        target = Path(folder or self.session_dir(session) / "exports") / (name + CHECKPOINT_FORMATS[fmt])
         zoo = self._zoos.get(record.zoo_hash)
         export_merge(target, space, result, fmt, inputs=zoo.zoo.inputs() if zoo else (), task=row)
         return target
 
-    def _result_for(self, run_id: int):
-        """(result, space, record) of a run: cached, or merged again from the recorded parameters (methods are
-        deterministic given their seeds) when it was dropped from memory."""
+    def _result_for(self, run_id: int, viewer: str):
+        """(result, space, record) of a run ``viewer`` may see: cached, or merged again from the recorded
+        parameters (methods are deterministic given their seeds) when it was dropped from memory."""
         from merging.registry import get_method, run_merge
 
+        record = self.history.get(run_id, viewer)
         with self._lock:
             view = self._runs.get(int(run_id))
         if view is not None:
             return view.result, view.space, view.record
-        record = self.history.get(run_id)
         with self._lock:
             entry = self._zoos.get(record.zoo_hash)
-        if entry is None:
+        if entry is None or entry.owner not in ("", viewer):
             raise UserError(f"run #{run_id} was made on zoo {record.zoo!r}, which is not loaded now: load "
                             f"{record.zoo_path or 'it'} again to download its checkpoint")
         spec = get_method(record.method)
@@ -498,9 +562,25 @@ class Service:
         result = run_merge(space, spec, record.params, None, self._context(entry, spec, space.task_names))
         return result, space, record
 
-    def export_results(self, run_ids: Sequence[int] | None, fmt: str, session: str) -> Path:
+    def export_results(self, run_ids: Sequence[int] | None, fmt: str, session: str,
+                       folder: Path | None = None) -> Path:
+        """The runs ``session`` may see (shared and its own; or ``run_ids`` among them) as CSV or JSON."""
         if fmt not in ("csv", "json"):
             raise UserError(f"results export format must be csv or json, got {fmt!r}")
         ids = list(run_ids) if run_ids else None
         name = "runs" if ids is None else "runs-" + "-".join(map(str, ids[:5]))
-        return self.history.export(self.session_dir(session) / "exports" / f"{name}.{fmt}", ids)
+        target = Path(folder or self.session_dir(session) / "exports") / f"{name}.{fmt}"
+        return self.history.export(target, ids, viewer=session)
+
+
+def _secret(path: Path) -> bytes:
+    """The app's secret key (created once, readable by its owner only)."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        key = secrets.token_bytes(32)
+        from merging.atomic import atomic_path
+        with atomic_path(path) as tmp:
+            tmp.write_text(key.hex())
+            tmp.chmod(0o600)
+        return key

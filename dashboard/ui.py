@@ -7,8 +7,11 @@ background job (:mod:`dashboard.jobs`): the event handler follows the job and mi
 """
 from __future__ import annotations
 
+import html
 import json
+import secrets
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,8 +19,8 @@ import gradio as gr
 
 from . import figures, guide
 from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
-from .service import Service, Settings
-from .widgets import build_panel, collect_params, explain, method_choices, per_task_table
+from .service import Service, Settings, zoos_folder
+from .widgets import HIDDEN, build_panel, collect_params, explain, method_choices, per_task_table
 
 MASK_PLOTS = ("histogram", "layers", "jaccard", "density")
 PLOTS = MASK_PLOTS + ("accuracy", "normalized")
@@ -27,11 +30,58 @@ CSS = """
 #status {min-height: 2em}
 .progress-slot {min-height: 4em}
 .gradio-container {max-width: 1500px !important}
-"""
+.drag-only input[type=number], .drag-only button {display: none !important}
+.%s {display: none !important}
+""" % HIDDEN
+NO_SESSION = ("this action needs a session: use the web page or gradio_client (a bare REST call must send a "
+              "session_hash, so that its job has an owner who can cancel it)")
 
 
 class Stopped(Exception):
     """The job was cancelled by the user."""
+
+
+def escape(text: Any) -> str:
+    """``text`` for a toast or Markdown: HTML special characters shown literally, never rendered."""
+    return html.escape(str(text), quote=False)
+
+
+def error(message: Any) -> gr.Error:
+    """A toast with ``message`` shown literally (Gradio renders error messages as HTML)."""
+    return gr.Error(escape(message), duration=None, title="mergescope", print_exception=False)
+
+
+def owner(request: gr.Request | None) -> str:
+    """Who a request acts for: the login name when the app has a login, else the browser session; refused
+    without either (a job nobody could cancel)."""
+    username = getattr(request, "username", None)
+    if username:
+        return f"user:{username}"
+    session = getattr(request, "session_hash", None)
+    if not session or not _sent_session(request):
+        raise error(NO_SESSION)
+    return f"session:{session}"
+
+
+def _sent_session(request: gr.Request) -> bool:
+    """False for a bare REST call (``/call/<api>`` whose body has no session_hash): Gradio then makes one up
+    from the event id, which the caller never learns, so it could neither cancel the job nor be held to the
+    per-session limit."""
+    raw = getattr(request, "request", None)
+    if raw is None or "/call/" not in raw.url.path:
+        return True  # the page and gradio_client join the queue with their session
+    try:
+        return bool(json.loads(getattr(raw, "_body", b"") or b"{}").get("session_hash"))
+    except ValueError:
+        return False
+
+
+def run_id(value: Any, field: str) -> int:
+    """A run number typed or picked in ``field``; a clean message otherwise."""
+    text = str(value if value is not None else "").strip().lstrip("#")
+    if not text.isdigit():
+        raise error(f"{field}: a run number such as 12 is expected, got {str(value)!r}")
+    return int(text)
 
 
 class Dashboard:
@@ -40,6 +90,7 @@ class Dashboard:
         self.methods = service.methods()
         self._shared: dict[tuple, Job] = {}
         self._shared_lock = threading.Lock()
+        self.downloads: Path | None = None  # set by create_app: under Gradio's cache, served only by exact URL
 
     # ---------------------------------------------------------------- jobs
     def shared(self, key: tuple, fn: Callable) -> Job:
@@ -71,18 +122,31 @@ class Dashboard:
             return job.result
         if job.state == CANCELLED:
             raise Stopped(job.error)
-        raise gr.Error(job.error, duration=None, title="mergescope")
+        raise error(job.error)
 
     def submit(self, fn: Callable, request: gr.Request | None, label: str, progress) -> Any:
-        return self.follow(self.jobs.submit(fn, owner=_session(request), label=label), progress)
+        """Run ``fn`` as a job owned by the request's session (at most ``jobs_per_session`` at once)."""
+        who, limit = owner(request), self.service.settings.jobs_per_session
+        with self._shared_lock:
+            if len(self.jobs.active(who)) >= limit:
+                raise error(f"you already have {limit} job{'s' if limit != 1 else ''} running or queued: wait for "
+                            "one to finish or press Cancel")
+            job = self.jobs.submit(fn, owner=who, label=label)
+        return self.follow(job, progress)
+
+    def download_folder(self) -> Path:
+        """A fresh folder with an unguessable name under Gradio's cache: a file there is served to whoever has
+        its exact URL (only the session that asked for it); folders are never listed."""
+        return Path(self.downloads) / secrets.token_urlsafe(24)
 
     # ---------------------------------------------------------------- load
     def load_outputs(self, entry) -> list:
         tasks = entry.zoo.task_names
         tables = [per_task_table(w.param, tasks) for p in self.panels.values() for w in p.widgets if w.table]
-        return [entry.id, self.service.zoo_summary(entry), self.service.zoo_table(entry),
+        return [entry.id, escape(self.service.zoo_summary(entry)), self.service.zoo_table(entry),
                 gr.update(choices=tasks, value=tasks), *tables,
-                f"Loaded **{entry.name}**. Baselines are evaluated in the background; pick a method and press Merge."]
+                f"Loaded **{escape(entry.name)}**. Baselines are evaluated in the background; pick a method and "
+                "press Merge."]
 
     def default_load(self) -> Job | None:
         """The (shared) job loading the default zoo."""
@@ -103,15 +167,18 @@ class Dashboard:
         return self.load_outputs(self.follow(job, progress))
 
     def on_load(self, source: str, path: str, files, zoo_id: str, request: gr.Request, progress=gr.Progress()):
-        """Load the demo zoo, a server-side folder/manifest, or uploaded safetensors."""
+        """Load the demo zoo, a folder/manifest inside the zoo roots, or uploaded safetensors (moved out of
+        Gradio's upload folder into the session's own, so they are stored once)."""
+        who = owner(request)
         if source == "upload":
             paths = [getattr(f, "name", f) for f in files or []]
-            entry = self.submit(lambda p: self.service.load_uploads(paths, _session(request), zoo_id or None, p),
+            entry = self.submit(lambda p: self.service.load_uploads(paths, who, zoo_id or None, p, move=True),
                                 request, "load upload", progress)
         else:
             path = self.default_zoo if source == "demo" else path
             if not path:
-                raise gr.Error("give a zoo folder or a zoo.json manifest path", title="mergescope")
+                raise error(f"zoo path: give a zoo folder or zoo.json inside the zoo roots "
+                            f"({self.service.roots.describe()})")
             entry = self.submit(lambda p: self.service.load_zoo(path, p), request, "load zoo", progress)
         return self.load_outputs(entry)
 
@@ -134,47 +201,50 @@ class Dashboard:
         return [explain(spec)] + [gr.update(visible=name == method) for name in self.panels]
 
     def on_collect(self, method: str, tasks: list[str], *values):
-        """Widget values of the chosen method → parameter JSON (validated by the merge)."""
+        """Widget values of the chosen method only → its applicable parameters, validated, as JSON."""
         if method not in self.panels:
-            raise gr.Error(f"unknown merge method {method!r}", title="mergescope")
+            raise error(f"merge method: unknown method {method!r}")
+        if not tasks:
+            raise error("tasks to merge: tick at least one task")
         start = 0
         for name, panel in self.panels.items():
             count = len(panel.components())
             if name == method:
                 try:
-                    params = collect_params(panel, values[start:start + count], tasks or [])
+                    params = collect_params(panel, values[start:start + count], tasks)
                 except ValueError as exc:
-                    raise gr.Error(str(exc), title="mergescope") from None
+                    raise error(exc) from None
                 return json.dumps(params), "Working… (progress under the Merge button)"
             start += count
 
     def on_merge(self, zoo_id: str, method: str, params_json: str, tasks: list[str], request: gr.Request,
                  progress=gr.Progress()):
         """Run a merge as a background job; show its figures and record it."""
+        who = owner(request)
         try:
             params = json.loads(params_json or "{}")
         except json.JSONDecodeError as exc:
-            raise gr.Error(f"parameters are not valid JSON: {exc}", title="mergescope") from None
+            raise error(f"parameters: not valid JSON: {exc}") from None
         if not isinstance(params, dict):
-            raise gr.Error("parameters must be a JSON object such as {\"lam\": 0.3}", title="mergescope")
+            raise error("parameters: must be a JSON object such as {\"lam\": 0.3}")
         try:
             zoo_id = self.current_zoo(zoo_id, progress)
-            view = self.submit(lambda p: self.service.merge(zoo_id, method, params, tasks or None, p), request,
+            view = self.submit(lambda p: self.service.merge(zoo_id, method, params, tasks or None, p, who), request,
                                f"merge {method}", progress)
         except Stopped as stop:
-            return [gr.skip()] * (len(self.run_targets) - 1) + [f"**Cancelled** ({stop}). Nothing was recorded."]
-        return self.run_outputs(view) + [f"Run #{view.id} done."]
+            return [gr.skip()] * (len(self.run_targets) - 1) + [f"**Cancelled** ({escape(stop)}). Nothing was "
+                                                                "recorded."]
+        return self.run_outputs(view, who) + [f"Run #{view.id} done."]
 
-    def run_outputs(self, view, mask_kind: str | None = None, table: str | None = None) -> list:
+    def run_outputs(self, view, who: str, mask_kind: str | None = None, table: str | None = None) -> list:
         figs = view.figures(mask_kind)
         kinds = list(view.stats)
         tables = list(view.tables)
         table = table if table in tables else (tables[0] if tables else None)
-        summary = view.summary()
+        summary = escape(view.summary())
         if not kinds:
             summary += "\n\nThis method makes no masks; TIES, DARE, PCB, TALL and Consensus show mask statistics."
-        runs = self.service.history.table()
-        run_ids = [str(r) for r in runs["run"]]
+        runs, pickers = self.history_outputs(who)
         for name in PLOTS:
             if figs[name] is None:
                 figs[name] = figures.placeholder("this method makes no masks" if name in MASK_PLOTS
@@ -185,26 +255,29 @@ class Dashboard:
                 *[figs[name] for name in PLOTS],
                 figs.get(f"table:{table}") if table else None,
                 view.tables[table].round(4) if table else None,
-                runs, *[gr.update(choices=run_ids) for _ in range(3)],
-                gr.update(choices=[""] + view.record.tasks, value="")]
+                runs, *pickers, gr.update(choices=[""] + view.record.tasks, value="")]
 
-    def on_view(self, run_id, mask_kind: str, table: str):
+    def on_view(self, run, mask_kind: str, table: str, request: gr.Request):
         """Re-draw the current run for another mask kind or method table (no recomputation)."""
-        if run_id is None:
+        if run is None:
             return [gr.skip()] * (len(self.run_targets) - 1)
+        who = owner(request)
         try:
-            view = self.service.run(run_id)
+            view = self.service.run(run, who)
         except ValueError as exc:
-            raise gr.Error(str(exc), title="mergescope") from None
-        return self.run_outputs(view, mask_kind, table)
+            raise error(exc) from None
+        return self.run_outputs(view, who, mask_kind, table)
 
     def on_cancel(self, request: gr.Request):
-        cancelled = self.jobs.cancel_owner(_session(request))
+        """Cancel the caller's own jobs (never another session's, never the shared loads)."""
+        cancelled = self.jobs.cancel_owner(owner(request))
         return f"Cancelling {len(cancelled)} job(s)…" if cancelled else "Nothing to cancel."
 
     def on_unload(self, request: gr.Request) -> None:
-        """A closed or reloaded tab cancels its session's jobs (shared loads and baselines are not its own)."""
-        self.jobs.cancel_owner(_session(request))
+        """A closed or reloaded tab cancels its session's jobs (shared loads and baselines are not its own; with
+        a login, a user's other tabs keep theirs)."""
+        if not getattr(request, "username", None) and getattr(request, "session_hash", None):
+            self.jobs.cancel_owner(owner(request))
 
     # ---------------------------------------------------------------- sweep
     def sweep_params(self, method: str):
@@ -221,58 +294,106 @@ class Dashboard:
 
     def on_sweep(self, zoo_id: str, method: str, param: str, values: str, tasks: list[str], request: gr.Request,
                  progress=gr.Progress()):
+        who = owner(request)
         try:
             grid = [float(v) for v in values.replace(";", ",").split(",") if v.strip()] or None
         except ValueError:
-            raise gr.Error(f"sweep values must be numbers separated by commas, got {values!r}",
-                           title="mergescope") from None
+            raise error(f"sweep values: numbers separated by commas are expected, got {values!r}") from None
         try:
             zoo_id = self.current_zoo(zoo_id, progress)
-            table = self.submit(lambda p: self.service.sweep(zoo_id, method, param, grid, None, tasks or None, p),
+            table = self.submit(lambda p: self.service.sweep(zoo_id, method, param, grid, None, tasks or None, p,
+                                                             who),
                                 request, f"sweep {method} {param}", progress)
         except Stopped as stop:
-            return gr.skip(), gr.skip(), f"**Sweep cancelled** ({stop})."
+            return gr.skip(), gr.skip(), f"**Sweep cancelled** ({escape(stop)})."
         mean = table.groupby("value", as_index=False)[["accuracy", "normalized"]].mean()
         best = mean.loc[mean["normalized"].idxmax()]
         note = (f"Best {param} = {best['value']:g}: {100 * best['accuracy']:.1f}% average {table['split'].iloc[0]} "
                 f"accuracy ({100 * best['normalized']:.1f}% of fine-tuned).")
         return figures.sweep_lines(table), table.round(4), note
 
-    # ---------------------------------------------------------------- compare and download
-    def on_compare(self, first: str, second: str):
-        if not first or not second:
-            raise gr.Error("pick two runs to compare", title="mergescope")
-        try:
-            table = self.service.history.compare(int(first), int(second))
-            long = self.service.history.accuracy_long([int(first), int(second)])
-        except (KeyError, ValueError) as exc:
-            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc), title="mergescope") from None
-        fig = figures.accuracy_bars(long, "Accuracy per task: the two runs") if not long.empty else None
-        return table, fig
+    # ---------------------------------------------------------------- compare, runs and download
+    def history_outputs(self, who: str, deleted: bool = False) -> tuple:
+        """The runs table and the run pickers (compare, download, edit), labelled "#33 ties k=20 λ=1 · 61.2 %"."""
+        history = self.service.history
+        labels = history.labels(who)
+        own = [(label, run) for label, run in labels if history.get(int(run), who).owner == who]
+        deleted_own = [(r.label(), str(r.id)) for r in history.records(viewer=who, deleted=True) if r.owner == who]
+        return history.table(viewer=who, deleted=deleted), (gr.update(choices=labels), gr.update(choices=labels),
+                                                            gr.update(choices=own + deleted_own))
 
-    def on_history(self):
-        runs = self.service.history.table()
-        ids = [str(r) for r in runs["run"]]
-        return runs, *[gr.update(choices=ids) for _ in range(3)]
+    def on_compare(self, runs: list, request: gr.Request):
+        """Any number of runs: per-task accuracy with θ0 and individual as references, the parameters that
+        differ, parameters vs mean accuracy (parallel coordinates), and warnings."""
+        who = owner(request)
+        ids = [run_id(r, "runs to compare") for r in (runs or [])]
+        try:
+            first = self.service.history.get(ids[0], who) if ids else None
+            comparison = self.service.history.compare_many(ids, who, self.service.cached_baselines(first))
+        except (KeyError, ValueError) as exc:
+            raise error(exc.args[0] if isinstance(exc, KeyError) else exc) from None
+        note = "\n\n".join(f"⚠️ {escape(w)}" for w in comparison.warnings) or \
+            f"{len(ids)} runs of the same zoo and tasks; only the parameters that differ are listed."
+        bars = figures.accuracy_bars(comparison.accuracy, "Accuracy per task: the runs, θ0 and individual")
+        return (comparison.differences.reset_index(), bars, figures.parallel_coordinates(comparison.points),
+                note)
+
+    def on_history(self, deleted: bool, request: gr.Request):
+        """The runs this visitor may see: the shared ones and their own (their deleted ones on request)."""
+        runs, pickers = self.history_outputs(owner(request), bool(deleted))
+        return runs, *pickers
+
+    def on_edit_pick(self, run: str, request: gr.Request):
+        if not run:
+            return "", "", "", ""
+        record = self.service.history.get(run_id(run, "run"), owner(request), deleted=True)
+        state = " (deleted)" if record.deleted is not None else ""
+        return record.name, ", ".join(record.tags), record.notes, f"Editing run #{record.id}{state}."
+
+    def edit_handler(self, action: str) -> Callable:
+        def edit(run: str, name: str, tags: str, notes: str, deleted: bool, request: gr.Request):
+            return self.on_edit(action, run, name, tags, notes, deleted, request)
+        return edit
+
+    def on_edit(self, action: str, run: str, name: str, tags: str, notes: str, deleted: bool, request: gr.Request):
+        """Save the name/tags/notes of one of the visitor's runs, delete it (soft) or undo the delete."""
+        who, history = owner(request), self.service.history
+        number = run_id(run, "run")
+        try:
+            if action == "save":
+                history.annotate(number, who, name=name, tags=tags, notes=notes)
+                message = f"Saved run #{number}."
+            elif action == "delete":
+                history.delete(number, who)
+                message = f"Deleted run #{number}: press Undo delete to bring it back."
+            else:
+                history.restore(number, who)
+                message = f"Run #{number} is back."
+        except (KeyError, ValueError) as exc:
+            raise error(exc.args[0] if isinstance(exc, KeyError) else exc) from None
+        runs, pickers = self.history_outputs(who, bool(deleted))
+        return runs, *pickers, message
 
     def on_download(self, run: str, fmt: str, task: str, request: gr.Request, progress=gr.Progress()):
+        who = owner(request)
         if not run:
-            raise gr.Error("pick a run to download", title="mergescope")
+            raise error("run: pick a run to download")
+        number, folder = run_id(run, "run"), self.download_folder()
         try:
-            return str(self.submit(lambda p: self.service.export_checkpoint(int(run), fmt, _session(request),
-                                                                            task or None),
+            return str(self.submit(lambda p: self.service.export_checkpoint(number, fmt, who, task or None, folder),
                                    request, "export", progress))
         except Stopped:
             return gr.skip()
 
     def on_results(self, fmt: str, request: gr.Request):
         try:
-            return str(self.service.export_results(None, fmt, _session(request)))
+            return str(self.service.export_results(None, fmt, owner(request), self.download_folder()))
         except ValueError as exc:
-            raise gr.Error(str(exc), title="mergescope") from None
+            raise error(exc) from None
 
     # ---------------------------------------------------------------- guide
     def on_guide(self, index: int):
+        """"Explore": the step's method and parameters in the Merge tab."""
         step = guide.STEPS[index]
         values = []
         for name, panel in self.panels.items():
@@ -280,6 +401,35 @@ class Dashboard:
                 value = step.params.get(widget.param.name, gr.skip()) if name == step.method else gr.skip()
                 values.append(value)
         return [gr.Tabs(selected="merge"), step.method, *values]
+
+    def guide_handler(self, index: int) -> Callable:
+        def run_step(zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
+            return self.on_guide_step(index, zoo_id, found, request, progress)
+        return run_step
+
+    def on_guide_step(self, index: int, zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
+        """Run step ``index`` in place: its figure, what the numbers show, and the session's headline numbers."""
+        who, step = owner(request), guide.STEPS[index]
+        try:
+            zoo_id = self.current_zoo(zoo_id, progress)
+            if step.figure == "sweep":
+                table = self.submit(lambda p: self.service.sweep(zoo_id, step.method, "lam", None, step.params,
+                                                                 None, p, who), request, "guide sweep", progress)
+                figure, (text, headline) = figures.sweep_lines(table), guide.sweep_finding(table)
+            else:
+                view = self.submit(lambda p: self.service.merge(zoo_id, step.method, step.params, None, p, who),
+                                   request, f"guide {step.method}", progress)
+                figure = view.figures(step.mask_kind).get(step.figure) or figures.placeholder(
+                    "no figure: this zoo has no heads or test data")
+                tall = view.stats.get("tall")
+                text, headline = guide.finding(index, view.accuracy, view.tables,
+                                               tall.class_fractions() if tall is not None else None, found,
+                                               view.result.info if view.result is not None else None)
+                text += f" (run #{view.id})"
+        except Stopped as stop:
+            return gr.skip(), f"**Cancelled** ({escape(stop)}).", gr.skip()
+        found = {**(found or {}), **({str(index + 1): headline} if headline is not None else {})}
+        return figure, text, found
 
     # ---------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
@@ -293,10 +443,23 @@ class Dashboard:
             with gr.Tabs(selected="merge") as tabs:
                 with gr.Tab("Guide", id="guide"):
                     gr.Markdown(guide.INTRO)
-                    step_buttons = []
+                    found = gr.State({})
+                    step_buttons, explore_buttons, step_outputs = [], [], []
                     for i, step in enumerate(guide.STEPS):
-                        gr.Markdown(f"#### {step.title}\n{step.text}")
-                        step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", elem_id=f"guide-{i + 1}"))
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=2, min_width=320):
+                                gr.Markdown(f"#### {step.title}\n{step.text}")
+                                with gr.Row():
+                                    step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", variant="primary",
+                                                                  elem_id=f"guide-{i + 1}"))
+                                    explore_buttons.append(gr.Button("Explore in Merge & see", size="sm",
+                                                                     elem_id=f"guide-explore-{i + 1}"))
+                                result_md = gr.Markdown("", elem_id=f"guide-result-{i + 1}",
+                                                        elem_classes="progress-slot")
+                            with gr.Column(scale=3):
+                                plot = gr.Plot(figures.placeholder(f"press Run step {i + 1}"),
+                                               label=step.title, elem_id=f"guide-plot-{i + 1}")
+                        step_outputs.append((plot, result_md))
                 with gr.Tab("Merge & see", id="merge"):
                     with gr.Row():
                         with gr.Column(scale=1, min_width=320):
@@ -333,7 +496,9 @@ class Dashboard:
                     source = gr.Radio([("demo zoo", "demo"), ("server folder or manifest", "path"),
                                        ("upload safetensors", "upload")], value="demo", label="zoo source",
                                       elem_id="source")
-                    path = gr.Textbox(self.default_zoo or "", label="zoo folder or zoo.json on the server",
+                    roots = self.service.roots
+                    path = gr.Textbox(roots.display(self.default_zoo) if self.default_zoo else "",
+                                      label=f"zoo folder or zoo.json inside the zoo roots ({roots.describe()})",
                                       elem_id="zoo-path")
                     limit = self.service.settings.upload_limit / 2**20
                     upload = gr.File(file_count="multiple", file_types=[".safetensors"], elem_id="upload",
@@ -361,15 +526,34 @@ class Dashboard:
                     sweep_plot = gr.Plot(label="sweep", elem_id="plot-sweep")
                     sweep_table = gr.Dataframe(label="sweep results", interactive=False)
                 with gr.Tab("Compare & download", id="compare"):
-                    runs_table = gr.Dataframe(self.service.history.table(), label="runs (newest first)",
-                                              interactive=False, elem_id="runs-table")
-                    refresh = gr.Button("Refresh", size="sm")
+                    runs_table = gr.Dataframe(self.service.history.table(viewer=""), elem_id="runs-table",
+                                              label="runs, newest first (sort by a column header; filter to search)",
+                                              interactive=False, show_search="filter", pinned_columns=1,
+                                              max_height=420, wrap=False)
                     with gr.Row():
-                        cmp_a = gr.Dropdown([], label="run A", elem_id="run-a", allow_custom_value=True)
-                        cmp_b = gr.Dropdown([], label="run B", elem_id="run-b", allow_custom_value=True)
-                        cmp_btn = gr.Button("Compare", elem_id="compare-btn")
-                    cmp_table = gr.Dataframe(label="side by side", interactive=False, elem_id="compare-table")
-                    cmp_plot = gr.Plot(label="accuracy of the two runs", elem_id="plot-compare")
+                        refresh = gr.Button("Refresh", size="sm")
+                        show_deleted = gr.Checkbox(False, label="show my deleted runs", elem_id="show-deleted")
+                    with gr.Row():
+                        cmp_runs = gr.Dropdown([], multiselect=True, label="runs to compare (two or more)",
+                                               elem_id="compare-runs", scale=4, allow_custom_value=True)
+                        cmp_btn = gr.Button("Compare", elem_id="compare-btn", scale=1)
+                    cmp_md = gr.Markdown("", elem_id="compare-note")
+                    with gr.Row():
+                        cmp_plot = gr.Plot(label="accuracy per task", elem_id="plot-compare")
+                        cmp_parallel = gr.Plot(label="parameters vs mean accuracy", elem_id="plot-parallel")
+                    cmp_table = gr.Dataframe(label="parameters that differ", interactive=False,
+                                             elem_id="compare-table")
+                    gr.Markdown("#### My runs: name, tags, notes")
+                    with gr.Row():
+                        edit_run = gr.Dropdown([], label="run", elem_id="edit-run", allow_custom_value=True)
+                        edit_name = gr.Textbox(label="name", elem_id="edit-name")
+                        edit_tags = gr.Textbox(label="tags (comma-separated)", elem_id="edit-tags")
+                    edit_notes = gr.Textbox(label="notes", lines=2, elem_id="edit-notes")
+                    with gr.Row():
+                        save_btn = gr.Button("Save", size="sm", elem_id="edit-save")
+                        delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="edit-delete")
+                        undo_btn = gr.Button("Undo delete", size="sm", elem_id="edit-undo")
+                    edit_md = gr.Markdown("", elem_id="edit-note")
                     gr.Markdown("#### Downloads")
                     with gr.Row():
                         dl_run = gr.Dropdown([], label="run", allow_custom_value=True)
@@ -388,8 +572,8 @@ class Dashboard:
             panel_inputs = [c for p in self.panels.values() for c in p.components()]
             self.load_targets = [zoo_state, zoo_md, zoo_table, tasks, *panel_tables, status]
             self.run_targets = [run_state, run_md, mask_kind, table_row, table_choice, p_hist, p_layers, p_jaccard,
-                                p_density, p_acc, p_norm, p_table, table_df, runs_table, cmp_a, cmp_b, dl_run, dl_task,
-                                status]
+                                p_density, p_acc, p_norm, p_table, table_df, runs_table, cmp_runs, dl_run, edit_run,
+                                dl_task, status]
             failed = "⚠️ The last action failed — see the message in the corner. Nothing you had was changed."
 
             demo.load(self.on_page_load, None, self.load_targets, api_visibility="private", show_progress_on=status,
@@ -414,7 +598,10 @@ class Dashboard:
             collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
                                api_name="merge", show_progress_on=merge_progress, **WORK) \
                 .failure(lambda: failed, None, status, api_visibility="private")
-            for i, button in enumerate(step_buttons):
+            for i, (button, (plot, result_md)) in enumerate(zip(step_buttons, step_outputs)):
+                button.click(self.guide_handler(i), [zoo_state, found], [plot, result_md, found],
+                             api_visibility="private", show_progress_on=result_md, **WORK)
+            for i, button in enumerate(explore_buttons):
                 chosen = button.click(lambda i=i: self.on_guide(i), None, [tabs, method, *[
                     w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
                 merge_chain(chosen).success(self.on_merge, [zoo_state, method, params_json, tasks],
@@ -432,37 +619,51 @@ class Dashboard:
                             [sweep_plot, sweep_table, sweep_md], api_name="sweep", show_progress_on=sweep_md, **WORK)
             sweep_cancel.click(self.on_cancel, None, sweep_md, api_visibility="private", **QUICK)
 
-            history_targets = [runs_table, cmp_a, cmp_b, dl_run]
-            refresh.click(self.on_history, None, history_targets, api_name="history", **QUICK)
-            demo.load(self.on_history, None, history_targets, api_visibility="private", **QUICK)
-            cmp_btn.click(self.on_compare, [cmp_a, cmp_b], [cmp_table, cmp_plot], api_name="compare", **QUICK)
+            history_targets = [runs_table, cmp_runs, dl_run, edit_run]
+            refresh.click(self.on_history, show_deleted, history_targets, api_name="history", **QUICK)
+            show_deleted.change(self.on_history, show_deleted, history_targets, api_visibility="private", **QUICK)
+            demo.load(self.on_history, show_deleted, history_targets, api_visibility="private", **QUICK)
+            cmp_btn.click(self.on_compare, cmp_runs, [cmp_table, cmp_plot, cmp_parallel, cmp_md], api_name="compare",
+                          **QUICK)
+            edit_run.input(self.on_edit_pick, edit_run, [edit_name, edit_tags, edit_notes, edit_md],
+                           api_visibility="private", **QUICK)
+            for action, button in (("save", save_btn), ("delete", delete_btn), ("restore", undo_btn)):
+                button.click(self.edit_handler(action), [edit_run, edit_name, edit_tags, edit_notes, show_deleted],
+                             [*history_targets, edit_md], api_name=f"run_{action}", **QUICK)
             dl_btn.click(self.on_download, [dl_run, dl_fmt, dl_task], dl_file, api_name="download", **WORK)
             res_btn.click(self.on_results, res_fmt, dl_file, api_name="download_results", **QUICK)
             demo.unload(self.on_unload)
         return demo
 
 
-def _session(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "anonymous"
-
-
 def create_app(settings: Settings, default_zoo: str | None = None, slots: int = 1,
                preload: bool = True) -> gr.Blocks:
-    """The Blocks app with its service and job queue (``demo.dashboard``); starts loading ``default_zoo``."""
+    """The Blocks app with its service and job queue (``demo.dashboard``); starts loading ``default_zoo``, which
+    joins the zoo roots (its folder)."""
+    if default_zoo:
+        folder = Path(default_zoo).parent if Path(default_zoo).is_file() else Path(default_zoo)
+        settings = replace(settings, zoo_roots=[*(settings.zoo_roots or [zoos_folder(settings.data_dir)]), folder])
     service = Service(settings)
     service.prune_sessions()
     dashboard = Dashboard(service, JobQueue(slots), default_zoo)
     if default_zoo and preload:
         dashboard.preload()
     demo = dashboard.build()
+    dashboard.downloads = Path(demo.GRADIO_CACHE) / "downloads"
     demo.dashboard = dashboard
     demo.queue(default_concurrency_limit=4)
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **options):
-    """Start the server; downloads are served from the data folder only."""
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth=None,
+           clean: tuple[int, int] = (600, 3600), **options):
+    """Start the server.  Nothing of the data folder is served: uploads and session folders are private, and a
+    download is written under an unguessable folder in Gradio's cache, where only its exact URL (given to the
+    session that asked) fetches it.  Every ``clean[0]`` seconds Gradio's cache drops files older than ``clean[1]``
+    (uploads nobody used, old downloads), and all of them at shutdown.  ``auth``: Gradio's login ((user, password)
+    pairs)."""
     settings = demo.dashboard.service.settings
-    return demo.launch(server_name=host, server_port=port, theme=gr.themes.Soft(), css=CSS,
-                       allowed_paths=[str(Path(settings.data_dir) / "sessions")],
-                       max_file_size=settings.upload_limit, footer_links=["api", "gradio"], **options)
+    demo.delete_cache = clean  # (Gradio takes it at Blocks(); the server reads it at launch)
+    return demo.launch(server_name=host, server_port=port, theme=gr.themes.Soft(), css=CSS, auth=auth,
+                       max_file_size=settings.upload_limit,
+                       footer_links=["api", "gradio"], **options)

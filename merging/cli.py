@@ -4,6 +4,7 @@
     python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
     python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
     python -m merging merge --zoo assets/demo-zoo --method task_arithmetic --set lam=1 --modifier lines beta=0.3
+    python -m merging sweep --zoo assets/demo-zoo --method ties --grid k=10,20,40 lam=0.5,1.0 [--ray [ADDRESS]]
     python -m merging merge --recipe merged.recipe.yaml --out again.safetensors   # the same tensors
 
 Every merge with --out also writes its recipe beside it (OUT with the suffix .recipe.yaml; see merging/recipe.py).
@@ -21,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import check_output_path, clean_stale_temp
+from .diskstack import parse_size
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
 from .recipe import RecipeError, load_recipe, make_recipe, verify_inputs, write_recipe
@@ -32,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merging", description="mergescope merge engine")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list merge methods and modifiers with their parameters")
-    for name in ("merge", "stats"):
-        cmd = sub.add_parser(name, help="merge checkpoints" if name == "merge" else "print mask statistics")
+    helps = {"merge": "merge checkpoints", "stats": "print mask statistics",
+             "sweep": "evaluate a 1-D or 2-D parameter grid on a zoo's validation split"}
+    for name in ("merge", "stats", "sweep"):
+        cmd = sub.add_parser(name, help=helps[name])
         source = cmd.add_argument_group("checkpoints (a zoo, or pretrained + fine-tuned files)")
         source.add_argument("--zoo", help="zoo folder or manifest (zoo.json)")
         source.add_argument("--pretrained", help="pretrained checkpoint θ0")
@@ -46,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                               "repeat for several, applied in order")
         cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
         cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
+        cmd.add_argument("--max-memory", metavar="SIZE", help="e.g. 8G: when the task-vector stack and the merge's "
+                         "working vectors would exceed it, the stack lives in a memory-mapped scratch file")
+        cmd.add_argument("--scratch", metavar="DIR", help="folder of the out-of-core stack (default: the system's "
+                         "temporary folder)")
         if name == "merge":
             cmd.add_argument("--recipe", help="rerun a recipe file: its method, parameters, modifiers, tasks and "
                                               "checkpoints (--zoo / --pretrained / --finetuned point at other "
@@ -56,8 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                              help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
                                   "(default for tall)")
             cmd.add_argument("--eval", action="store_true", help="evaluate per task on the zoo's test split")
-        else:
+        elif name == "stats":
             cmd.add_argument("--csv", help="also write the tables as CSV files into this folder")
+        else:
+            cmd.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2,…",
+                             help="swept parameters and their values (two for a 2-D grid)")
+            cmd.add_argument("--split", default="val", help="held-out split (never test)")
+            cmd.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                             help="run the points as Ray tasks: a cluster address, auto, or nothing for a local "
+                                  "Ray instance (pip install ray)")
+            cmd.add_argument("--csv", help="write the per-task table to this CSV file")
     return parser
 
 
@@ -74,8 +90,9 @@ def _source(args) -> tuple[object, list]:
 
 
 def _space(args, zoo) -> TaskVectorSpace:
+    storage = {"max_memory": parse_size(args.max_memory) if args.max_memory else None, "scratch": args.scratch}
     if zoo is not None:
-        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype)
+        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype, **storage)
     from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
@@ -90,7 +107,7 @@ def _space(args, zoo) -> TaskVectorSpace:
         return load
 
     return TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
-                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned])
+                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned], **storage)
 
 
 def _prepare_output(out: str, inputs: list) -> None:
@@ -232,6 +249,39 @@ def _stats(args) -> None:
         _print(title, table)
 
 
+def _sweep(args) -> None:
+    from .sweep import RayRunner, best_point, parse_grid, sweep
+
+    if not args.method:
+        raise ParameterError("--method is required")
+    method = get_method(args.method)
+    zoo, _ = _source(args)
+    if zoo is None:
+        raise CheckpointError("sweep needs --zoo (heads and validation data come from the zoo manifest)")
+    space = _space(args, zoo)
+    grid = parse_grid(method, args.grid, space.T)
+    runner = None
+    if args.ray:
+        runner = RayRunner(None if args.ray == "local" else args.ray)
+    table = sweep(zoo, space, method.name, grid, parse_assignments(args.set), _modifiers(args), args.split,
+                  runner, _stderr_progress)
+    names = list(grid)
+    means = table.groupby(names, sort=False)["normalized"].mean()
+    _print(f"mean normalized {args.split} accuracy", means.unstack(names[-1]) if len(names) == 2 else
+           means.to_frame())
+    best = best_point(table, grid)
+    print("\nbest:", ", ".join(f"{k}={v}" for k, v in best.point.items()),
+          f"(mean normalized {best.mean_normalized:.4f})")
+    for name in best.on_edge:
+        print(f"warning: the best {name} lies on the grid's edge; widen the grid", file=sys.stderr)
+    if args.csv:
+        from .atomic import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"wrote {args.csv}")
+
+
 def _context(method, zoo, space):
     if not method.needs_data:
         return None
@@ -249,7 +299,7 @@ def _stderr_progress(fraction: float, stage: str) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats}[args.command](args)
+        {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats, "sweep": _sweep}[args.command](args)
     except (CheckpointError, ParameterError, RecipeError, UnknownMethodError, ValueError, KeyError, OSError,
             Cancelled, RuntimeError) as error:
         lines = str(error).strip().splitlines() or [type(error).__name__]

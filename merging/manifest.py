@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 FORMAT = "mergescope-zoo/1"
 MANIFEST_NAMES = ("zoo.json", "zoo.yaml", "zoo.yml")
@@ -113,44 +113,88 @@ def find_manifest(folder: str | os.PathLike) -> Path | None:
     return None
 
 
+MAX_MANIFEST_BYTES = 16 << 20
+
+
 def load_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and validate a manifest file (JSON, or YAML by suffix)."""
+    """Read and validate a manifest file (see :func:`read_manifest`)."""
+    path = Path(path)
+    return parse_manifest(read_manifest(path), path.parent, path)
+
+
+def read_manifest(path: str | os.PathLike) -> Any:
+    """A manifest file's data, unvalidated: YAML for ``.yaml``/``.yml``, JSON otherwise, at most
+    :data:`MAX_MANIFEST_BYTES`.  Syntax errors give the format, line and column and never echo the file's content;
+    YAML aliases are refused (no alias bombs)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
-    text = path.read_text(encoding="utf-8")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: a manifest may have at most {MAX_MANIFEST_BYTES >> 20} MiB")
+    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
     try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # json.JSONDecodeError / yaml.YAMLError
-        raise ManifestError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {exc}") from None
-    return parse_manifest(data, path.parent, path)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not valid {kind}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return _load_yaml(text) if kind == "YAML" else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: not valid {kind}: nested too deeply") from None
+    except Exception as exc:  # yaml.YAMLError; ValueError for integers over Python's digit limit
+        raise ManifestError(f"{path}: not valid {kind}: {_syntax_error(exc)}") from None
+
+
+def _load_yaml(text: str):
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases are not allowed in a zoo manifest",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+_SYNTAX_TOKEN = re.compile(r"^([^\w\s]{1,3}|<[a-z ]+>)$")  # ',' ']' '<stream end>': syntax, not content
+
+
+def _syntax_error(exc: Exception) -> str:
+    """What and where, without the offending content (PyYAML's message quotes the line and its tokens)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    problem = re.sub(r"(['\"])(.*?)\1", lambda m: m.group(0) if _SYNTAX_TOKEN.match(m.group(2)) else "…",
+                     str(problem))[:120]
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike | None = None) -> Manifest:
-    """Validate a manifest dict; paths resolve against ``root``."""
+    """Validate a manifest dict; paths resolve against ``root``.  Messages never echo the names of unknown fields
+    or values that are not the manifest's own (a secrets file loaded as a manifest shows nothing of its
+    content); paths are shown relative to ``root`` (zoo roots: :mod:`merging.roots`)."""
     root = Path(root)
     where = str(source or root)
     err = lambda field_, msg: ManifestError(f"{where}: {field_}: {msg}")  # noqa: E731
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: the manifest must be a JSON/YAML object")
-    known = {"format", "name", "architecture", "preprocess", "pretrained", "tasks"}
-    if set(data) - known:
-        raise err(", ".join(sorted(set(data) - known)), f"unknown field(s); allowed: {', '.join(sorted(known))}")
+    known = ("format", "name", "architecture", "preprocess", "pretrained", "tasks")
+    _refuse_unknown(where, "the manifest", data, known)
     if data.get("format", FORMAT) != FORMAT:
-        raise err("format", f"{data['format']!r} is not supported (expected {FORMAT!r})")
+        raise err("format", f"not supported (expected {FORMAT!r})")
 
     def file(value, field_: str, folder: bool = False) -> Path:
         if not isinstance(value, str) or not value:
             raise err(field_, "expected a path (string)")
         full = (root / value).resolve()
+        shown = os.path.relpath(full, root.resolve()) if full.is_relative_to(root.resolve()) else \
+            "a path outside the zoo folder"
         if folder and not full.is_dir():
-            raise err(field_, f"folder not found: {full}")
+            raise err(field_, f"folder not found: {shown}")
         if not folder and not full.is_file():
-            raise err(field_, f"file not found: {full}")
+            raise err(field_, f"file not found: {shown}")
         return full
 
     arch = data.get("architecture")
@@ -183,9 +227,7 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
         at = f"tasks[{i}]"
         if not isinstance(item, dict):
             raise err(at, "expected an object")
-        unknown = set(item) - {"name", "finetuned", "classnames", "head", "data", "recorded"}
-        if unknown:
-            raise err(at, f"unknown field(s) {', '.join(sorted(unknown))}")
+        _refuse_unknown(where, at, item, ("name", "finetuned", "classnames", "head", "data", "recorded"))
         name = item.get("name")
         if not isinstance(name, str) or not _TASK_NAME.match(name):
             raise err(f"{at}.name", "expected a name of letters, digits, '_', '-', '.'")
@@ -216,7 +258,7 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
         splits = {}
         for split, spec in (item.get("data") or {}).items():
             if split not in SPLITS:
-                raise err(f"{at}.data", f"unknown split {split!r}; use {', '.join(SPLITS)}")
+                raise err(f"{at}.data", f"unknown split; use {', '.join(SPLITS)}")
             if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("imagefolder", "csv"):
                 raise err(f"{at}.data.{split}", 'expected {"imagefolder": dir} or {"csv": file}')
             kind, value = next(iter(spec.items()))
@@ -230,6 +272,18 @@ def parse_manifest(data: Any, root: str | os.PathLike, source: str | os.PathLike
     name = data.get("name") or root.resolve().name
     return Manifest(str(name), root.resolve(), architecture, pretrained, tasks, preprocess,
                     Path(source) if source else None)
+
+
+def _refuse_unknown(where: str, at: str, data: dict, known: Sequence[str]) -> None:
+    """Unknown keys are counted, not named (they may be anyone's secrets); a close known name is suggested."""
+    import difflib
+
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        close = sorted({m for k in unknown if isinstance(k, str) for m in difflib.get_close_matches(k, known, 1, 0.75)})
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ManifestError(f"{where}: {at}: {len(unknown)} unknown field(s) (names not shown){hint}; allowed: "
+                            f"{', '.join(known)}")
 
 
 # ---------------------------------------------------------------------------------------------------- inference

@@ -26,6 +26,7 @@ class Param:
     per_task: bool = False  # value is one number or a list of one number per task (λt)
     step: float | None = None  # slider resolution for the dashboard
     grid: tuple[Any, ...] | None = None  # the paper's search grid, for sweeps and validation selection
+    when: tuple[str, Any] | None = None  # (other parameter, value): applies only when that parameter has that value
 
     def coerce(self, value: Any, num_tasks: int | None = None) -> Any:
         """Convert and range-check ``value``; per-task params return a list of ``num_tasks`` values."""
@@ -99,6 +100,14 @@ def resolve_params(spec: Sequence[Param], given: Mapping[str, Any] | None, num_t
         known = ", ".join(by_name) or "none"
         raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}; this method takes: {known}")
     return {p.name: p.coerce(given.get(p.name, p.default), num_tasks) for p in spec}
+
+
+def applicable(spec: Sequence[Param], params: Mapping[str, Any]) -> dict:
+    """``params`` without the ones that do not apply given the others (DARE's TIES ``k`` with the TA base)."""
+    by_name = {p.name: p for p in spec}
+    return {name: value for name, value in params.items()
+            if name not in by_name or by_name[name].when is None
+            or params.get(by_name[name].when[0]) == by_name[name].when[1]}
 
 
 def parse_assignments(items: Sequence[str], option: str = "--set") -> dict[str, str]:

@@ -6,6 +6,7 @@ the space reads one fine-tuned checkpoint at a time, so memory is one (T, P) sta
 """
 from __future__ import annotations
 
+import tempfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from .chunks import CHUNK, map_chunks, use_numpy
 from .device import pick_device, pick_dtype
+from .diskstack import DiskStack, needs_disk
 from .param_index import ParamIndex
 from .progress import Progress, as_progress
 
@@ -60,9 +62,12 @@ class TaskVectorSpace:
     def build(cls, pretrained: StateDict, finetuned: Sequence[StateDict | Callable[[], StateDict]],
               task_names: Sequence[str] | None = None, device: str | torch.device | None = "auto",
               dtype: str | torch.dtype | None = None, progress=None,
-              sources: Sequence[str] | None = None) -> "TaskVectorSpace":
+              sources: Sequence[str] | None = None, max_memory: int | None = None,
+              scratch: str | None = None) -> "TaskVectorSpace":
         """Flatten θ0 and every θt (a state dict, or a zero-argument loader called once) into the stack;
-        ``sources`` (the pretrained file, then one per task) are named in error messages."""
+        ``sources`` (the pretrained file, then one per task) are named in error messages.  When the stack and the
+        merge's working vectors would exceed ``max_memory`` bytes, the stack lives in a memory-mapped file in
+        ``scratch`` (default: the system's temporary folder; CPU only), see :mod:`merging.diskstack`."""
         if len(finetuned) == 0:
             raise CheckpointError("no fine-tuned checkpoints given: a merge needs at least one task")
         names = list(task_names) if task_names is not None else [f"task{t}" for t in range(len(finetuned))]
@@ -84,7 +89,15 @@ class TaskVectorSpace:
         base = {k: v.detach().clone().cpu() for k, v in pretrained.items()
                 if torch.is_tensor(v) and not v.is_floating_point()}
         base["__order__"] = list(pretrained.keys())
-        stack = torch.empty((len(finetuned), index.numel), dtype=dtype, device=device)
+        disk = None
+        if needs_disk(len(finetuned), index.numel, torch.empty((), dtype=dtype).element_size(), max_memory):
+            if device.type != "cpu":
+                raise CheckpointError(f"the stack ({len(finetuned)} × {index.numel:,}) exceeds max_memory; an "
+                                      "out-of-core stack is CPU only: use --device cpu or raise --max-memory")
+            disk = DiskStack(len(finetuned), index.numel, dtype, scratch or tempfile.gettempdir())
+            stack = disk.tensor
+        else:
+            stack = torch.empty((len(finetuned), index.numel), dtype=dtype, device=device)
         for t, item in enumerate(finetuned):
             progress(t / len(finetuned), f"loading task {names[t]}")
             state = item() if callable(item) else item
@@ -95,6 +108,8 @@ class TaskVectorSpace:
                                      - theta0[e.slice]).to(dtype)
             del state
             _check_finite(stack[t], index, what)
+            if disk is not None:
+                disk.release_row(t)
         progress(1.0, "task vectors ready")
         return cls(index, base, theta0, stack, names)
 

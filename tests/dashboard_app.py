@@ -43,16 +43,16 @@ SLOW_METHOD = MergeMethod(SLOW, "Slow (test)", "Task Arithmetic that takes its t
 
 
 @contextmanager
-def running_app(zoo: Path | None, data_dir: Path, slots: int = 1):
+def running_app(zoo: Path | None, data_dir: Path, slots: int = 1, auth=None, clean=(600, 3600), **settings):
     """Yield (url, demo) for an app serving ``zoo``; always shut down (server, job queue)."""
     from dashboard.service import Settings
     from dashboard.ui import create_app, launch
 
-    demo = create_app(Settings(data_dir, device="cpu", upload_limit=50 << 20), str(zoo) if zoo else None,
+    demo = create_app(Settings(data_dir, device="cpu", upload_limit=50 << 20, **settings), str(zoo) if zoo else None,
                       slots=slots)
     port = free_port()
     try:
-        launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        launch(demo, "127.0.0.1", port, auth=auth, clean=clean, prevent_thread_lock=True, quiet=True)
         yield f"http://127.0.0.1:{port}/", demo
     finally:
         demo.dashboard.jobs.close()

@@ -14,8 +14,11 @@ import merging.atomic as atomic
 from merging.atomic import OverwriteError, atomic_path, clean_stale_temp, ensure_not_input, same_file
 
 _WRITER = r"""
-import sys, time
-from merging.atomic import atomic_path
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("atomic", sys.argv[2])  # the module alone: no torch import
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
+atomic_path = atomic.atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     with open(tmp, "wb") as handle:
         handle.write(b"new" * 100_000)
@@ -26,7 +29,8 @@ with atomic_path(sys.argv[1]) as tmp:
 
 
 def _start_writer(target):
-    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), atomic.__file__], stdout=subprocess.PIPE,
+                             text=True)
     assert child.stdout.readline().strip() == "writing"
     return child
 

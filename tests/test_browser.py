@@ -3,7 +3,9 @@ an error for a corrupt upload, the guide, compare.  Screenshots go to test-artif
 
 Skipped when chromium or playwright is missing — unless MERGESCOPE_REQUIRE_BROWSER=1, then they fail.
 """
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -82,10 +84,11 @@ def _status_has(page, text: str) -> None:
 
 
 def _merge(page) -> None:
-    before = page.inner_text("#status")
+    """Press Merge and wait for a *new* run's "Run #N done" (the status also shows progress timers)."""
+    before = re.search(r"Run #(\d+) done", page.inner_text("#status"))
     page.click("#merge-btn")
-    page.wait_for_function(f"(s => s.includes('done') && s !== {before!r})(document.querySelector('#status')"
-                           ".innerText)")
+    page.wait_for_function("prev => { const m = document.querySelector('#status').innerText.match(/Run #(\\d+) done/);"
+                           " return m !== null && m[1] !== prev; }", arg=before.group(1) if before else "")
 
 
 def _choose_method(page, title: str) -> None:
@@ -164,29 +167,55 @@ def test_a_corrupt_upload_shows_an_error_and_keeps_the_zoo(page, app, tmp_path):
     _shot(page, "05-corrupt-upload", full_page=False)  # the message is a fixed-position toast
 
 
-def test_guide_step_runs_ties_and_shows_sign_conflicts(page):
+def test_guide_runs_each_step_in_place_beside_its_text(page, app):
     page.get_by_role("tab", name="Guide").click()
+    page.click("#guide-1")
+    page.wait_for_selector("#guide-plot-1 .js-plotly-plot .trace")
+    page.wait_for_function("document.querySelector('#guide-result-1').innerText.includes('average test accuracy')")
     page.click("#guide-2")
+    page.wait_for_selector("#guide-plot-2 .js-plotly-plot .trace")
+    page.wait_for_function("document.querySelector('#guide-result-2').innerText.includes('vs Task Arithmetic')")
+    result = page.inner_text("#guide-result-2")
+    record = app[1].dashboard.service.history.records()[-1]
+    assert record.method == "ties" and f"run #{record.id}" in result
+    assert f"{100 * record.mean_accuracy:.1f} %" in result  # the sentence quotes the recorded number
+    text, plot = page.locator("#guide-result-2").bounding_box(), page.locator("#guide-plot-2").bounding_box()
+    assert plot["x"] > text["x"] + text["width"] - 1 and abs(plot["y"] - text["y"]) < 400  # side by side
+    assert page.locator("#guide-plot-2").is_visible()  # still on the Guide tab
+    _shot(page, "06-guide-steps")
+    page.click("#guide-explore-2")
     page.wait_for_function("document.querySelector('#run-summary').innerText.includes('ties')")
     page.wait_for_selector("#plot-table .js-plotly-plot .trace")
     assert page.locator("#method input").input_value() == "TIES-Merging"
-    _shot(page, "06-guide-ties")
 
 
-def test_compare_two_runs(page, app):
+def test_compare_runs_and_annotate_one(page, app):
     _merge(page)
     _choose_method(page, "Task Arithmetic")
     _merge(page)
     page.get_by_role("tab", name="Compare & download").click()
-    ids = [str(r.id) for r in app[1].dashboard.service.history.records()[-2:]]
-    assert ids[0] in page.locator("#runs-table").inner_text()
-    for dropdown, run in zip(("#run-a", "#run-b"), ids):
-        page.click(f"{dropdown} input")
-        page.locator(dropdown).get_by_role("option", name=run, exact=True).click()
+    history = app[1].dashboard.service.history
+    records = history.records()[-2:]
+    assert str(records[0].id) in page.locator("#runs-table").inner_text()
+    for count, record in enumerate(records, 1):
+        page.click("#compare-runs input")
+        page.get_by_role("option", name=record.label(), exact=True).click()
+        page.wait_for_function(f"document.querySelector('#compare-runs').innerText.split('#').length > {count}")
     page.click("#compare-btn")
     page.wait_for_selector("#plot-compare .js-plotly-plot .trace")
-    assert "avg acc %" in page.inner_text("#compare-table")
+    page.wait_for_selector("#plot-parallel .js-plotly-plot")
+    assert "method" in page.inner_text("#compare-table")
+    header = page.locator("#runs-table thead").inner_text()
+    assert header.index("avg acc %") < header.index("params")  # accuracy columns first, in view at 1280 px
     _shot(page, "07-compare")
+    page.click("#edit-run input")
+    page.get_by_role("option", name=records[-1].label(), exact=True).click()
+    page.wait_for_function("document.querySelector('#edit-note').innerText.includes('Editing run')")
+    page.fill("#edit-name textarea", "my <b>best</b> run")
+    page.click("#edit-save")
+    page.wait_for_function("document.querySelector('#edit-note').innerText.includes('Saved')")
+    assert history.get(records[-1].id).name == "my <b>best</b> run"
+    assert "my <b>best</b> run" in page.locator("#runs-table").inner_text()  # shown literally
 
 
 def test_sweep_over_consensus_k(page):
@@ -195,8 +224,98 @@ def test_sweep_over_consensus_k(page):
     page.locator("#sweep-method").get_by_role("option", name="Consensus Merging", exact=True).click()
     page.locator("#sweep-param input").click()
     page.locator("#sweep-param").get_by_role("option", name="k", exact=True).click()
-    page.fill("#sweep-values textarea, #sweep-values input", "0, 1, 2, 4")
+    page.fill("#sweep-values textarea, #sweep-values input", "0, 1, 2, 3")
     page.click("#sweep-btn")
     page.wait_for_selector("#plot-sweep .js-plotly-plot .trace")
     page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best k')")
     _shot(page, "08-sweep")
+
+
+def _toast(page, text: str):
+    toast = page.locator(".toast-body").filter(has_text=text).last
+    toast.wait_for()
+    return toast
+
+
+def _close_toasts(page) -> None:
+    page.evaluate("document.querySelectorAll('.toast-close').forEach(b => b.click())")
+
+
+def _type(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number], #{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def test_typed_values_are_refused_not_clamped_and_name_the_field(page, app):
+    runs = len(app[1].dashboard.service.history.records())
+    _choose_method(page, "TIES-Merging")
+    assert page.locator("#s-ties-k input[type=range]").count() == 1  # a slider to drag …
+    assert not page.locator("#s-ties-k input[type=number]").is_visible()  # … whose clamping box is hidden
+    _type(page, "p-ties-k", "150")
+    assert page.locator("#p-ties-k input").input_value() == "150"  # not clamped to 100
+    page.click("#merge-btn")
+    assert "above the maximum 100" in _toast(page, "k: 150").inner_text()
+    _status_has(page, "failed")
+    _shot(page, "09-refused-typed-value", full_page=False)
+    _close_toasts(page)
+    _type(page, "p-ties-k", "20")
+    _choose_method(page, "Consensus Merging")
+    _type(page, "p-consensus-k", "2.5")
+    page.click("#merge-btn")
+    _toast(page, "k: expected int, got 2.5")
+    _close_toasts(page)
+    _type(page, "p-consensus-k", "4")  # T = 3
+    page.click("#merge-btn")
+    _toast(page, "k: 4 is above the number of merged tasks (3)")
+    _close_toasts(page)
+    _type(page, "p-consensus-k", "2")
+    for task in ("task0", "task1", "task2"):
+        page.locator("#tasks").get_by_text(task, exact=True).click()
+    page.click("#merge-btn")
+    _toast(page, "tasks to merge: tick at least one task")
+    assert len(app[1].dashboard.service.history.records()) == runs  # nothing ran, nothing recorded
+    for task in ("task0", "task1", "task2"):
+        page.locator("#tasks").get_by_text(task, exact=True).click()
+
+
+def test_hidden_methods_do_not_block_a_merge(page):
+    _choose_method(page, "DARE")
+    _type(page, "p-dare-seed", "-3")
+    _choose_method(page, "Task Arithmetic")
+    _merge(page)  # DARE's bad seed is not validated for Task Arithmetic
+    assert "task_arithmetic" in page.inner_text("#run-summary")
+
+
+def test_parameters_show_only_when_they_apply_and_only_those_are_recorded(page, app):
+    _choose_method(page, "DARE")
+    assert not page.locator("#w-dare-k").is_visible() and not page.locator("#w-dare-merge").is_visible()
+    _type(page, "p-dare-seed", "0")
+    _merge(page)
+    assert set(app[1].dashboard.service.history.records()[-1].params) == {"p", "rescale", "seed", "base", "lam"}
+    page.click("#p-dare-base input")
+    page.locator("#p-dare-base").get_by_role("option", name="ties", exact=True).click()
+    page.locator("#w-dare-k").wait_for(state="visible")
+    _shot(page, "10-dare-ties-base")
+    page.wait_for_timeout(300)  # let the dropdown's new value settle before Merge reads it
+    _merge(page)
+    sent = json.loads(page.locator("#params-json textarea").input_value())
+    assert sent["base"] == "ties" and {"k", "merge"} <= set(sent)
+    assert {"k", "merge"} <= set(app[1].dashboard.service.history.records()[-1].params)
+    _choose_method(page, "TALL masks")
+    assert not page.locator("#w-tall-ties_k").is_visible()
+
+
+def test_messages_are_shown_literally_never_rendered(page):
+    page.evaluate("window.__fired = false")
+    page.get_by_role("tab", name="Load zoo").click()
+    page.get_by_label("server folder or manifest").check()
+    hostile = "<task><img src=x onerror=\"window.__fired = true\">"
+    page.fill("#zoo-path textarea, #zoo-path input", hostile)
+    page.click("#load-btn")
+    toast = _toast(page, "<task>")
+    assert hostile in toast.inner_text()  # shown as text: the tag did not disappear
+    assert toast.locator("img").count() == 0
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__fired") is False
+    _shot(page, "11-escaped-message", full_page=False)

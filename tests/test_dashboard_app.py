@@ -53,12 +53,13 @@ def test_merge_returns_figures_and_is_recorded(app):
     run_id = int(summary.split("Run #")[1].split(":")[0])
     assert f"Run #{run_id} done" in status and "ties" in summary
     names = {t["name"] for t in _traces(out[HISTOGRAM])}
-    assert names <= {"catastrophic", "selfish", "general"} and names
+    assert names == {"weights kept by c tasks"}  # TIES trims: no catastrophic / selfish / general
     accuracy = _traces(out[ACCURACY])
     assert [t["name"] for t in accuracy] == ["pretrained", "individual", "merged"]
     runs = client.predict(api_name="/history")[0]
-    row = next(r for r in runs["data"] if r[0] == run_id)
-    assert row[3] == "ties" and row[4] == "k=30, merge=mean, lam=0.8" and row[5] == 2
+    row = dict(zip(runs["headers"], next(r for r in runs["data"] if r[0] == run_id)))
+    assert row["method"] == "ties" and row["params"] == "k=30, merge=mean, lam=0.8" and row["tasks"] == 2
+    assert runs["headers"][:3] == ["run", "avg acc %", "avg normalized %"]
     record = app[1].dashboard.service.history.get(run_id)
     assert set(record.accuracy) == {"task0", "task2"}
 
@@ -68,9 +69,17 @@ def test_compare_and_download(app):
     first = client.predict("task_arithmetic", json.dumps({"lam": 0.3}), [], api_name="/merge")
     second = client.predict("consensus", json.dumps({"k": 2}), [], api_name="/merge")
     a, b = (int(o[0].split("Run #")[1].split(":")[0]) for o in (first, second))
-    table, plot = client.predict(str(a), str(b), api_name="/compare")
-    assert table["headers"][1:] == [f"#{a} task_arithmetic", f"#{b} consensus", "Δ"]
-    assert {t["name"] for t in _traces(plot)} == {f"#{a} task_arithmetic", f"#{b} consensus"}
+    history = app[1].dashboard.service.history
+    labels = [history.get(a).label(), history.get(b).label()]
+    third = client.predict("ties", json.dumps({"k": 30}), [], api_name="/merge")
+    c = int(third[0].split("Run #")[1].split(":")[0])
+    table, plot, parallel, note = client.predict([str(a), str(b), str(c)], api_name="/compare")
+    assert table["headers"][0] == "parameter" and table["headers"][1:] == [*labels, history.get(c).label()]
+    assert [row[0] for row in table["data"]][0] == "method"  # only what differs: the method, λ, k, …
+    assert labels[0].startswith(f"#{a} task_arithmetic λ=0.3 · ") and labels[0].endswith(" %")
+    assert {t["name"] for t in _traces(plot)} == {"pretrained", "individual", *labels, history.get(c).label()}
+    assert _traces(parallel)[0]["type"] == "parcoords"
+    assert "3 runs of the same zoo" in note
     path = client.predict(str(b), "open_clip", "", api_name="/download")
     tensors = load_file(path)
     assert tensors and all(k.startswith("visual.") for k in tensors)
@@ -84,7 +93,7 @@ def test_bad_input_gives_a_message_and_the_app_keeps_working(app, zoo_dir, tmp_p
         client.predict("ties", json.dumps({"k": 500}), [], api_name="/merge")
     with pytest.raises(AppError, match="not valid JSON"):
         client.predict("ties", "{k: 1", [], api_name="/merge")
-    with pytest.raises(AppError, match="no zoo at"):
+    with pytest.raises(AppError, match="is not inside the zoo roots"):
         client.predict("path", str(tmp_path / "missing"), [], api_name="/load_zoo")
     corrupt = tmp_path / "cars.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
@@ -178,6 +187,40 @@ def test_app_flags_and_environment(monkeypatch):
     monkeypatch.setenv("MERGESCOPE_ZOO", "/srv/zoo")
     args = app_module.parse_args(["--host", "0.0.0.0"])
     assert (args.host, args.port, args.zoo) == ("0.0.0.0", 8123, "/srv/zoo")
+
+
+def _app_module():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parent.parent / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hosting_flags_roots_job_limit_and_login(monkeypatch, tmp_path, capsys):
+    app_module = _app_module()
+    for name in ("MERGESCOPE_ZOO_ROOTS", "MERGESCOPE_JOBS_PER_SESSION", "MERGESCOPE_AUTH", "MERGESCOPE_AUTH_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    args = app_module.parse_args([])
+    assert (args.zoo_roots, args.jobs_per_session, args.logins) == (None, 2, None)  # roots: demo zoo + data/zoos
+    args = app_module.parse_args(["--zoo-root", "/srv/a", "--zoo-root", "/srv/b", "--jobs-per-session", "3",
+                                  "--auth", "ann:secret:with:colons"])
+    assert (args.zoo_roots, args.jobs_per_session, args.logins) == (["/srv/a", "/srv/b"], 3,
+                                                                    [("ann", "secret:with:colons")])
+    logins = tmp_path / "logins"
+    logins.write_text("# team\nbob:pw1\n\ncarol:pw2\n")
+    monkeypatch.setenv("MERGESCOPE_ZOO_ROOTS", "/srv/a:/srv/c")
+    monkeypatch.setenv("MERGESCOPE_AUTH", "ann:pw0")
+    args = app_module.parse_args(["--auth-file", str(logins)])
+    assert args.zoo_roots == ["/srv/a", "/srv/c"]
+    assert args.logins == [("ann", "pw0"), ("bob", "pw1"), ("carol", "pw2")]
+    logins.write_text("bob:pw1\nnocolon\n")
+    with pytest.raises(SystemExit):
+        app_module.parse_args(["--auth-file", str(logins)])
+    assert "--auth-file line 2: expected USER:PASSWORD" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app_module.parse_args(["--jobs-per-session", "0"])
 
 
 def test_a_merge_before_any_load_uses_the_default_zoo(app):

@@ -57,6 +57,24 @@ def test_layer_heatmap_rows_are_layers_and_values_fractions(stats):
     np.testing.assert_allclose(z.sum(1), 100)
 
 
+@pytest.mark.parametrize("kind", ["ties_trim", "dare_keep", "pcb_keep", "calm", "consensus_keep"])
+def test_other_masks_are_labelled_kept_by_c_tasks_not_tall_classes(stats, kind):
+    index, _ = stats
+    s = mask_statistics(MaskSet.from_bool(MASKS, ["a", "b", "c"], kind), index)
+    figs = figures.run_figures({kind: s}, {}, None, k=2, mask_kind=kind)
+    (bars,) = figs["histogram"].data
+    assert bars.name == "weights kept by c tasks" and list(bars.x) == [0, 1, 2, 3]
+    assert list(bars.y) == pytest.approx([100 / 16, 100 * 10 / 16, 100 * 3 / 16, 100 * 2 / 16])
+    assert figs["histogram"].layout.xaxis.title.text == "kept by c tasks"
+    text = figs["histogram"].to_json() + figs["layers"].to_json()
+    assert not any(word in text for word in ("catastrophic", "selfish", "general"))
+    assert list(figs["layers"].data[0].x) == ["kept by 0", "kept by 1", "kept by 2", "kept by 3"]
+    # the consensus threshold counts TALL masks: marked on them and on the consensus keep mask only
+    assert bool(figs["histogram"].layout.shapes) == (kind == "consensus_keep")
+    assert figures.class_label(kind, "catastrophic") == "kept by no task"
+    assert figures.class_label("tall", "catastrophic") == "catastrophic"
+
+
 def test_jaccard_heatmap_matches_hand_count(stats):
     _, s = stats
     z = np.asarray(figures.jaccard_heatmap(s.jaccard).data[0].z)
@@ -174,3 +192,12 @@ def test_calm_stage_accuracy_and_training_curve():
     assert [t.name for t in traces] == ["entropy", "accuracy (%)"] and traces[1].yaxis == "y2"
     # a table that only shares the name falls back to the generic figure
     assert figures.method_table_figure("stages", pd.DataFrame({"x": ["a"], "v": [1.0]})).data[0].type == "bar"
+
+
+def test_parallel_coordinates_use_parameters_every_run_has():
+    points = pd.DataFrame({"run": ["#1 ties", "#2 ta"], "method": ["ties", "task_arithmetic"], "k": [20.0, None],
+                           "lam": [1.0, 0.3], "mean accuracy %": [61.0, 58.0]})
+    fig = figures.parallel_coordinates(points)
+    dims = fig.data[0].dimensions
+    assert [d.label for d in dims] == ["method", "lam", "mean accuracy %"]
+    assert list(dims[0].ticktext) == ["ties", "task_arithmetic"] and list(dims[-1].values) == [61.0, 58.0]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dashboard import figures
 from dashboard.service import Service, Settings, UserError
 from dashboard_app import zoo_dir  # noqa: F401 (module fixture)
 from merging import ParameterError, UnknownMethodError
@@ -16,7 +17,7 @@ from merging.maskstats import mask_statistics
 
 @pytest.fixture(scope="module")
 def service(zoo_dir, tmp_path_factory):
-    return Service(Settings(tmp_path_factory.mktemp("data"), device="cpu"))
+    return Service(Settings(tmp_path_factory.mktemp("data"), device="cpu", zoo_roots=[tmp_path_factory.getbasetemp()]))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,9 @@ def test_merge_records_a_run_with_independently_checked_accuracy(service, entry)
     assert record.params == {"k": 30.0, "merge": "mean", "lam": 0.7} and record.device == "cpu"
     expected = mask_statistics(view.result.masks["ties_trim"], view.space.index)
     pd.testing.assert_frame_equal(view.stats["ties_trim"].histogram, expected.histogram)
-    assert record.statistics["masks"]["ties_trim"] == pytest.approx(expected.class_fractions())
+    kept = {figures.KEPT_LABELS[name]: v for name, v in expected.class_fractions().items()}
+    assert record.statistics["masks"]["ties_trim"] == pytest.approx(kept)  # TIES trims are no TALL classes
+    assert "catastrophic" not in view.summary() and "kept by no task" in view.summary()
     assert 0 <= record.statistics["sign_conflict_rate"] <= 1
     models = set(view.accuracy["model"])
     assert models == {"pretrained", "individual", "merged"}
@@ -84,6 +87,11 @@ def test_merge_records_a_run_with_independently_checked_accuracy(service, entry)
 def test_consensus_marks_k_and_tall_reports_reconstruction(service, entry):
     view = service.merge(entry.id, "consensus", {"k": 2})
     assert view.k == 2 and view.figures()["histogram"].layout.shapes[0].x0 == 1.5
+    # the consensus keep mask itself is a mask choice: each task's TALL mask restricted to weights with c ≥ 2
+    assert list(view.stats) == ["tall", "consensus_keep"]
+    keep = view.stats["consensus_keep"].histogram.set_index("c")["count"]
+    tall = view.stats["tall"].histogram.set_index("c")["count"]
+    assert keep[1] == 0 and keep[0] == tall[0] + tall[1] and (keep[2:] == tall[2:]).all()
     tall = service.merge(entry.id, "tall", {"tall_lambda": 0.4})
     assert set(tall.accuracy["model"]) == {"pretrained", "individual", "TALL-reconstructed"}
     assert tall.k is None
@@ -120,14 +128,16 @@ def test_bad_input_is_refused_and_nothing_recorded(service, entry):
     assert len(service.history.records()) == before
 
 
-def test_sweep_over_consensus_k_ends_at_the_pretrained_model(service, entry):
-    table = service.sweep(entry.id, "consensus", "k", [0, 4])
+def test_sweep_over_consensus_k_starts_at_task_arithmetic_and_refuses_k_above_T(service, entry):
+    table = service.sweep(entry.id, "consensus", "k", [0, 3])
     assert set(table["split"]) == {"val"} and len(table) == 2 * 3
-    # k = 4 > T keeps no weight: θ = θ0
-    pre = evaluate(entry.zoo, None, entry.zoo.task_names, "val", device="cpu")
-    at_four = table[table["value"] == 4].set_index("task")["accuracy"]
-    assert list(at_four[pre["task"]]) == pytest.approx(list(pre["accuracy"]))
+    # k = 0 keeps every weight: Consensus TA is Task Arithmetic with the same λ
+    ta = service.sweep(entry.id, "task_arithmetic", "lam", [0.3]).set_index("task")["accuracy"]
+    at_zero = table[table["value"] == 0].set_index("task")["accuracy"]
+    assert list(at_zero[ta.index]) == pytest.approx(list(ta))
     assert table["normalized"].notna().all()
+    with pytest.raises(ParameterError, match=r"^k: 4 is above the number of merged tasks \(3\)"):
+        service.sweep(entry.id, "consensus", "k", [4])
     with pytest.raises(UserError, match="no parameter 'q'"):
         service.sweep(entry.id, "consensus", "q")
 
@@ -165,7 +175,7 @@ def test_exports_are_atomic_files_in_the_session_folder(service, entry, zoo_dir)
 
 
 def test_export_after_the_result_left_memory_merges_again(zoo_dir, tmp_path):
-    service = Service(Settings(tmp_path / "data", device="cpu", keep_results=1))
+    service = Service(Settings(tmp_path / "data", device="cpu", keep_results=1, zoo_roots=[zoo_dir]))
     entry = service.load_zoo(zoo_dir)
     first = service.merge(entry.id, "dare", {"p": 0.3, "seed": 7})
     expected = first.space.state_dict(first.result.delta)
@@ -193,7 +203,10 @@ def test_uploads(service, entry, zoo_dir, tmp_path):
     uploaded = service.load_uploads([pre, fine / "task0.safetensors", fine / "task2.safetensors"], "carol",
                                     like=entry.id)
     assert uploaded.zoo.task_names == ["task0", "task2"] and uploaded.evaluable() == []
-    view = service.merge(uploaded.id, "ties", {})
+    with pytest.raises(UserError, match="load a zoo first"):  # another session's upload does not exist for you
+        service.merge(uploaded.id, "ties", {}, owner="dave")
+    view = service.merge(uploaded.id, "ties", {}, owner="carol")
+    assert view.record.zoo_path == "upload" and view.record.owner == "carol"
     assert view.record.accuracy == {} and view.stats["ties_trim"].density.shape[0] == 2
     assert torch.equal(uploaded.space.stack, entry.space.stack[[0, 2]])
 

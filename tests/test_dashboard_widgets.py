@@ -3,27 +3,30 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from dashboard.widgets import build_panel, collect_params, component_spec, explain, per_task_table
+from dashboard.widgets import HIDDEN, build_panel, collect_params, component_spec, explain, per_task_table, slider_spec
 from merging import ParameterError, get_method, list_methods
 from merging.params import Param, resolve_params
 
 
-@pytest.mark.parametrize("param, kind, extra", [
-    (Param("lam", float, 0.3, "λ", low=0.0, high=3.0, step=0.05), "Slider", {"minimum": 0.0, "maximum": 3.0,
+@pytest.mark.parametrize("param, kind, slider", [
+    (Param("lam", float, 0.3, "λ", low=0.0, high=3.0, step=0.05), "Number", {"minimum": 0.0, "maximum": 3.0,
                                                                          "step": 0.05}),
-    (Param("lr", float, 1e7, "rate", low=1e-12, high=1e15), "Number", {"minimum": 1e-12, "maximum": 1e15}),
-    (Param("k", int, 2, "tasks", low=0, high=10), "Slider", {"minimum": 0, "maximum": 10, "step": 1}),
-    (Param("k", int, 2, "tasks", low=0, high=1000), "Number", {"minimum": 0, "maximum": 1000, "precision": 0}),
-    (Param("seed", int, 0, "seed", low=0), "Number", {"minimum": 0, "precision": 0}),
-    (Param("merge", str, "mean", "how", choices=("mean", "sum")), "Dropdown", {"choices": ["mean", "sum"]}),
-    (Param("amp", bool, True, "autocast"), "Checkbox", {}),
-    (Param("order", str, "", "task order"), "Textbox", {}),
+    (Param("lr", float, 1e7, "rate", low=1e-12, high=1e15), "Number", None),
+    (Param("k", int, 2, "tasks", low=0, high=10), "Number", {"minimum": 0, "maximum": 10, "step": 1}),
+    (Param("k", int, 2, "tasks", low=0, high=1000), "Number", None),
+    (Param("seed", int, 0, "seed", low=0), "Number", None),
+    (Param("merge", str, "mean", "how", choices=("mean", "sum")), "Dropdown", None),
+    (Param("amp", bool, True, "autocast"), "Checkbox", None),
+    (Param("order", str, "", "task order"), "Textbox", None),
 ])
-def test_component_spec(param, kind, extra):
+def test_component_spec(param, kind, slider):
     got_kind, kwargs = component_spec(param)
-    assert got_kind == kind
-    assert kwargs["value"] == param.default and kwargs["info"] == param.help
-    assert {k: kwargs[k] for k in extra} == extra
+    assert got_kind == kind and kwargs["value"] == param.default and param.help in kwargs["info"]
+    # Gradio must neither clamp nor round a typed number: no limits, no precision on the box
+    assert not {"minimum", "maximum", "precision"} & set(kwargs)
+    if param.low is not None:
+        assert f"range {param.low:g}" in kwargs["info"]
+    assert slider_spec(param) == slider
 
 
 @pytest.mark.parametrize("method", list_methods(), ids=lambda m: m.name)
@@ -31,11 +34,11 @@ def test_every_registered_parameter_gets_a_widget_holding_its_default(method):
     for param in method.params:
         kind, kwargs = component_spec(param)
         assert hasattr(gr, kind)
-        if kind in ("Slider", "Number"):
-            assert kwargs.get("minimum", -float("inf")) <= param.default <= kwargs.get("maximum", float("inf"))
-        if kind == "Slider":
-            assert 0 < kwargs["step"] <= kwargs["maximum"] - kwargs["minimum"]
-            assert (kwargs["maximum"] - kwargs["minimum"]) / kwargs["step"] <= 10_000
+        slider = slider_spec(param)
+        if slider is not None:
+            assert slider["minimum"] <= param.default <= slider["maximum"]
+            assert 0 < slider["step"] <= slider["maximum"] - slider["minimum"]
+            assert (slider["maximum"] - slider["minimum"]) / slider["step"] <= 10_000
     assert method.title in explain(method) and method.summary in explain(method)
     assert ("unlabeled" in explain(method)) == (method.needs_data and not method.needs_labels)
     assert ("labeled validation" in explain(method)) == method.needs_data
@@ -82,3 +85,36 @@ def test_integer_widgets_give_integers():
     values = _defaults(panel)
     values[0] = 3.0  # gr.Number returns floats
     assert collect_params(panel, values, ["a", "b"])["k"] == 3
+
+
+@pytest.mark.parametrize("method, index, value, message", [
+    ("ties", 0, 150, r"^k: 150(\.0)? is above the maximum 100"),  # a slider would have clamped it to 100
+    ("ties", 2, -5, r"^lam: -5(\.0)? is below the minimum 0"),
+    ("dare", 0, 1.5, r"^p: 1.5 is above the maximum 0.99"),
+    ("consensus", 0, 2.5, r"^k: expected int, got 2.5"),  # not rounded to 2
+    ("consensus", 0, None, r"^k: expected a number, the box is empty"),
+])
+def test_out_of_range_or_fractional_values_are_refused_naming_the_field(method, index, value, message):
+    panel = _panel(method, ["a", "b", "c"])
+    values = _defaults(panel)
+    values[index] = value
+    with pytest.raises(ParameterError, match=message):
+        collect_params(panel, values, ["a", "b", "c"])
+
+
+def test_only_the_parameters_that_apply_are_collected():
+    dare = _panel("dare", ["a", "b"])  # p, rescale, seed, base, k, merge, lam
+    names = [w.param.name for w in dare.widgets]
+    values = _defaults(dare)
+    values[names.index("k")] = 500  # out of range, but it does not apply to the TA base: neither checked nor sent
+    assert set(collect_params(dare, values, ["a", "b"])) == {"p", "rescale", "seed", "base", "lam"}
+    values[names.index("base")] = "ties"
+    with pytest.raises(ParameterError, match="^k: 500"):
+        collect_params(dare, values, ["a", "b"])
+    values[names.index("k")] = 30
+    assert collect_params(dare, values, ["a", "b"])["k"] == 30
+    tall = _panel("tall", ["a", "b"])
+    assert "ties_k" not in collect_params(tall, _defaults(tall), ["a", "b"])
+    # hidden while they do not apply, shown with the base that uses them
+    hidden = lambda panel: [w.param.name for w in panel.widgets if HIDDEN in (w.box.elem_classes or [])]  # noqa
+    assert hidden(dare) == ["k", "merge"] and hidden(tall) == ["ties_k"]

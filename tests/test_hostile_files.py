@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from hostile_files import (BOMBS, measure, memo_bomb, stride0_tensor, tensor_pickle, write_safetensors_header,
                            write_torch_zip, _Storage, _Tensor)
 from merging.checkpoints import CheckpointFileError, LimitError, UnsafePickleError, inspect_checkpoint, load_checkpoint
+from merging.checkpoints import limits
 from merging.checkpoints.limits import MAX_EXPANSION, check_pickle
 from merging.space import CheckpointError, TaskVectorSpace
 
@@ -57,6 +58,18 @@ def test_legitimate_small_memo_and_compressed_records_still_load(tmp_path):
     assert load_checkpoint(path).visual["conv1.weight"].count_nonzero() == 0
 
 
+def test_zip_record_count_is_read_from_the_end_record(tmp_path, monkeypatch):
+    """The count is checked before zipfile builds one object per central-directory entry."""
+    monkeypatch.setattr(limits, "MAX_ZIP_RECORDS", 50_000)
+    path = stride0_tensor(tmp_path / "many.pt")
+    blob = bytearray(path.read_bytes())
+    end = blob.rfind(b"PK\x05\x06")
+    blob[end + 8:end + 12] = (60_000).to_bytes(2, "little") * 2  # records on this disk, records in total
+    path.write_bytes(bytes(blob))
+    with pytest.raises(LimitError, match="announces 60,000 records; at most 50,000"):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("pickled, problem", [
     (b"\x80\x02X\xff\xff\xff\x7fabc.", "corrupt"),  # BINUNICODE announcing 2 GB, 3 bytes present
     (b"\x80\x04\x95" + (2 ** 40).to_bytes(8, "little") + b"N.", "over a limit"),  # FRAME of 1 TB
@@ -87,6 +100,7 @@ _MALFORMED = {
     "metadata not strings": b'{"__metadata__": {"secret": 5}, "a": {"dtype": "F32", "shape": [1], '
                             b'"data_offsets": [0, 4]}}',
     "not UTF-8": b'{"\xff\xfe": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+    "shape overflowing": b'{"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}}',
     "string value echoed": b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": "aws_secret_value"}}',
 }
 
@@ -101,6 +115,15 @@ def test_malformed_safetensors_headers_are_one_named_line(tmp_path, case):
         assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 500, message
         assert info.value.problem in ("corrupt", "truncated"), message
         assert "aws_secret_value" not in message
+
+
+def test_an_empty_tensor_whose_strides_overflow_is_named_when_inspected(tmp_path):
+    header = (b'{"conv1.weight": {"dtype": "F32", "shape": [0, 4294967296, 4294967296, 4294967296], '
+              b'"data_offsets": [0, 0]}}')
+    path = write_safetensors_header(tmp_path / "empty.safetensors", header)
+    with pytest.raises(CheckpointFileError, match="corrupt: a tensor shape torch cannot represent"):
+        inspect_checkpoint(path)
+    assert load_checkpoint(path).visual["conv1.weight"].numel() == 0  # harmless when read: no elements
 
 
 def test_safetensors_limits(tmp_path):

@@ -50,7 +50,9 @@ def test_valid_manifest_json_and_yaml(zoo_dir, tmp_path):
 @pytest.mark.parametrize("edit, field, message", [
     (lambda m: m["tasks"][0].update(finetuned="finetuned/nope.safetensors"), "tasks[0] (task0).finetuned",
      "file not found"),
-    (lambda m: m.update(colour="red"), "colour", "unknown field"),
+    (lambda m: m.update(colour="red"), "the manifest", "1 unknown field(s) (names not shown)"),
+    (lambda m: m.update(pretrianed="x"), "the manifest", "did you mean pretrained?"),
+    (lambda m: m["tasks"][0].update(secret_token="x"), "tasks[0]", "1 unknown field(s) (names not shown)"),
     (lambda m: m["tasks"][1].pop("classnames"), "tasks[1] (task1).classnames", "needs classnames"),
     (lambda m: m["tasks"][1].update(name="task0"), "tasks[1].name", "duplicate task"),
     (lambda m: m["tasks"][0].update(head={"templates": ["no placeholder"]}), "tasks[0] (task0).head.templates",
@@ -68,6 +70,44 @@ def test_invalid_manifests_name_the_field(scratch, edit, field, message):
     with pytest.raises(ManifestError) as info:
         load_manifest(scratch / "zoo.json")
     assert f"{scratch / 'zoo.json'}: {field}:" in str(info.value) and message in str(info.value)
+
+
+_SECRETS = "aws_secret_access_key: AKIAEXAMPLE\ndb_password: hunter2\n"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("zoo.json", '{"a": 1,\n "b" 2}', "not valid JSON: Expecting ':' delimiter at line 2, column 6"),
+    ("manifest", '{"a": 1,}', "not valid JSON: Expecting property name enclosed in double quotes at line 1"),
+    ("zoo.json", "[" * 100_000 + "]" * 100_000, "not valid JSON: nested too deeply"),
+    ("zoo.json", '{"x": ' + "9" * 5000 + "}", "not valid JSON: Exceeds the limit"),
+    ("zoo.yaml", _SECRETS + "tasks: [oops\n", "not valid YAML: "),
+    ("zoo.yaml", _SECRETS + "key: 'unclosed\n", "not valid YAML: "),
+    ("zoo.yaml", "a: &x [1, 2]\nb: [*x, *x]\n", "aliases are not allowed in a zoo manifest at line 2"),
+    ("zoo.yaml", _SECRETS, "2 unknown field(s) (names not shown)"),
+    ("zoo.json", '{"aws_secret_access_key": "AKIAEXAMPLE", "format": "hunter2"}', "1 unknown field(s)"),
+    ("zoo.json", b"\xff\xfe{}", "not valid JSON: not UTF-8 text"),
+])
+def test_manifest_errors_name_the_format_and_never_echo_content(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    line = str(info.value)
+    assert line.startswith(f"{path}: ") and message in line and "\n" not in line, line
+    for secret in ("aws_secret_access_key", "AKIAEXAMPLE", "db_password", "hunter2", "oops", "unclosed"):
+        assert secret not in line, line
+
+
+def test_missing_paths_are_shown_relative_to_the_zoo(scratch, tmp_path):
+    data = json.loads((scratch / "zoo.json").read_text())
+    data["pretrained"] = str(tmp_path / "elsewhere.safetensors")  # absolute, outside the zoo folder
+    (scratch / "zoo.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="pretrained: file not found: a path outside the zoo folder$"):
+        load_manifest(scratch / "zoo.json")
+    data["pretrained"] = "sub/../nope.safetensors"
+    (scratch / "zoo.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="pretrained: file not found: nope.safetensors$"):
+        load_manifest(scratch / "zoo.json")
 
 
 def test_bad_json_and_unknown_architecture(scratch):

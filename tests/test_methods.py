@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import reference as ref
 from engine_fixtures import dense, space as make_space
-from merging import TaskVectorSpace, run_merge
+from merging import ParameterError, TaskVectorSpace, run_merge
 from merging import chunks
 from merging.maskstats import mask_statistics
 from merging.param_index import ParamEntry, ParamIndex
@@ -176,13 +176,17 @@ def test_ties_without_conflicts_is_disjoint_mean(rows, T, signs):
 
 @settings(max_examples=30, deadline=None)
 @given(taus=taus_strategy)
-def test_consensus_k0_is_ta_and_k_above_T_is_theta0(taus):
+def test_consensus_k0_is_ta_and_k_above_T_is_refused(taus):
     sp = tiny_space(taus, theta0=torch.linspace(-1, 1, 12))
     ta, _ = merged(sp, "task_arithmetic", lam=0.3)
     k0, _ = merged(sp, "consensus", k=0, lam=0.3)
     torch.testing.assert_close(k0, ta, **close)
-    above, _ = merged(sp, "consensus", k=sp.T + 1, lam=0.3)
-    assert torch.equal(above, sp.theta0)
+    with pytest.raises(ParameterError, match=rf"^k: {sp.T + 1} is above the number of merged tasks \({sp.T}\)"):
+        merged(sp, "consensus", k=sp.T + 1, lam=0.3)
+    _, result = merged(sp, "consensus", k=sp.T, lam=0.3)  # keep mask: weights every task's TALL mask selects
+    tall = torch.stack([result.masks["tall"].get(t) for t in range(sp.T)])
+    kept = torch.stack([result.masks["consensus_keep"].get(t) for t in range(sp.T)])
+    assert torch.equal(kept, tall & tall.all(0))
 
 
 @settings(max_examples=30, deadline=None)
@@ -206,7 +210,7 @@ def test_dare_p0_is_task_arithmetic(taus, seed):
 @pytest.mark.parametrize("method", ["averaging", "task_arithmetic", "ties", "dare", "tall", "consensus", "pcb"])
 def test_single_task_runs_and_maps_back(method):
     sp = make_space(T=1)
-    result = run_merge(sp, method)
+    result = run_merge(sp, method, {"k": 1} if method == "consensus" else {})  # the default k = 2 > T is refused
     state = sp.state_dict(result.task_delta(0))
     assert list(state) == sp.base["__order__"]
     assert all(torch.isfinite(v.float()).all() for v in state.values())

@@ -45,8 +45,11 @@ def inspect_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | 
     fmt = detect_format(path)
     if fmt == "safetensors":
         header = safetensors_header(path)
-        raw = {k: torch.empty(v["shape"], dtype=_ST_DTYPES.get(v["dtype"], torch.float32), device="meta")
-               for k, v in header.items()}
+        try:
+            raw = {k: torch.empty(v["shape"], dtype=_ST_DTYPES.get(v["dtype"], torch.float32), device="meta")
+                   for k, v in header.items()}
+        except RuntimeError as exc:  # e.g. an empty tensor whose other dimensions overflow torch's strides
+            raise CheckpointFileError(path, "corrupt", f"a tensor shape torch cannot represent ({exc})") from None
     else:
         mappable = torch_zip_mappable(path, fmt)
         try:
@@ -92,6 +95,7 @@ def load_head_tensors(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tens
 
 
 __all__ = ["Checkpoint", "CheckpointFileError", "EXPORT_FORMATS", "LimitError", "PROBLEMS", "UnsafePickleError",
-           "check_architecture", "detect_format", "fill_frozen_projection", "export_merge", "hf_to_open_clip_text", "hf_to_open_clip_visual",
-           "inspect_checkpoint", "load_checkpoint", "load_head_tensors", "load_visual", "open_clip_text_to_hf", "open_clip_visual_to_hf",
-           "read_tensors", "safetensors_header", "save_hf", "save_open_clip"]
+           "check_architecture", "detect_format", "fill_frozen_projection", "export_merge", "hf_to_open_clip_text",
+           "hf_to_open_clip_visual", "inspect_checkpoint", "load_checkpoint", "load_head_tensors", "load_visual",
+           "open_clip_text_to_hf", "open_clip_visual_to_hf", "read_tensors", "safetensors_header", "save_hf",
+           "save_open_clip"]

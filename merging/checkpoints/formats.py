@@ -77,7 +77,8 @@ def safetensors_header(path: str | os.PathLike) -> dict:
             raise _header_too_large(path, header_len)
         if 8 + header_len > size:
             raise CheckpointFileError(path, "truncated", "the safetensors header runs past the end of the file")
-        objects = handle.read(header_len).count(b"{")  # every tensor entry is a JSON object
+        objects = sum(handle.read(min(1 << 20, header_len - done)).count(b"{")  # a tensor entry is an object
+                      for done in range(0, header_len, 1 << 20))
     if objects > SAFETENSORS_MAX_OBJECTS + 2:
         raise LimitError(path, f"the safetensors header holds {objects:,} JSON objects; at most "
                                f"{SAFETENSORS_MAX_OBJECTS:,} tensors are accepted")

@@ -2,13 +2,15 @@
 
 A small file must not be able to make a loader use much more memory than the file's own size:
 
-* torch zip files: ``data.pkl`` is at most :data:`MAX_PICKLE_BYTES`; compressed records (torch itself never
-  compresses) may together expand to at most ``MAX_EXPANSION × file size + EXPANSION_ALLOWANCE`` (their declared
-  sizes are checked before anything is inflated, and :mod:`zipfile` / torch's reader stop at the declared size);
-  stored records must lie inside the file;
+* torch zip files: at most :data:`MAX_ZIP_RECORDS` records (read from the end record before the central
+  directory is parsed: ~0.5 KB of Python objects each); ``data.pkl`` is at most :data:`MAX_PICKLE_BYTES`;
+  compressed records (torch itself never compresses) may together expand to at most
+  ``MAX_EXPANSION × file size + EXPANSION_ALLOWANCE`` (their declared sizes are checked before anything is
+  inflated, and :mod:`zipfile` / torch's reader stop at the declared size); stored records must lie inside the
+  file; a file with compressed records is read, not memory-mapped (torch would map them as stored);
 * pickles are scanned opcode by opcode before they are unpickled: a memo index may not exceed the number of
   opcodes read so far (the C unpickler sizes its memo array by the largest index: one ``LONG_BINPUT 2**27`` in a
-  391-byte pickle costs 2 GB), a ``FRAME`` may not announce more bytes than remain, and every length-prefixed
+  393-byte file costs 2 GB), a ``FRAME`` may not announce more bytes than remain, and every length-prefixed
   string must fit in the remaining bytes;
 * a tensor may not have more elements than its storage holds past its offset: a stride-0 view of a 1-element
   storage with 2**28 elements is a 141 KB file that becomes a 1 GB tensor when merged.  Such tensors are refused,
@@ -29,7 +31,8 @@ import torch
 
 from .errors import CheckpointFileError, LimitError
 
-MAX_PICKLE_BYTES = 64 << 20
+MAX_ZIP_RECORDS = 100_000
+MAX_PICKLE_BYTES = 16 << 20  # a state dict pickles to ~100 bytes per tensor; the scan reads ~2 MB/s
 MAX_EXPANSION = 4
 EXPANSION_ALLOWANCE = 16 << 20
 SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' MAX_HEADER_SIZE (the library refuses larger headers)
@@ -40,6 +43,11 @@ _MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 def open_torch_zip(path: Path) -> tuple[zipfile.ZipFile, str, bytes]:
     """``(archive, record prefix, data.pkl bytes)`` of a torch zip file, after the size checks above and a scan
     of the pickle (:func:`check_pickle`)."""
+    with open(path, "rb") as handle:
+        end = zipfile._EndRecData(handle)  # the end-of-central-directory record (zip64 aware)
+    if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_RECORDS:
+        raise LimitError(path, f"the zip archive announces {end[zipfile._ECD_ENTRIES_TOTAL]:,} records; at most "
+                               f"{MAX_ZIP_RECORDS:,} are accepted")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

@@ -14,6 +14,8 @@ Drop masks (``generator``):
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -94,4 +96,4 @@ METHOD = register(MergeMethod(
            "and device) or the previous sequential torch.rand stream (torch)", choices=("philox", "torch")),
      Param("base", str, "ta", "merge the dropped vectors with Task Arithmetic (ta) or TIES (ties)",
            choices=("ta", "ties")),
-     K_PARAM, MERGE_PARAM, lam_param(0.3)), run))
+     replace(K_PARAM, when=("base", "ties")), replace(MERGE_PARAM, when=("base", "ties")), lam_param(0.3)), run))

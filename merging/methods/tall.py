@@ -21,7 +21,8 @@ TALL_LAMBDA = Param("tall_lambda", float, 0.6, "TALL mask threshold λt: keep wh
                     low=0.0, high=10.0, per_task=True, step=0.05, grid=LAMBDA_GRID)
 BASE = Param("base", str, "ta", "multi-task vector τMTL: Task Arithmetic sum (ta) or TIES dis-sum (ties)",
              choices=("ta", "ties"))
-TIES_K = Param("ties_k", float, 20.0, "TIES trim percent for the ties base", low=0.0, high=100.0, step=1.0)
+TIES_K = Param("ties_k", float, 20.0, "TIES trim percent for the ties base", low=0.0, high=100.0, step=1.0,
+               when=("base", "ties"))
 
 
 def multitask_vector(space, base: str, ties_k: float, progress):
