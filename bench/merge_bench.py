@@ -4,11 +4,14 @@ run, with peak memory.  Prints a markdown table; medians over --repeats.
 
     python bench/merge_bench.py                       # ViT-B/32 visual (87,849,216 params), T = 8 and 20
     python bench/merge_bench.py --models ViT-L-14 --tasks 8 --device cuda
+    python bench/merge_bench.py --tasks 8 --methods emr lines
+
+LiNeS is timed alone (its α from the norms included), applied to a Task Arithmetic merge (λ = 1), β = 0.5.
 
 Each row also gives the engine's time as a multiple of F, one read of the (T, P) float32 stack (torch.sum,
 median), and of the method's own floor: the fewest full reads of the stack it needs × F (TA and averaging 1,
-TALL and Consensus 2, TIES 3, PCB 4, DARE 1 plus its draws; mask statistics read only the packed masks, timed
-the same way).
+TALL, Consensus and EMR 2, TIES 3, PCB 4, DARE 1 plus its draws, LiNeS 1 (Σt τt for its α); mask statistics
+read only the packed masks, timed the same way).
 
 CPU peak memory is the process's peak resident set (VmHWM, reset before each call); on CUDA it is
 torch.cuda.max_memory_allocated.  Both are reported as a multiple of the (T, P) stack's size.
@@ -28,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import reference as ref  # noqa: E402
-from merging import TaskVectorSpace, run_merge  # noqa: E402
+from merging import TaskVectorSpace, get_modifier, run_merge  # noqa: E402
 from merging.device import pick_device  # noqa: E402
 from merging.maskstats import mask_statistics  # noqa: E402
 from merging.param_index import ParamIndex  # noqa: E402
 
-FLOOR_READS = {"averaging": 1, "task_arithmetic": 1, "ties": 3, "dare": 1, "tall": 2, "consensus": 2, "pcb": 4}
+FLOOR_READS = {"averaging": 1, "task_arithmetic": 1, "ties": 3, "dare": 1, "tall": 2, "consensus": 2, "pcb": 4,
+               "emr": 2, "lines": 1}
 METHODS = {  # method → (params, reference(theta0, taus, T))
     "averaging": ({}, lambda th, taus, T: th + taus.sum(0) / T),
     "task_arithmetic": ({}, lambda th, taus, T: ref.ta(th, taus, 0.3)),
@@ -43,6 +47,24 @@ METHODS = {  # method → (params, reference(theta0, taus, T))
     "tall": ({}, lambda th, taus, T: ref.tall_masks(taus, taus.sum(0), [0.6] * T)),
     "consensus": ({}, lambda th, taus, T: ref.consensus(th, taus, 2, 0.3, [0.6] * T)),
     "pcb": ({}, lambda th, taus, T: ref.pcb(th, taus, 0.05, 0.01, [1.2] * T)[0]),
+}
+
+
+def _official_alpha(taus, merged) -> float:
+    """The LiNeS code's multi-task α: ‖Σt τt‖₁ / ‖τm‖₁ / T with .abs().sum()."""
+    return float(taus.sum(0).abs().sum() / merged.abs().sum()) / taus.shape[0]
+
+
+def _lines(space):
+    ta, lines = run_merge(space, "task_arithmetic", {"lam": 1.0}), get_modifier("lines")
+    params = {**lines.defaults(), "beta": 0.5}
+    return (lambda: lines.apply(space, ta, params),
+            lambda: ref.lines(ta.delta, space.index, _official_alpha(space.stack, ta.delta), 0.5))
+
+
+SPACE_CASES = {  # name → space → (engine call, reference call), for references that need the index
+    "emr": lambda space: (lambda: run_merge(space, "emr"), lambda: ref.emr(space.stack, space.index)),
+    "lines": _lines,
 }
 
 
@@ -100,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ViT-B-32"])
     parser.add_argument("--tasks", nargs="+", type=int, default=[8, 20])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS) + ["stats"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS) + list(SPACE_CASES) + ["stats"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-repeats", type=int, default=1)
@@ -126,6 +148,9 @@ def main() -> None:
                     fast = lambda: mask_statistics(masks, space.index)  # noqa: E731
                     plain = lambda: ref.mask_stats(masks.to_bool())  # noqa: E731
                     floor = measure(lambda: torch.sum(masks.packed), device, 5)[0]
+                elif name in SPACE_CASES:
+                    fast, plain = SPACE_CASES[name](space)
+                    floor = FLOOR_READS[name] * one_read
                 else:
                     params, reference = METHODS[name]
                     fast = lambda: run_merge(space, name, params)  # noqa: E731

@@ -1,8 +1,9 @@
 """The accuracy table of every merge method on a zoo (the README's demo-zoo table).
 
 Protocol of the papers: each method's λ is chosen on the validation split (shared λ by mean normalized
-accuracy; TALL's λt per task), other hyperparameters at their defaults; CALM and AdaMerging learn from the
-unlabeled validation images; every row is then measured once on the test split.  Normalized accuracy =
+accuracy; TALL's λt per task; LiNeS's β, with the method at λ = 1 as the official code), other hyperparameters
+at their defaults; CALM and AdaMerging learn from the unlabeled validation images, PCB + ES searches λt on the
+labeled ones; every row is then measured once on the test split.  Normalized accuracy =
 merged / fine-tuned test accuracy per task.  The time column is the wall time of the row (selection included).
 
     python bench/zoo_table.py                          # the demo zoo, all rows
@@ -23,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from merging.evaluation import Evaluator, evaluate_baselines, evaluate_result  # noqa: E402
-from merging.registry import run_merge  # noqa: E402
-from merging.selection import select  # noqa: E402
+from merging.modifiers.lines import TIES_BETA_GRID  # noqa: E402
+from merging.registry import get_method, run_merge  # noqa: E402
+from merging.selection import select, select_modifier  # noqa: E402
 from merging.zoo import load_zoo  # noqa: E402
 
 # row label → (method, fixed parameters, how to set the rest: "select" on val or "default")
@@ -47,6 +49,10 @@ ROWS = {
     "iso_cts": ("Iso-CTS", "iso_cts", {}, "select"),
     "cart": ("CART", "cart", {}, "default"),
     "wudi": ("WUDI-Merging", "wudi", {}, "default"),
+    "emr": ("EMR-Merging", "emr", {}, "default"),
+    "pcb_es": ("PCB + ES", "pcb_es", {}, "default"),
+    "ta_lines": ("Task Arithmetic + LiNeS", "task_arithmetic", {"lam": 1.0}, "lines"),
+    "ties_lines": ("TIES + LiNeS", "ties", {"lam": 1.0}, "lines"),
 }
 
 
@@ -58,6 +64,12 @@ def _row(label: str, table: pd.DataFrame, seconds: float | None, params: dict | 
     row["seconds"] = seconds
     row["params"] = params
     return row
+
+
+def _markdown(row: dict, tasks) -> str:
+    time_cell = "—" if row["seconds"] is None else f"{row['seconds']:.0f} s"
+    cells = [f"{row[t]:.1f}" for t in tasks] + [f"**{row['avg']:.1f}**", f"{row['normalized']:.1f}", time_cell]
+    return f"| {row['method']} | {' | '.join(cells)} |"
 
 
 def main() -> None:
@@ -85,24 +97,26 @@ def main() -> None:
         if how == "select":
             chosen = select(zoo, space, method, fixed, reference=val_reference, evaluator=evaluator)
             result, params = chosen.result, chosen.params
+        elif how == "lines":
+            grid = TIES_BETA_GRID if method == "ties" else None
+            chosen = select_modifier(zoo, space, method, fixed, grid=grid, reference=val_reference,
+                                     evaluator=evaluator)
+            result, params = chosen.result, {**chosen.params, "lines": chosen.modifiers[0][1]}
         else:
-            if method in ("calm", "adamerging") and context is None:
+            if get_method(method).needs_data and context is None:
                 context = zoo.data_context(split="val", device=args.device)
             result = run_merge(space, method, fixed, context=context)
             params = dict(result.params)
         table = evaluate_result(zoo, space, result, reference=reference, evaluator=evaluator)
         rows.append(_row(label, table, time.perf_counter() - start, params))
-        print(f"{label}: avg {rows[-1]['avg']:.1f}, normalized {rows[-1]['normalized']:.1f} "
-              f"({rows[-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        print(_markdown(rows[-1], zoo.task_names), f"params: {params}", file=sys.stderr, flush=True)
 
     frame = pd.DataFrame(rows)
     tasks = list(zoo.task_names)
     print(f"| method | {' | '.join(tasks)} | avg | normalized | time |")
     print("|" + "---|" * (len(tasks) + 4))
     for row in rows:
-        time_cell = "—" if row["seconds"] is None else f"{row['seconds']:.0f} s"
-        cells = [f"{row[t]:.1f}" for t in tasks] + [f"**{row['avg']:.1f}**", f"{row['normalized']:.1f}", time_cell]
-        print(f"| {row['method']} | {' | '.join(cells)} |")
+        print(_markdown(row, tasks))
     if args.json:
         Path(args.json).write_text(frame.to_json(orient="records", indent=1))
 

@@ -117,8 +117,11 @@ def emr(taus, index):
     """Official emr_merge per tensor: (τuni, masks (T, P) bool, rescalers) with per-tensor mean |·| sums."""
     T = taus.shape[0]
     flag = torch.where(taus.sum(0) > 0, 1.0, -1.0)
-    masks = taus * flag > 0
-    uni = (masks * taus).abs().max(0).values * flag
+    masks = torch.stack([tau * flag > 0 for tau in taus])
+    uni = torch.zeros_like(flag)
+    for tau, mask in zip(taus, masks):
+        uni = torch.maximum(uni, (mask * tau).abs())
+    uni = uni * flag
     scales = []
     for t in range(T):
         num = sum(float(taus[t, e.slice].abs().double().mean()) for e in index.entries)

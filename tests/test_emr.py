@@ -153,3 +153,27 @@ def test_compressed_form_and_per_task_export(tmp_path):
         export_merge(tmp_path / f"{name}.safetensors", sp, result, "open_clip", task=t)
         written = load_file(str(tmp_path / f"{name}.safetensors"))
         assert all(torch.equal(written["visual." + k], v) for k, v in expected.items())
+
+
+def test_cli_writes_the_compressed_form_with_rescalers(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from engine_fixtures import state_dicts
+    from merging.cli import main
+
+    base, fts = state_dicts(T=3, seed=8)
+    save_file(base, str(tmp_path / "pre.safetensors"))
+    paths = []
+    for i, ft in enumerate(fts):
+        paths.append(str(tmp_path / f"task{i}.safetensors"))
+        save_file(ft, paths[-1])
+    out = tmp_path / "emr.safetensors"
+    assert main(["merge", "--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned", *paths,
+                 "--method", "emr", "--out", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert "(tall-compressed)" in capsys.readouterr().out
+    sp = TaskVectorSpace.build(base, fts, device="cpu")
+    result = run_merge(sp, "emr")
+    loaded = load_compressed(out)
+    assert loaded.scales == result.task_scales and loaded.task_names == ["task0", "task1", "task2"]
+    expected = sp.state_dict(result.task_delta(2))
+    assert all(torch.equal(loaded.reconstruct("task2")[k], v) for k, v in expected.items())

@@ -92,3 +92,14 @@ def test_needs_labels_and_a_context():
     sp, ctx = tiny_setup()
     with pytest.raises(ValueError, match="lam_low ≤ lam_init ≤ lam_high"):
         run_merge(sp, "pcb_es", {**ES, "lam_init": 1.5}, context=ctx)
+
+
+def test_images_over_the_memory_budget_are_read_per_evaluation(monkeypatch):
+    """When the images do not fit the cache budget they are gathered again for every candidate: same search."""
+    from merging.methods import pcb_es
+
+    sp, ctx = tiny_setup(scale=1.0)
+    cached = run_merge(sp, "pcb_es", {"budget": 5}, context=ctx)
+    monkeypatch.setattr(pcb_es, "CACHE_BYTES", 0)
+    streamed = run_merge(sp, "pcb_es", {"budget": 5}, context=ctx)
+    assert cached.tables["search"].equals(streamed.tables["search"])

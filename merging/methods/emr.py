@@ -88,7 +88,7 @@ def emr_parts(space, progress) -> tuple[torch.Tensor, MaskSet, list[float]]:
     total = space.sum_tau()
     masks = MaskSet.empty(space.task_names, space.P, space.device, "emr")
     progress(0.2, "EMR: unified vector, masks and rescalers")
-    if use_numpy(total) and all(use_numpy(space.tau(t)) for t in range(space.T)):
+    if use_numpy(total) and space.stack.dtype == torch.float32 and use_numpy(space.stack):  # τt are views
         uni, numer, denom = _chunked(space, total, masks)
     else:
         uni, numer, denom = _whole(space, total, masks)

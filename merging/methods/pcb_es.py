@@ -6,7 +6,8 @@ inter-balancing defaults to pcb_ES.py's Σj tanh(ñt ⊙ ñj), see ``inter``); t
 θ(λ) = θ0 + Σt λt·s_t ⊙ τc,t / max(Σt s_t, 1e-12) is linear in λ, so each candidate costs one weighted sum of
 the T stored terms (memory: one extra (T, P) float32 stack).  nevergrad's NGOpt (``ng.p.Array`` with init 1.0,
 bounds [0.8, 1.3], budget 100, as the code) minimises −(mean over tasks of the top-1 accuracy on the context's
-images); the seed fixes the optimiser's random state, so a run is reproducible.  The result uses the optimiser's
+images; nevergrad 1.0.12's NGOpt delegates to COBYLA for 8 bounded dimensions and budget 100); the seed fixes
+the optimiser's random state, so a run is reproducible.  The result uses the optimiser's
 recommendation (the code's ``recommendation.value``).  Every candidate is a row of the ``search`` table (step,
 λ per task, accuracy, best accuracy so far).  Unlike the other data-driven methods this one needs the labels of
 its (validation) images: the official objective is validation accuracy.
@@ -16,12 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import TensorDataset
 
 from .. import functional as F
+from ..maskset import MaskSet
 from ..params import Param
 from ..registry import MergeMethod, MergeResult, register
 from ..unlabeled import CACHE_BYTES, gather, in_memory
-from ..maskset import MaskSet
 from . import pcb
 
 PARAMS = (
@@ -42,18 +44,26 @@ class Objective:
 
     def __init__(self, space, terms: torch.Tensor, context, amp: bool, progress):
         self.space, self.terms, self.context, self.amp = space, terms, context, amp
-        self.batches = {task: self._batches(task, progress) for task in space.task_names}
+        self.sources = {task: self._source(task, progress) for task in space.task_names}
         self.theta = torch.empty_like(space.theta0)
 
-    def _batches(self, task: str, progress):
-        dataset = self.context.unlabeled[task]
-        size = self.context.batch_size
+    def _source(self, task: str, progress):
+        """(dataset, positions, batches): the batches gathered once when the images fit the memory budget."""
+        dataset, size = self.context.unlabeled[task], self.context.batch_size
         data, positions = in_memory(dataset, torch.arange(len(dataset)), CACHE_BYTES // self.space.T, size,
                                     progress.check)
-        batches = [gather(data, positions[i:i + size], self.context.device) for i in range(0, len(positions), size)]
-        if any(labels is None for _, labels in batches):
+        if gather(data, positions[:1], torch.device("cpu"))[1] is None:
             raise ValueError(f"PCB + ES maximises validation accuracy: the images of task {task!r} have no labels")
-        return batches
+        batches = list(self._batches(data, positions)) if isinstance(data, TensorDataset) else None
+        return data, positions, batches
+
+    def _batches(self, data, positions):
+        size = self.context.batch_size
+        for start in range(0, len(positions), size):
+            images, labels = gather(data, positions[start:start + size], self.context.device)
+            if labels is None:
+                raise ValueError("PCB + ES maximises validation accuracy: some images have no (or a negative) label")
+            yield images, labels
 
     def delta(self, lams) -> torch.Tensor:
         out = torch.zeros_like(self.space.theta0)
@@ -67,10 +77,10 @@ class Objective:
         torch.add(self.space.theta0, self.delta(lams), out=self.theta)
         params = F.param_views(self.theta, self.space.index)
         accuracies = []
-        for task, batches in self.batches.items():
+        for task, (data, positions, batches) in self.sources.items():
             correct = torch.zeros((), dtype=torch.long, device=self.theta.device)
             seen = 0
-            for images, labels in batches:
+            for images, labels in batches if batches is not None else self._batches(data, positions):
                 check()
                 out = F.logits(self.context.encoder, self.context.heads[task], params, images, self.amp)
                 correct += (out.argmax(-1) == labels).sum()

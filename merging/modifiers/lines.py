@@ -27,6 +27,7 @@ from ..params import Param
 from ..registry import Modifier, register_modifier
 
 BETA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TIES_BETA_GRID = BETA_GRID + (1.1, 1.2, 1.3, 1.4, 1.5)  # the code's arange(0.1, 1.6, 0.1) for TIES
 SINGLE_TASK_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 PARAMS = (
     Param("mode", str, "multi-task", "multi-task: α = ‖Σt τt‖₁/‖δ‖₁/T, β given; single-task: α = alpha, "
@@ -44,8 +45,8 @@ def coefficients(space, delta: torch.Tensor, params) -> tuple[float, float]:
         return params["alpha"], 1.0 - params["alpha"]
     if params["mode"] == "manual":
         return params["alpha"], params["beta"]
-    merged = float(delta.abs().sum(dtype=torch.float64))
-    summed = float(space.sum_tau().abs_().sum(dtype=torch.float64))
+    merged = float(torch.linalg.vector_norm(delta, 1))
+    summed = float(torch.linalg.vector_norm(space.sum_tau(), 1))
     return (summed / merged / space.T if merged > 0 else 0.0), params["beta"]
 
 
