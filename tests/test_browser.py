@@ -222,7 +222,7 @@ def _type(page, elem_id: str, value: str) -> None:
 def test_typed_values_are_refused_not_clamped_and_name_the_field(page, app):
     runs = len(app[1].dashboard.service.history.records())
     _choose_method(page, "TIES-Merging")
-    assert page.locator("#s-ties-k input[type=range]").count() == 1  # a slider to drag …
+    page.locator("#s-ties-k input[type=range]").wait_for()  # a slider to drag …
     assert not page.locator("#s-ties-k input[type=number]").is_visible()  # … whose clamping box is hidden
     _type(page, "p-ties-k", "150")
     assert page.locator("#p-ties-k input").input_value() == "150"  # not clamped to 100
