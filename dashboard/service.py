@@ -377,8 +377,9 @@ class Service:
 
     @staticmethod
     def _statistics(stats: Mapping, result) -> dict:
-        masks = {kind: {figures.class_label(kind, name): value for name, value in s.class_fractions().items()}
-                 for kind, s in stats.items()}  # "catastrophic" etc. only for TALL masks
+        order = ("catastrophic", "selfish", "general")  # c = 0, 1, ≥ 2; named so only for TALL masks
+        masks = {kind: {figures.class_label(kind, name): s.class_fractions()[name] for name in order
+                        if name in s.class_fractions()} for kind, s in stats.items()}
         summary = {"masks": masks,
                    "density": {kind: float(s.density["density"].mean()) for kind, s in stats.items()}}
         summary.update({k: v for k, v in result.info.items() if isinstance(v, (int, float))})
