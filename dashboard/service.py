@@ -321,6 +321,9 @@ class Service:
 
     def _space(self, entry: ZooEntry, tasks: Sequence[str] | None):
         tasks = list(tasks or [])
+        repeated = sorted({str(t) for t in tasks if tasks.count(t) > 1})
+        if repeated:  # each copy would cost a task vector
+            raise UserError(f"tasks: each task may be merged once; repeated: {', '.join(repeated[:5])}")
         if not tasks or tasks == entry.space.task_names:
             return entry.space
         return entry.space.subset(tasks)
