@@ -5,6 +5,11 @@ run, with peak memory.  Prints a markdown table; medians over --repeats.
     python bench/merge_bench.py                       # ViT-B/32 visual (87,849,216 params), T = 8 and 20
     python bench/merge_bench.py --models ViT-L-14 --tasks 8 --device cuda
 
+Each row also gives the engine's time as a multiple of F, one read of the (T, P) float32 stack (torch.sum,
+median), and of the method's own floor: the fewest full reads of the stack it needs × F (TA and averaging 1,
+TALL and Consensus 2, TIES 3, PCB 4, DARE 1 plus its draws; mask statistics read only the packed masks, timed
+the same way).
+
 CPU peak memory is the process's peak resident set (VmHWM, reset before each call); on CUDA it is
 torch.cuda.max_memory_allocated.  Both are reported as a multiple of the (T, P) stack's size.
 """
@@ -28,6 +33,7 @@ from merging.device import pick_device  # noqa: E402
 from merging.maskstats import mask_statistics  # noqa: E402
 from merging.param_index import ParamIndex  # noqa: E402
 
+FLOOR_READS = {"averaging": 1, "task_arithmetic": 1, "ties": 3, "dare": 1, "tall": 2, "consensus": 2, "pcb": 4}
 METHODS = {  # method → (params, reference(theta0, taus, T))
     "averaging": ({}, lambda th, taus, T: th + taus.sum(0) / T),
     "task_arithmetic": ({}, lambda th, taus, T: ref.ta(th, taus, 0.3)),
@@ -102,8 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device(args.device)
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), torch {torch.__version__}")
-    print("| model | T | method | engine s | reference s | speed-up | engine peak / stack | reference peak / stack |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | T | method | engine s | ÷ F | ÷ own floor | reference s | speed-up | engine peak / stack | "
+          "reference peak / stack |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models:
         index = visual_index(model)
         for T in args.tasks:
@@ -111,18 +118,22 @@ def main() -> None:
             stack_bytes = space.stack.numel() * 4
             taus = space.stack
             base = torch.cuda.memory_allocated() if device.type == "cuda" else _rss("VmRSS")
+            one_read = measure(lambda: torch.sum(taus), device, 5)[0]
+            print(f"F (one read of the {T} × {space.P:,} stack) = {one_read:.4f} s", flush=True)
             for name in args.methods:
                 if name == "stats":
                     masks = run_merge(space, "tall").masks["tall"]
                     fast = lambda: mask_statistics(masks, space.index)  # noqa: E731
                     plain = lambda: ref.mask_stats(masks.to_bool())  # noqa: E731
+                    floor = measure(lambda: torch.sum(masks.packed), device, 5)[0]
                 else:
                     params, reference = METHODS[name]
                     fast = lambda: run_merge(space, name, params)  # noqa: E731
                     plain = lambda: reference(space.theta0, taus, T)  # noqa: E731
+                    floor = FLOOR_READS[name] * one_read
                 fast()  # warm-up (workspace, allocator, thread pool)
                 seconds, peak = measure(fast, device, args.repeats)
-                row = f"| {model} | {T} | {name} | {seconds:.3f} | "
+                row = f"| {model} | {T} | {name} | {seconds:.3f} | {seconds / one_read:.1f} | {seconds / floor:.1f} | "
                 if args.no_reference:
                     row += "– | – | " + f"{(stack_bytes + peak - base) / stack_bytes:.2f} | – |"
                 else:

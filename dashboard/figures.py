@@ -17,18 +17,13 @@ import pandas as pd
 import plotly.graph_objects as go
 
 CLASS_COLORS = {"catastrophic": "#d62728", "selfish": "#ff7f0e", "general": "#2ca02c"}
+MODEL_ORDER = ("pretrained", "individual", "merged", "TALL-reconstructed", "EMR-reconstructed")
 KEPT_COLOR = "#1f77b4"
 TALL_KINDS = ("tall",)  # mask kinds whose agreement classes mean catastrophic / selfish / general
 THRESHOLD_KINDS = ("tall", "consensus_keep")  # mask kinds whose agreement the consensus k thresholds
 KEPT_LABELS = {"catastrophic": "kept by no task", "selfish": "kept by one task", "general": "kept by 2+ tasks"}
-
-
-def class_label(kind: str, name: str) -> str:
-    """An agreement class as a ``kind`` mask means it: the TALL class name, else "kept by …"."""
-    return name if kind in TALL_KINDS else KEPT_LABELS.get(name, name)
-MODEL_ORDER = ("pretrained", "individual", "merged", "TALL-reconstructed")
 MODEL_COLORS = {"pretrained": "#9e9e9e", "individual": "#1f77b4", "merged": "#2ca02c",
-                "TALL-reconstructed": "#9467bd"}
+                "TALL-reconstructed": "#9467bd", "EMR-reconstructed": "#8c564b"}
 ORDINAL_COLUMNS = ("stage", "step", "iteration", "epoch", "round")
 PREFERRED_VALUES = ("accuracy", "coefficient", "fraction", "density", "value")
 _AXIS = {"gridcolor": "#e5e5e5", "linecolor": "#bbbbbb", "zerolinecolor": "#bbbbbb", "automargin": True}
@@ -37,6 +32,11 @@ TEMPLATE = {"layout": {"font": {"family": "sans-serif", "size": 12, "color": "#3
                        "plot_bgcolor": "white", "xaxis": _AXIS, "yaxis": _AXIS, "hovermode": "closest",
                        "colorway": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                                     "#7f7f7f", "#bcbd22", "#17becf"]}}
+
+
+def class_label(kind: str, name: str) -> str:
+    """An agreement class as a ``kind`` mask means it: the TALL class name, else "kept by …"."""
+    return name if kind in TALL_KINDS else KEPT_LABELS.get(name, name)
 
 
 def _figure(*traces) -> go.Figure:
@@ -338,3 +338,6 @@ def run_figures(stats: Mapping[str, object], tables: Mapping[str, pd.DataFrame],
     for name, table in tables.items():
         figures[f"table:{name}"] = method_table_figure(name, table)
     return figures
+
+
+from . import spectral_figures  # noqa: E402,F401  (registers the SVD family figures in DEDICATED)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 SPLIT = "test"  # what the accuracy figures report
 SWEEP_SPLITS = ("val", "train")  # sweeps pick hyperparameters on held-out data, never test
+RECONSTRUCTED = {"tall": "TALL-reconstructed", "emr": "EMR-reconstructed"}  # per-task models' accuracy label
 CHECKPOINT_FORMATS = {"open_clip": ".safetensors", "hf": ".hf.safetensors", "tall-compressed": ".tall.safetensors"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
 
@@ -369,7 +370,8 @@ class Service:
                            statistics=self._statistics(stats, result), seconds=result.seconds,
                            eval_seconds=eval_seconds, device=result.device, zoo_path=entry.label, owner=owner)
         self.history.add(record)
-        view = RunView(record, stats, dict(result.tables), self._accuracy_table(baselines, merged, result.per_task),
+        label = RECONSTRUCTED.get(spec.name, "reconstructed") if result.per_task else "merged"
+        view = RunView(record, stats, dict(result.tables), self._accuracy_table(baselines, merged, label),
                        result.params.get("k") if spec.name == "consensus" else None, result, space)
         with self._lock:
             self._runs[record.id] = view
@@ -389,14 +391,14 @@ class Service:
         return plain(summary)
 
     @staticmethod
-    def _accuracy_table(baselines: pd.DataFrame | None, merged: pd.DataFrame, per_task: bool) -> pd.DataFrame:
+    def _accuracy_table(baselines: pd.DataFrame | None, merged: pd.DataFrame, label: str) -> pd.DataFrame:
         frames = []
         if baselines is not None and not merged.empty:
             rows = baselines[baselines["task"].isin(merged["task"])]
             for model in ("pretrained", "individual"):
                 frames.append(pd.DataFrame({"task": rows["task"], "model": model, "accuracy": rows[model]}))
         if not merged.empty:
-            frames.append(pd.DataFrame({"task": merged["task"], "model": "TALL-reconstructed" if per_task else "merged",
+            frames.append(pd.DataFrame({"task": merged["task"], "model": label,
                                         "accuracy": merged["accuracy"]}))
         if not frames:
             return pd.DataFrame(columns=["task", "model", "accuracy"])
@@ -525,7 +527,8 @@ class Service:
                 raise UserError(f"task {task!r} is not in run #{run_id}")
             row = space.task_names.index(task)
         if result.per_task and fmt != "tall-compressed" and row is None:
-            raise UserError("TALL serves one model per task: pick a task, or download the compressed TALL form")
+            raise UserError(f"{record.method} serves one model per task: pick a task, or download the compressed "
+                            f"TALL form")
         name = f"run{run_id}-{record.method}" + (f"-{safe_name(task)}" if task else "")
         target = Path(folder or self.session_dir(session) / "exports") / (name + CHECKPOINT_FORMATS[fmt])
         zoo = self._zoos.get(record.zoo_hash)

@@ -24,7 +24,8 @@ SLIDER_MAX_STEPS = 100  # wider integer ranges (seeds, open-ended thresholds) ge
 
 def explain(method) -> str:
     """One-line explanation for non-experts, with the paper."""
-    data = " Learns on unlabeled validation images." if method.needs_data else ""
+    data = f" Learns on {'labeled' if method.needs_labels else 'unlabeled'} validation images." \
+        if method.needs_data else ""
     return f"**{method.title}** — {method.summary}{data}  \n<small>{method.paper}</small>"
 
 

@@ -22,14 +22,18 @@ def threads() -> int:
 
 def map_chunks(numel: int, body: Callable[[int, int], R], chunk: int = CHUNK) -> list[R]:
     """``[body(start, stop) for each chunk]`` in order, chunks interleaved over :func:`threads` threads."""
-    bounds = [(start, min(start + chunk, numel)) for start in range(0, numel, chunk)]
+    return map_items([(start, min(start + chunk, numel)) for start in range(0, numel, chunk)], body)
+
+
+def map_items(items: list[tuple], body: Callable[..., R]) -> list[R]:
+    """``[body(*item) for item in items]`` in order, items interleaved over :func:`threads` threads."""
     n = threads()
-    if n == 1 or len(bounds) == 1:
-        return [body(*b) for b in bounds]
-    parts = [bounds[i::n] for i in range(n)]
+    if n == 1 or len(items) <= 1:
+        return [body(*item) for item in items]
+    parts = [items[i::n] for i in range(n)]
     with ThreadPoolExecutor(n) as pool:
-        done = list(pool.map(lambda part: [body(*b) for b in part], parts))
-    out: list[R] = [None] * len(bounds)  # type: ignore[list-item]
+        done = list(pool.map(lambda part: [body(*item) for item in part], parts))
+    out: list[R] = [None] * len(items)  # type: ignore[list-item]
     for i in range(n):
         out[i::n] = done[i]
     return out

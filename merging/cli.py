@@ -3,8 +3,15 @@
     python -m merging merge --pretrained A --finetuned B C … --method ties --set k=20 --out merged.safetensors
     python -m merging merge --zoo assets/demo-zoo --method tall --out demo.tall.safetensors --eval
     python -m merging stats --zoo assets/demo-zoo --method tall --set tall_lambda=0.4
+    python -m merging merge --zoo assets/demo-zoo --method task_arithmetic --set lam=1 --modifier lines beta=0.3
+    python -m merging sweep --zoo assets/demo-zoo --method ties --grid k=10,20,40 lam=0.5,1.0 [--ray [ADDRESS]]
+    python -m merging merge --recipe merged.recipe.yaml --out again.safetensors   # the same tensors
 
-Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.
+Every merge with --out also writes its recipe beside it (OUT with the suffix .recipe.yaml; see merging/recipe.py).
+
+Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.  ``--out``
+is checked before anything is loaded or merged: its folder must exist (it is not created), and it may not be one of
+the inputs (the same file after resolving symlinks, or a hard link to one).
 """
 from __future__ import annotations
 
@@ -14,46 +21,78 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import check_output_path, clean_stale_temp
+from .diskstack import parse_size
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
-from .registry import UnknownMethodError, get_method, list_methods, run_merge
+from .recipe import RecipeError, load_recipe, make_recipe, verify_inputs, write_recipe
+from .registry import UnknownMethodError, get_method, list_methods, list_modifiers, resolve_modifiers, run_merge
 from .space import CheckpointError, TaskVectorSpace
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merging", description="mergescope merge engine")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("methods", help="list merge methods and their parameters")
-    for name in ("merge", "stats"):
-        cmd = sub.add_parser(name, help="merge checkpoints" if name == "merge" else "print mask statistics")
+    sub.add_parser("methods", help="list merge methods and modifiers with their parameters")
+    helps = {"merge": "merge checkpoints", "stats": "print mask statistics",
+             "sweep": "evaluate a 1-D or 2-D parameter grid on a zoo's validation split"}
+    for name in ("merge", "stats", "sweep"):
+        cmd = sub.add_parser(name, help=helps[name])
         source = cmd.add_argument_group("checkpoints (a zoo, or pretrained + fine-tuned files)")
         source.add_argument("--zoo", help="zoo folder or manifest (zoo.json)")
         source.add_argument("--pretrained", help="pretrained checkpoint θ0")
         source.add_argument("--finetuned", nargs="+", default=[], help="one fine-tuned checkpoint per task")
         source.add_argument("--tasks", nargs="+", help="task names (default: file stems, or all zoo tasks)")
-        cmd.add_argument("--method", required=True, help="merge method (see `methods`)")
+        cmd.add_argument("--method", help="merge method (see `methods`); required without --recipe")
         cmd.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="method parameters")
+        cmd.add_argument("--modifier", nargs="+", action="append", default=[], metavar=("MODIFIER", "NAME=VALUE"),
+                         help="apply a modifier (see `methods`) with its parameters to the merged vector; "
+                              "repeat for several, applied in order")
         cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
         cmd.add_argument("--dtype", default="float32", help="stack dtype: float32, float16 or bfloat16")
+        cmd.add_argument("--max-memory", metavar="SIZE", help="e.g. 8G: when the task-vector stack and the merge's "
+                         "working vectors would exceed it, the stack lives in a memory-mapped scratch file")
+        cmd.add_argument("--scratch", metavar="DIR", help="folder of the out-of-core stack (default: the system's "
+                         "temporary folder)")
         if name == "merge":
-            cmd.add_argument("--out", help="output file (safetensors); never overwrites an input")
+            cmd.add_argument("--recipe", help="rerun a recipe file: its method, parameters, modifiers, tasks and "
+                                              "checkpoints (--zoo / --pretrained / --finetuned point at other "
+                                              "copies; their sha256 must match)")
+            cmd.add_argument("--recipe-out", help="where to write this merge's recipe (default: beside --out)")
+            cmd.add_argument("--out", help="output file (safetensors) in an existing folder; never an input")
             cmd.add_argument("--format", choices=("open_clip", "hf", "tall-compressed"),
                              help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
                                   "(default for tall)")
             cmd.add_argument("--eval", action="store_true", help="evaluate per task on the zoo's test split")
-        else:
+        elif name == "stats":
             cmd.add_argument("--csv", help="also write the tables as CSV files into this folder")
+        else:
+            cmd.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2,…",
+                             help="swept parameters and their values (two for a 2-D grid)")
+            cmd.add_argument("--split", default="val", help="held-out split (never test)")
+            cmd.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                             help="run the points as Ray tasks: a cluster address, auto, or nothing for a local "
+                                  "Ray instance (pip install ray)")
+            cmd.add_argument("--csv", help="write the per-task table to this CSV file")
     return parser
 
 
-def _space(args) -> tuple[TaskVectorSpace, object, list]:
+def _source(args) -> tuple[object, list]:
+    """The zoo (checked from headers, nothing loaded) or None, and every input file: known before any work."""
     if args.zoo:
         from .zoo import load_zoo
 
         zoo = load_zoo(args.zoo)
-        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype), zoo, zoo.inputs()
+        return zoo, zoo.inputs()
     if not args.pretrained or not args.finetuned:
         raise CheckpointError("give --zoo, or --pretrained and at least one --finetuned checkpoint")
+    return None, [args.pretrained, *args.finetuned]
+
+
+def _space(args, zoo) -> TaskVectorSpace:
+    storage = {"max_memory": parse_size(args.max_memory) if args.max_memory else None, "scratch": args.scratch}
+    if zoo is not None:
+        return zoo.build_space(args.tasks, device=args.device, dtype=args.dtype, **storage)
     from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
@@ -67,9 +106,17 @@ def _space(args) -> tuple[TaskVectorSpace, object, list]:
             return checkpoint.visual
         return load
 
-    space = TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
-                                  dtype=args.dtype)
-    return space, None, [args.pretrained, *args.finetuned]
+    return TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
+                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned], **storage)
+
+
+def _prepare_output(out: str, inputs: list) -> None:
+    """Refuse a bad ``--out`` before anything is merged; remove temporary files of killed writes beside it."""
+    check_output_path(out, inputs)
+    removed = clean_stale_temp(Path(out).parent)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by killed writes in {Path(out).parent}",
+              file=sys.stderr)
 
 
 def _print(title: str, table: pd.DataFrame) -> None:
@@ -82,24 +129,86 @@ def _methods() -> None:
         print(f"{method.name}: {method.title} — {method.summary}")
         for p in method.params:
             print(f"    {p.describe()}")
+    print("\nmodifiers (--modifier NAME [NAME=VALUE ...], after any method):")
+    for modifier in list_modifiers():
+        print(f"{modifier.name}: {modifier.title} — {modifier.summary}")
+        for p in modifier.params:
+            print(f"    {p.describe()}")
+
+
+def _modifiers(args) -> list[tuple[str, dict]]:
+    """``--modifier lines beta=0.3`` → ``[("lines", {"beta": "0.3"})]``, checked before any file is read."""
+    chain = []
+    for name, *assignments in args.modifier:
+        params = parse_assignments(assignments, f"--modifier {name}")
+        resolve_modifiers([(name, params)])
+        chain.append((name, params))
+    return chain
+
+
+def _apply_recipe(args) -> None:
+    """Fill ``args`` from ``--recipe`` (command-line checkpoint paths take precedence over the recipe's)."""
+    if args.method or args.set or args.tasks or args.modifier:
+        raise RecipeError("--recipe fixes the method, parameters, modifiers and tasks: drop --method, --set, "
+                          "--modifier and --tasks")
+    recipe = load_recipe(args.recipe)
+    args.method, args.tasks, args.dtype = recipe.method, recipe.tasks, recipe.dtype
+    if not (args.zoo or args.pretrained):
+        args.zoo = str(recipe.zoo) if recipe.zoo else None
+        args.pretrained = str(recipe.pretrained) if recipe.pretrained else None
+        args.finetuned = [str(recipe.finetuned[t]) for t in recipe.tasks] if recipe.pretrained else []
+    args.recipe_loaded = recipe
+
+
+def _checkpoint_files(space, zoo, args) -> dict[str, str]:
+    """"pretrained" and each task → the checkpoint file the merge read."""
+    if zoo is not None:
+        return {"pretrained": str(zoo.manifest.pretrained),
+                **{t.name: str(t.finetuned) for t in zoo.manifest.tasks if t.name in space.task_names}}
+    return {"pretrained": args.pretrained, **dict(zip(space.task_names, args.finetuned))}
 
 
 def _merge(args) -> None:
+    if args.recipe:
+        _apply_recipe(args)
+    if not args.method:
+        raise ParameterError("--method is required (or give --recipe)")
     method = get_method(args.method)
-    params = parse_assignments(args.set)
-    space, zoo, inputs = _space(args)
-    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space))
+    if args.recipe:
+        params, modifiers = args.recipe_loaded.params, args.recipe_loaded.modifiers
+    else:
+        params, modifiers = parse_assignments(args.set), _modifiers(args)
+    zoo, inputs = _source(args)
+    if args.eval and zoo is None:
+        raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
+    recipe_out = args.recipe_out or (str(Path(args.out).with_suffix(".recipe.yaml")) if args.out else None)
+    for target in (args.out, recipe_out):
+        if target:
+            _prepare_output(target, [*inputs, *([args.recipe] if args.recipe else [])])
+    space = _space(args, zoo)
+    files = _checkpoint_files(space, zoo, args)
+    if args.recipe:
+        verify_inputs(args.recipe_loaded, list(files.values()))
+    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
+                       modifiers=modifiers)
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
     print("parameters:", ", ".join(f"{k}={v}" for k, v in result.params.items()) or "none")
+    for name, values in result.modifiers:
+        print(f"modifier {name}:", ", ".join(f"{k}={v}" for k, v in values.items()))
     if args.out:
         from .checkpoints import export_merge
 
         fmt = args.format or ("tall-compressed" if result.per_task else "open_clip")
         export_merge(args.out, space, result, fmt, inputs=inputs)
         print(f"wrote {args.out} ({fmt})")
+    if recipe_out:
+        recipe = make_recipe(recipe_out, method.name, result.params, space.task_names, files, zoo=args.zoo,
+                             pretrained=None if args.zoo else args.pretrained,
+                             finetuned=None if args.zoo else dict(zip(space.task_names, args.finetuned)),
+                             modifiers=result.modifiers, dtype=args.dtype)
+        write_recipe(recipe_out, recipe)
+        print(f"wrote {recipe_out} (recipe)")
     if args.eval:
-        if zoo is None:
-            raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
         from .evaluation import evaluate_baselines, evaluate_result
 
         base = evaluate_baselines(zoo, space.task_names)
@@ -113,12 +222,16 @@ def _merge(args) -> None:
 def _stats(args) -> None:
     from .maskstats import mask_statistics
 
+    if not args.method:
+        raise ParameterError("--method is required")
     method = get_method(args.method)
-    space, zoo, _ = _space(args)
-    result = run_merge(space, method, parse_assignments(args.set), progress=_stderr_progress,
-                       context=_context(method, zoo, space))
+    params, modifiers = parse_assignments(args.set), _modifiers(args)
+    zoo, _ = _source(args)
+    space = _space(args, zoo)
+    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
+                       modifiers=modifiers)
     if not result.masks:
-        raise ParameterError(f"{method.title} produces no masks; try tall, consensus, ties, dare or pcb")
+        raise ParameterError(f"{method.title} produces no masks; try tall, emr, consensus, ties, dare or pcb")
     for name, masks in result.masks.items():
         stats = mask_statistics(masks, space.index)
         tables = {"agreement histogram": stats.histogram, "mask density": stats.density,
@@ -134,6 +247,39 @@ def _stats(args) -> None:
                 table.to_csv(Path(args.csv) / f"{name}_{title.replace(' ', '_')}.csv")
     for title, table in result.tables.items():
         _print(title, table)
+
+
+def _sweep(args) -> None:
+    from .sweep import RayRunner, best_point, parse_grid, sweep
+
+    if not args.method:
+        raise ParameterError("--method is required")
+    method = get_method(args.method)
+    zoo, _ = _source(args)
+    if zoo is None:
+        raise CheckpointError("sweep needs --zoo (heads and validation data come from the zoo manifest)")
+    space = _space(args, zoo)
+    grid = parse_grid(method, args.grid, space.T)
+    runner = None
+    if args.ray:
+        runner = RayRunner(None if args.ray == "local" else args.ray)
+    table = sweep(zoo, space, method.name, grid, parse_assignments(args.set), _modifiers(args), args.split,
+                  runner, _stderr_progress)
+    names = list(grid)
+    means = table.groupby(names, sort=False)["normalized"].mean()
+    _print(f"mean normalized {args.split} accuracy", means.unstack(names[-1]) if len(names) == 2 else
+           means.to_frame())
+    best = best_point(table, grid)
+    print("\nbest:", ", ".join(f"{k}={v}" for k, v in best.point.items()),
+          f"(mean normalized {best.mean_normalized:.4f})")
+    for name in best.on_edge:
+        print(f"warning: the best {name} lies on the grid's edge; widen the grid", file=sys.stderr)
+    if args.csv:
+        from .atomic import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"wrote {args.csv}")
 
 
 def _context(method, zoo, space):
@@ -153,9 +299,10 @@ def _stderr_progress(fraction: float, stage: str) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats}[args.command](args)
-    except (CheckpointError, ParameterError, UnknownMethodError, ValueError, KeyError, OSError, Cancelled,
-            RuntimeError) as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+        {"methods": lambda a: _methods(), "merge": _merge, "stats": _stats, "sweep": _sweep}[args.command](args)
+    except (CheckpointError, ParameterError, RecipeError, UnknownMethodError, ValueError, KeyError, OSError,
+            Cancelled, RuntimeError) as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"\nerror: {lines[0]}", file=sys.stderr)
         return 2
     return 0

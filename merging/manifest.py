@@ -306,37 +306,85 @@ def infer_manifest(folder: str | os.PathLike, architecture: Architecture | None 
 
 
 def infer_architecture(pretrained: Path) -> tuple[Architecture, str]:
-    """Match the pretrained checkpoint's ViT shapes against open_clip's built-in configs."""
-    import open_clip
+    """The open_clip model whose visual tower has exactly the pretrained checkpoint's keys and shapes.
 
-    from .checkpoints import load_checkpoint
+    Only shapes are read (safetensors: the header; torch zip: a memory map).  Every open_clip config whose ViT
+    width, depth, patch and image size agree is built on the meta device (no memory, no init; configs with the
+    same vision tower share one build) and its visual ``state_dict`` shapes are compared key by key; when the file
+    holds an open_clip text tower, its vocabulary, width, context length and depth must agree as well.  Among exact
+    matches the plain name wins: open_clip text towers before Hugging Face ones (``mt5-``/``roberta-`` … need
+    ``transformers``), then GELU vs QuickGELU by the file's layout, then the shortest name.  QuickGELU cannot be
+    read from weights: OpenAI-derived fine-tunes (task_vectors pickles, Hugging Face CLIP files) get the
+    ``-quickgelu`` variant, open_clip state dicts the plain one; set ``architecture`` in zoo.json to override."""
+    from .checkpoints import inspect_checkpoint, load_checkpoint
 
-    checkpoint = load_checkpoint(pretrained)
-    visual = checkpoint.visual
-    if "conv1.weight" not in visual or "positional_embedding" not in visual:
+    checkpoint = inspect_checkpoint(pretrained, keep_text=True) or load_checkpoint(pretrained, keep_text=True)
+    visual = {k: tuple(v.shape) for k, v in checkpoint.visual.items()}
+    if "conv1.weight" not in visual or "positional_embedding" not in visual or len(visual["conv1.weight"]) != 4:
         raise ManifestError(f"{pretrained}: cannot infer the architecture (not a ViT); set architecture in zoo.json")
-    width, _, patch, _ = visual["conv1.weight"].shape
-    tokens = visual["positional_embedding"].shape[0] - 1
-    image_size = int(round(tokens ** 0.5)) * patch
+    width, _, patch, _ = visual["conv1.weight"]
+    image_size = int(round((visual["positional_embedding"][0] - 1) ** 0.5)) * patch
     layers = len({k.split(".")[2] for k in visual if k.startswith("transformer.resblocks.")})
-    embed_dim = visual["proj"].shape[1] if "proj" in visual else None
-    matches = []
-    for name in open_clip.list_models():
-        cfg = open_clip.get_model_config(name) or {}
-        v = cfg.get("vision_cfg", {})
-        if (v.get("width"), v.get("layers"), v.get("patch_size"), v.get("image_size")) == (
-                width, layers, patch, image_size) and embed_dim in (None, cfg.get("embed_dim")) \
-                and not v.get("timm_model_name") and set(v) <= {"width", "layers", "patch_size", "image_size",
-                                                                 "head_width", "mlp_ratio"}:
-            matches.append(name)
+    text = {k: tuple(v.shape) for k, v in checkpoint.text.items()}
+    matches = [name for name, cfg in _open_clip_configs()
+               if _visual_shapes_of(cfg, (width, layers, patch, image_size)) == visual and _text_agrees(cfg, text)]
     if not matches:
-        raise ManifestError(f"{pretrained}: no open_clip config matches a ViT with width {width}, {layers} layers, "
-                            f"patch {patch}, image size {image_size}; set architecture (with config) in zoo.json")
-    quick = [m for m in matches if m.endswith("-quickgelu")]
+        raise ManifestError(f"{pretrained}: no open_clip config has this ViT's keys and shapes (width {width}, "
+                            f"{layers} layers, patch {patch}, {image_size}px); set architecture (with config) in "
+                            "zoo.json")
     openai_style = checkpoint.layout in ("task_vectors", "hf-clip", "hf-clip-vision")
-    chosen = (quick or matches)[0] if openai_style else next((m for m in matches if not m.endswith("-quickgelu")),
-                                                             matches[0])
-    note = (f"architecture: {chosen} (from the pretrained checkpoint's shapes: width {width}, {layers} layers, "
-            f"patch {patch}, {image_size}px; candidates {', '.join(matches)}; QuickGELU vs GELU cannot be read "
+    configs = dict(_open_clip_configs())
+    rank = lambda name: ("hf_model_name" in configs[name].get("text_cfg", {}),  # noqa: E731
+                         name.endswith("-quickgelu") != openai_style, len(name), name)
+    matches.sort(key=rank)
+    chosen = matches[0]
+    note = (f"architecture: {chosen} (the pretrained checkpoint's keys and shapes: width {width}, {layers} layers, "
+            f"patch {patch}, {image_size}px; exact matches {', '.join(matches)}; QuickGELU vs GELU cannot be read "
             f"from weights — set architecture in zoo.json if {chosen} is wrong)")
     return Architecture(chosen), note
+
+
+def _open_clip_configs() -> list[tuple[str, dict]]:
+    import open_clip
+
+    return [(name, open_clip.get_model_config(name) or {}) for name in open_clip.list_models()]
+
+
+_TOWER_SHAPES: dict[str, dict] = {}
+
+
+def _visual_shapes_of(cfg: dict, coarse: tuple) -> dict | None:
+    """A config's visual state-dict shapes (meta-device build, cached per tower), or None when its ViT width,
+    depth, patch and image size already differ from ``coarse`` (or it is not an open_clip ViT)."""
+    import json
+
+    v = cfg.get("vision_cfg") or {}
+    size = v.get("image_size", 224)
+    if v.get("timm_model_name") or not isinstance(v.get("layers"), int) or (
+            v.get("width", 768), v["layers"], v.get("patch_size", 16), size) != coarse:
+        return None
+    key = json.dumps([cfg.get("embed_dim"), v], sort_keys=True)
+    if key not in _TOWER_SHAPES:
+        import torch
+        from open_clip.model import _build_vision_tower
+
+        try:
+            with torch.device("meta"):
+                tower = _build_vision_tower(cfg["embed_dim"], v)
+            _TOWER_SHAPES[key] = {k: tuple(t.shape) for k, t in tower.state_dict().items()}
+        except Exception:  # a config open_clip itself cannot build here
+            _TOWER_SHAPES[key] = {}
+    return _TOWER_SHAPES[key]
+
+
+def _text_agrees(cfg: dict, text: dict) -> bool:
+    """No open_clip text tower in the file, or one with the config's vocabulary, width, context and depth."""
+    if "token_embedding.weight" not in text:
+        return True
+    t = cfg.get("text_cfg") or {}
+    if "hf_model_name" in t:
+        return False
+    layers = len({k.split(".")[2] for k in text if k.startswith("transformer.resblocks.")})
+    return (text["token_embedding.weight"] == (t.get("vocab_size", 49408), t.get("width", 512))
+            and text.get("positional_embedding", (None,))[0] == t.get("context_length", 77)
+            and layers == t.get("layers", 12))

@@ -2,8 +2,11 @@
 
 For T masks m_t over P parameters: agreement c = Σt m_t ∈ {0..T}; c = 0 are *catastrophic* weights (active for
 no task), c = 1 *selfish* (exactly one task), c ≥ 2 *general* (Wang et al., ICML 2024).  Everything is computed
-on the masks' device in one chunked pass (per-tensor histograms by bincount, pairwise intersections by a T×T
-matmul) and returned as small pandas tables; no P-sized data leaves the engine.
+in one chunked pass over the packed masks and returned as small pandas tables; no P-sized data leaves the
+engine.  On CPU the pass never unpacks a bit: the T rows of a segment are added as bit-sliced binary counters
+(⌈log2(T+1)⌉ planes of 64-bit words, ripple-carry), the positions with agreement c are the AND of the planes
+matching c's bits, and every count is a popcount of words; pairwise intersections are popcounts of
+ANDed rows.  On GPU: per-tensor bincount of the unpacked columns and a T×T matmul.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .chunks import use_numpy
+from .chunks import map_items, use_numpy
 from .maskset import MaskSet
 from .param_index import ParamIndex
 
@@ -39,6 +42,8 @@ class MaskStats:
 
 def per_entry_histogram(masks: MaskSet, index: ParamIndex, chunk: int = CHUNK):
     """(E, T+1) counts of agreement c per parameter tensor, (T,) active counts, (T, T) intersections."""
+    if use_numpy(masks.packed):
+        return _popcount_histogram(masks, index, chunk)
     T, device = masks.T, masks.packed.device
     ends = torch.tensor([e.offset + e.numel for e in index.entries], device=device)
     hist = torch.zeros(len(index) * (T + 1), dtype=torch.int64, device=device)
@@ -52,6 +57,58 @@ def per_entry_histogram(masks: MaskSet, index: ParamIndex, chunk: int = CHUNK):
         dense = block.to(torch.float32)
         inter += (dense @ dense.T).to(torch.float64)
     return hist.view(len(index), T + 1).cpu(), inter.diagonal().cpu(), inter.cpu()
+
+
+def _segments(index: ParamIndex, chunk: int) -> list[tuple[int, int, int]]:
+    """(entry number, first bit, end bit) pieces of at most ``chunk`` bits covering every tensor."""
+    return [(e, start, min(start + chunk, entry.offset + entry.numel)) for e, entry in enumerate(index.entries)
+            for start in range(entry.offset, entry.offset + entry.numel, chunk)]
+
+
+def _segment_counts(packed: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of agreement c = 0..T and the T×T intersections over bits [start, stop) of packed rows (T, B)."""
+    T = packed.shape[0]
+    lo, hi = start // 8, (stop + 7) // 8
+    rows = np.zeros((T, -(-(hi - lo) // 8) * 8), dtype=np.uint8)  # padded to whole 64-bit words
+    rows[:, :hi - lo] = packed[:, lo:hi]
+    rows[:, 0] &= np.uint8(0xFF >> (start % 8))  # numpy packbits order: bit 0 of a row is the high bit
+    rows[:, hi - lo - 1] &= np.uint8((0xFF << (7 - (stop - 1) % 8)) & 0xFF)
+    words = rows.view(np.uint64)
+    planes = np.zeros((T.bit_length(), words.shape[1]), dtype=np.uint64)
+    carry, new = np.empty_like(planes[0]), np.empty_like(planes[0])
+    for row in words:  # planes += row, bit-sliced
+        np.copyto(carry, row)
+        for plane in planes:
+            np.bitwise_and(plane, carry, out=new)
+            plane ^= carry
+            carry, new = new, carry
+    inverse = ~planes
+    counts = np.zeros(T + 1, dtype=np.int64)
+    equal = np.empty_like(planes[0])
+    for c in range(1, T + 1):
+        np.copyto(equal, planes[0] if c & 1 else inverse[0])
+        for b in range(1, len(planes)):
+            equal &= planes[b] if c >> b & 1 else inverse[b]
+        counts[c] = int(np.bitwise_count(equal).sum(dtype=np.int64))
+    counts[0] = (stop - start) - counts[1:].sum()
+    inter = np.zeros((T, T), dtype=np.int64)
+    for i in range(T):
+        for j in range(i, T):
+            inter[i, j] = inter[j, i] = int(np.bitwise_count(words[i] & words[j]).sum(dtype=np.int64))
+    return counts, inter
+
+
+def _popcount_histogram(masks: MaskSet, index: ParamIndex, chunk: int):
+    packed, T = masks.packed.numpy(), masks.T
+    segments = _segments(index, max(chunk - chunk % 8, 8))
+    parts = map_items(segments, lambda e, start, stop: _segment_counts(packed, start, stop))
+    hist = np.zeros((len(index), T + 1), dtype=np.int64)
+    inter = np.zeros((T, T), dtype=np.int64)
+    for (e, _, _), (counts, pairs) in zip(segments, parts):
+        hist[e] += counts
+        inter += pairs
+    inter = torch.from_numpy(inter.astype(np.float64))
+    return torch.from_numpy(hist), inter.diagonal(), inter
 
 
 def entry_sums(index: ParamIndex, values: torch.Tensor) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 Each entry records name, shape, offset, numel, dtype, the layer/block it belongs to (``embed``, ``block.07``,
 ``head``) and a kind (``attn.in_proj``, ``attn.out_proj``, ``mlp.c_fc``, ``mlp.c_proj``, ``ln``, ``embedding``,
-``proj``, ``other``) so that P-sized results map back to state dicts and per-layer statistics.  Keys follow
-open_clip (``visual.transformer.resblocks.N``), the Hugging Face CLIP vision tower (``vision_model.encoder.layers.N``)
-and anything else with a numbered block component.
+``proj``, ``other``; decoder LLMs add ``mlp.gate``) so that P-sized results map back to state dicts and
+per-layer statistics.  Keys follow open_clip (``visual.transformer.resblocks.N``), the Hugging Face CLIP vision
+tower (``vision_model.encoder.layers.N``), Hugging Face decoder LLMs (Llama/Qwen/Mistral:
+``model.layers.N.self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``, ``input_layernorm``,
+``model.embed_tokens``, ``model.norm``, ``lm_head``) and anything else with a numbered block component.
 """
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ import torch
 _BLOCK = re.compile(r"(?:^|\.)(?:resblocks|layers|blocks|layer|h)\.(\d+)\.")
 _KINDS = (  # first match wins
     (re.compile(r"(attn\.in_proj|self_attn\.(q|k|v)_proj|attention\.(query|key|value))"), "attn.in_proj"),
-    (re.compile(r"(attn\.out_proj|self_attn\.out_proj|attention\.output\.dense)"), "attn.out_proj"),
-    (re.compile(r"(mlp\.c_fc|mlp\.fc1|intermediate\.dense)"), "mlp.c_fc"),
-    (re.compile(r"(mlp\.c_proj|mlp\.fc2|output\.dense)"), "mlp.c_proj"),
-    (re.compile(r"(ln_|layer_norm|layernorm|layrnorm|\.norm)"), "ln"),
-    (re.compile(r"(conv1|patch_embed|class_embedding|positional_embedding|position_embedding|embeddings)"),
-     "embedding"),
-    (re.compile(r"(^|\.)(proj|visual_projection|head)(\.weight|\.bias)?$"), "proj"),
+    (re.compile(r"(attn\.out_proj|self_attn\.(out|o)_proj|attention\.output\.dense)"), "attn.out_proj"),
+    (re.compile(r"mlp\.gate_proj"), "mlp.gate"),
+    (re.compile(r"(mlp\.c_fc|mlp\.fc1|mlp\.up_proj|intermediate\.dense)"), "mlp.c_fc"),
+    (re.compile(r"(mlp\.c_proj|mlp\.fc2|mlp\.down_proj|output\.dense)"), "mlp.c_proj"),
+    (re.compile(r"(ln_|layer_norm|layernorm|layrnorm|(\.|_)norm)"), "ln"),
+    (re.compile(r"(conv1|patch_embed|class_embedding|positional_embedding|position_embedding|embeddings|"
+                r"embed_tokens)"), "embedding"),
+    (re.compile(r"(^|\.)(proj|visual_projection|head|lm_head)(\.weight|\.bias)?$"), "proj"),
 )
 
 

@@ -110,12 +110,12 @@ def applicable(spec: Sequence[Param], params: Mapping[str, Any]) -> dict:
             or params.get(by_name[name].when[0]) == by_name[name].when[1]}
 
 
-def parse_assignments(items: Sequence[str]) -> dict[str, str]:
-    """``["k=20", "lam=0.3"]`` → ``{"k": "20", "lam": "0.3"}`` (CLI ``--set``)."""
+def parse_assignments(items: Sequence[str], option: str = "--set") -> dict[str, str]:
+    """``["k=20", "lam=0.3"]`` → ``{"k": "20", "lam": "0.3"}`` (CLI ``--set``, or ``option``)."""
     out = {}
     for item in items:
         if "=" not in item:
-            raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
+            raise ParameterError(f"{option} expects NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out

@@ -2,6 +2,12 @@
 
 The CLI and the dashboard list methods, render their parameter specs and run them through :func:`run_merge`.
 Modeled on open_clip's model-config registry: methods register themselves on import of ``merging.methods``.
+
+*Modifiers* (:class:`Modifier`, registered on import of ``merging.modifiers``; LiNeS) post-process any method's
+merged vector: ``run_merge(..., modifiers=[("lines", {"beta": 0.5})])`` applies them in order to
+``result.delta``.  For per-task results (TALL, EMR) ``delta`` is the shared vector that every task's mask and
+rescaler act on, so θ̂t = θ0 + s_t·m_t ⊙ modifier(delta); for a per-tensor scaling such as LiNeS this equals
+applying the modifier to every task's own θ̂t − θ0, since it commutes with masks and scalars.
 """
 from __future__ import annotations
 
@@ -22,9 +28,13 @@ class UnknownMethodError(KeyError):
         return self.args[0]
 
 
+class UnknownModifierError(UnknownMethodError):
+    pass
+
+
 @dataclass
 class MergeResult:
-    """θ = θ0 + ``delta``; ``task_delta(t)`` differs from ``delta`` only for per-task methods (TALL)."""
+    """θ = θ0 + ``delta``; ``task_delta(t)`` differs from ``delta`` only for per-task methods (TALL, EMR)."""
 
     method: str
     params: dict
@@ -32,7 +42,9 @@ class MergeResult:
     masks: dict[str, MaskSet] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    task_masks: MaskSet | None = None  # per-task reconstruction θ̂t = θ0 + m_t ⊙ delta (TALL)
+    task_masks: MaskSet | None = None  # per-task reconstruction θ̂t = θ0 + s_t·m_t ⊙ delta (TALL, EMR)
+    task_scales: list[float] | None = None  # per-task rescalers s_t (EMR's λt); None means s_t = 1 (TALL)
+    modifiers: list[tuple[str, dict]] = field(default_factory=list)  # applied to delta, in order
     seconds: float = 0.0
     device: str = ""
 
@@ -43,7 +55,8 @@ class MergeResult:
     def task_delta(self, t: int) -> torch.Tensor:
         if self.task_masks is None:
             return self.delta
-        return self.delta * self.task_masks.get(t)
+        masked = self.delta * self.task_masks.get(t)
+        return masked if self.task_scales is None else masked.mul_(self.task_scales[t])
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class MergeMethod:
     params: tuple[Param, ...]
     run: Callable[..., MergeResult]  # run(space, params, progress, context) -> MergeResult
     needs_data: bool = False  # CALM / AdaMerging need a model and unlabeled images (context)
+    needs_labels: bool = False  # PCB + ES maximises accuracy: the context's images need their labels
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -86,16 +100,79 @@ def get_method(name: str) -> MergeMethod:
     return METHODS[key]
 
 
+@dataclass(frozen=True)
+class Modifier:
+    """A post-processing step of any method's merged vector: ``apply(space, result, params) -> new delta``."""
+
+    name: str
+    title: str
+    summary: str  # one line for non-experts
+    paper: str
+    params: tuple[Param, ...]
+    apply: Callable[..., torch.Tensor]
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+
+MODIFIERS: dict[str, Modifier] = {}
+
+
+def register_modifier(modifier: Modifier) -> Modifier:
+    if modifier.name in MODIFIERS:
+        raise ValueError(f"modifier {modifier.name!r} registered twice")
+    MODIFIERS[modifier.name] = modifier
+    return modifier
+
+
+def list_modifiers() -> list[Modifier]:
+    from . import modifiers  # noqa: F401  (registers the built-in modifiers)
+    return list(MODIFIERS.values())
+
+
+def get_modifier(name: str) -> Modifier:
+    from . import modifiers  # noqa: F401
+    key = name.strip().lower().replace("-", "_")
+    if key not in MODIFIERS:
+        raise UnknownModifierError(f"unknown modifier {name!r}; available: {', '.join(sorted(MODIFIERS))}")
+    return MODIFIERS[key]
+
+
+ModifierSpec = tuple[str | Modifier, Mapping[str, Any] | None]
+
+
+def resolve_modifiers(modifiers: Sequence[ModifierSpec], num_tasks: int | None = None) -> list[tuple[Modifier, dict]]:
+    """``(name or Modifier, params)`` pairs → ``(Modifier, validated params)``; raises on unknown names/values."""
+    chain = []
+    for modifier, given in modifiers:
+        modifier = get_modifier(modifier) if isinstance(modifier, str) else modifier
+        chain.append((modifier, resolve_params(modifier.params, given, num_tasks)))
+    return chain
+
+
+def apply_modifiers(space, result: MergeResult, chain: Sequence[tuple[Modifier, dict]], progress=None) -> MergeResult:
+    """Apply resolved modifiers in order to ``result.delta`` (in place on the result; returns it)."""
+    progress = as_progress(progress)
+    for modifier, values in chain:
+        progress(1.0, f"modifier {modifier.title}")
+        result.delta = modifier.apply(space, result, values)
+        result.modifiers.append((modifier.name, values))
+    return result
+
+
 def run_merge(space, method: str | MergeMethod, params: Mapping[str, Any] | None = None, progress=None,
-              context: Any = None) -> MergeResult:
-    """Validate ``params`` against the method's spec and run it; the result records time and device."""
+              context: Any = None, modifiers: Sequence[ModifierSpec] = ()) -> MergeResult:
+    """Validate ``params`` against the method's spec and run it, then apply ``modifiers`` (``(name, params)``
+    pairs, in order) to its delta; the result records time, device and the resolved modifiers."""
     method = get_method(method) if isinstance(method, str) else method
     resolved = resolve_params(method.params, params, space.T)
+    chain = resolve_modifiers(modifiers, space.T)
     if method.needs_data and context is None:
         raise ValueError(f"{method.title} needs a model and unlabeled data (an evaluation context)")
     progress = as_progress(progress)
     start = time.perf_counter()
     result = method.run(space, resolved, progress, context)
+    apply_modifiers(space, result, chain, progress)
     if space.device.type == "cuda":
         torch.cuda.synchronize(space.device)
     result.seconds = time.perf_counter() - start

@@ -6,20 +6,23 @@
 * TALL: per task t, the λt of the grid {0.2, …, 0.6} whose reconstruction θ̂t = θ0 + mt(λt) ⊙ τMTL has the highest
   validation top-1 on task t (Wang et al., 2024).  mt depends only on λt, so one TALL run per grid value serves
   every task.
+* A modifier's parameter (LiNeS's β, :func:`select_modifier`): the grid value (``Param.grid``) with the highest
+  mean normalized validation accuracy of the modified merge (the method runs once; Wang et al., ICLR 2025).
 
 Ties go to the smallest λ.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import pandas as pd
 
 from .evaluation import Evaluator, evaluate, evaluate_result
 from .progress import as_progress
-from .registry import MergeResult, get_method, run_merge
+from .registry import MergeResult, apply_modifiers, get_method, get_modifier, resolve_modifiers, run_merge
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Selection:
     params: dict  # the chosen parameters, ready for run_merge
     table: pd.DataFrame  # one row per (value, task): value, task, accuracy[, normalized]
     result: MergeResult  # the merge with the chosen parameters
+    modifiers: list = field(default_factory=list)  # (name, params) for run_merge(..., modifiers=…)
 
 
 def argmax_smallest(values: Sequence[float], scores: Sequence[float]) -> float:
@@ -76,6 +80,39 @@ def select(zoo, space, method: str, params: Mapping | None = None, split: str = 
     chosen = argmax_smallest(list(means.index), list(means.to_numpy()))
     final = {**params, "lam": chosen}
     return Selection(spec.name, final, table, run_merge(space, spec, final))
+
+
+def select_modifier(zoo, space, method: str, params: Mapping | None = None, modifier: str = "lines",
+                    param: str = "beta", modifier_params: Mapping | None = None, split: str = "val",
+                    grid: Sequence[float] | None = None, reference: Mapping[str, float] | None = None,
+                    evaluator: Evaluator | None = None, progress=None, **options) -> Selection:
+    """Pick one parameter of a modifier applied to ``method``'s merge (default LiNeS β) on ``split``."""
+    _check_split(split)
+    spec, mod = get_method(method), get_modifier(modifier)
+    progress = as_progress(progress)
+    evaluator = evaluator if evaluator is not None else Evaluator(zoo, **options)
+    tasks = list(space.task_names)
+    grid = list(grid if grid is not None else next(p for p in mod.params if p.name == param).grid)
+    if reference is None:
+        reference = dict(zip(tasks, evaluate(zoo, zoo.finetuned_state, tasks, split, evaluator=evaluator,
+                                             progress=progress.sub(0.0, 0.2))["accuracy"]))
+    base = run_merge(space, spec, params)
+
+    def modified(value) -> MergeResult:
+        result = copy.copy(base)
+        result.info, result.modifiers = dict(base.info), list(base.modifiers)
+        return apply_modifiers(space, result, resolve_modifiers([(mod, {**(modifier_params or {}), param: value})],
+                                                                space.T))
+
+    frames, sub = [], progress.sub(0.2, 1.0)
+    for i, value in enumerate(grid):
+        table = evaluate_result(zoo, space, modified(value), tasks, split, reference=reference, evaluator=evaluator,
+                                progress=sub.sub(i / len(grid), (i + 1) / len(grid)))
+        frames.append(table.assign(value=value))
+    table = pd.concat(frames, ignore_index=True)
+    means = table.groupby("value")["normalized"].mean()
+    result = modified(argmax_smallest(list(means.index), list(means.to_numpy())))
+    return Selection(spec.name, dict(base.params), table, result, result.modifiers[len(base.modifiers):])
 
 
 def _select_tall(zoo, space, spec, params, split, grid, evaluator, tasks, progress) -> Selection:

@@ -6,11 +6,15 @@ the space reads one fine-tuned checkpoint at a time, so memory is one (T, P) sta
 """
 from __future__ import annotations
 
+import tempfile
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
+from .chunks import CHUNK, map_chunks, use_numpy
 from .device import pick_device, pick_dtype
+from .diskstack import DiskStack, needs_disk
 from .param_index import ParamIndex
 from .progress import Progress, as_progress
 
@@ -57,15 +61,22 @@ class TaskVectorSpace:
     @classmethod
     def build(cls, pretrained: StateDict, finetuned: Sequence[StateDict | Callable[[], StateDict]],
               task_names: Sequence[str] | None = None, device: str | torch.device | None = "auto",
-              dtype: str | torch.dtype | None = None, progress=None) -> "TaskVectorSpace":
-        """Flatten θ0 and every θt (a state dict, or a zero-argument loader called once) into the stack."""
+              dtype: str | torch.dtype | None = None, progress=None,
+              sources: Sequence[str] | None = None, max_memory: int | None = None,
+              scratch: str | None = None) -> "TaskVectorSpace":
+        """Flatten θ0 and every θt (a state dict, or a zero-argument loader called once) into the stack;
+        ``sources`` (the pretrained file, then one per task) are named in error messages.  When the stack and the
+        merge's working vectors would exceed ``max_memory`` bytes, the stack lives in a memory-mapped file in
+        ``scratch`` (default: the system's temporary folder; CPU only), see :mod:`merging.diskstack`."""
         if len(finetuned) == 0:
             raise CheckpointError("no fine-tuned checkpoints given: a merge needs at least one task")
         names = list(task_names) if task_names is not None else [f"task{t}" for t in range(len(finetuned))]
         if len(names) != len(finetuned):
             raise CheckpointError(f"{len(names)} task names for {len(finetuned)} fine-tuned checkpoints")
-        if len(set(names)) != len(names):
-            raise CheckpointError(f"duplicate task names: {names}")
+        refuse_duplicates(names)
+        if sources is not None and len(sources) != len(finetuned) + 1:
+            raise ValueError("sources: the pretrained file and one file per fine-tuned checkpoint")
+        named = lambda i, what: f"{what} ({sources[i]})" if sources is not None else what  # noqa: E731
         progress = as_progress(progress)
         device, dtype = pick_device(device), pick_dtype(dtype)
         index = ParamIndex.from_state_dict(pretrained)
@@ -74,20 +85,31 @@ class TaskVectorSpace:
         theta0 = torch.empty(index.numel, dtype=torch.float32, device=device)
         for e in index.entries:
             theta0[e.slice] = pretrained[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32)
-        _check_finite(theta0, index, "pretrained checkpoint")
+        _check_finite(theta0, index, named(0, "pretrained checkpoint"))
         base = {k: v.detach().clone().cpu() for k, v in pretrained.items()
                 if torch.is_tensor(v) and not v.is_floating_point()}
         base["__order__"] = list(pretrained.keys())
-        stack = torch.empty((len(finetuned), index.numel), dtype=dtype, device=device)
+        disk = None
+        if needs_disk(len(finetuned), index.numel, torch.empty((), dtype=dtype).element_size(), max_memory):
+            if device.type != "cpu":
+                raise CheckpointError(f"the stack ({len(finetuned)} × {index.numel:,}) exceeds max_memory; an "
+                                      "out-of-core stack is CPU only: use --device cpu or raise --max-memory")
+            disk = DiskStack(len(finetuned), index.numel, dtype, scratch or tempfile.gettempdir())
+            stack = disk.tensor
+        else:
+            stack = torch.empty((len(finetuned), index.numel), dtype=dtype, device=device)
         for t, item in enumerate(finetuned):
             progress(t / len(finetuned), f"loading task {names[t]}")
             state = item() if callable(item) else item
-            check_compatible(pretrained, state, f"fine-tuned checkpoint for task {names[t]!r}")
+            what = named(t + 1, f"fine-tuned checkpoint for task {names[t]!r}")
+            check_compatible(pretrained, state, what)
             for e in index.entries:
                 stack[t, e.slice] = (state[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32)
                                      - theta0[e.slice]).to(dtype)
             del state
-            _check_finite(stack[t], index, f"fine-tuned checkpoint for task {names[t]!r}")
+            _check_finite(stack[t], index, what)
+            if disk is not None:
+                disk.release_row(t)
         progress(1.0, "task vectors ready")
         return cls(index, base, theta0, stack, names)
 
@@ -109,9 +131,19 @@ class TaskVectorSpace:
         return self.stack[self.rows[t]].to(torch.float32)
 
     def sum_tau(self) -> torch.Tensor:
-        """Σt τt as a new float32 (P,) tensor."""
-        if self.rows == list(range(self.stack.shape[0])):
-            return self.stack.sum(0, dtype=torch.float32)
+        """Σt τt as a new float32 (P,) tensor (rows added in task order; on CPU over cache-sized chunks)."""
+        if use_numpy(self.stack):
+            stack, rows = self.stack.numpy(), self.rows
+            total = np.empty(self.P, dtype=np.float32)
+
+            def body(a: int, b: int) -> None:
+                out = total[a:b]
+                np.copyto(out, stack[rows[0], a:b])
+                for r in rows[1:]:
+                    out += stack[r, a:b]
+
+            map_chunks(self.P, body)
+            return torch.from_numpy(total)
         total = torch.zeros(self.P, dtype=torch.float32, device=self.device)
         for t in range(self.T):
             total += self.tau(t)
@@ -127,6 +159,7 @@ class TaskVectorSpace:
         """A view on some tasks (by name or position) sharing the same stack: no copy."""
         if len(tasks) == 0:
             raise CheckpointError("select at least one task")
+        refuse_duplicates(tasks)
         picked = []
         for task in tasks:
             if isinstance(task, str):
@@ -148,9 +181,31 @@ class TaskVectorSpace:
         return self.stack.numel() * self.stack.element_size() + self.theta0.numel() * 4
 
 
+def refuse_duplicates(names: Sequence) -> None:
+    """A task may appear once in a space (a repeated task would be merged, and held in memory, again)."""
+    counts: dict = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    repeated = {k: n for k, n in counts.items() if n > 1}
+    if repeated:
+        listed = ", ".join(f"{k!r} ×{n}" for k, n in list(repeated.items())[:5])
+        raise CheckpointError(f"duplicate task(s): {listed}{' …' if len(repeated) > 5 else ''}; give each task once")
+
+
 def _check_finite(flat: torch.Tensor, index: ParamIndex, what: str) -> None:
-    bad = ~torch.isfinite(flat)
-    if bool(bad.any()):
+    """Raise naming the first tensor that holds NaN/Inf.  On CPU a chunk is checked by its float64 sum: any NaN
+    or Inf makes it non-finite, and 2^18 finite float32 values (|v| < 3.5e38) cannot overflow it; one read, no
+    temporaries."""
+    if use_numpy(flat):
+        values = flat.numpy()
+        finite = map_chunks(values.size, lambda a, b: bool(np.isfinite(values[a:b].sum(dtype=np.float64))))
+        if all(finite):
+            return
+        start = finite.index(False) * CHUNK
+        position = start + int(np.flatnonzero(~np.isfinite(values[start:start + CHUNK]))[0])
+    else:
+        bad = ~torch.isfinite(flat)
+        if not bool(bad.any()):
+            return
         position = int(bad.nonzero()[0, 0])
-        entry = index.locate(position)
-        raise CheckpointError(f"{what}: non-finite values (NaN/Inf) in {entry.name}")
+    raise CheckpointError(f"{what}: non-finite values (NaN/Inf) in {index.locate(position).name}")

@@ -2,6 +2,9 @@
 torch.kthvalue for every order statistic.  They take the (T, P) task-vector tensor and loop over tasks, so the
 benchmark (bench/merge_bench.py) can run them at ViT size too."""
 import math
+import re
+
+import numpy as np
 
 import torch
 
@@ -37,9 +40,21 @@ def ties(theta0, taus, K, merge, lam):
     return theta0 + lam * ties_merged(taus, K, merge)[0]
 
 
-def dare_dropped(tau, t, p, seed, rescale):
-    g = torch.Generator().manual_seed(seed * 1_000_003 + t)
-    kept = tau * (torch.rand(tau.numel(), generator=g) >= p)
+def dare_keep(n, t, p, seed, generator="philox"):
+    """DARE's keep mask from its definition: per 2^18-entry chunk c, uint32 draws of Philox(key=(seed, t),
+    counter=(0, c, 0, 0)); keep where u ≥ ⌊p·2^32⌋ (or the legacy torch.rand stream)."""
+    if generator == "torch":
+        return torch.rand(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + t)) >= p
+    keep = []
+    for c, start in enumerate(range(0, n, 1 << 18)):
+        bits = np.random.Philox(key=[seed, t], counter=[0, c, 0, 0])
+        u = np.random.Generator(bits).integers(0, 2**32, size=min(1 << 18, n - start), dtype=np.uint32)
+        keep.append(u.astype(np.float64) >= math.floor(p * 2**32))
+    return torch.from_numpy(np.concatenate(keep))
+
+
+def dare_dropped(tau, t, p, seed, rescale, generator="philox"):
+    kept = tau * dare_keep(tau.numel(), t, p, seed, generator)
     if rescale == "l1":
         return kept * (tau.abs().sum() / kept.abs().sum())
     return kept / (1 - p)
@@ -95,3 +110,45 @@ def mask_stats(masks):
             if union:
                 jaccard[i, j] = int((masks[i] & masks[j]).sum()) / union
     return histogram, masks.sum(1).tolist(), jaccard
+
+
+# ---------------------------------------------------------------- EMR-Merging, LiNeS, PCB's pcb_ES.py variant
+def emr(taus, index):
+    """Official emr_merge per tensor: (τuni, masks (T, P) bool, rescalers) with per-tensor mean |·| sums."""
+    T = taus.shape[0]
+    flag = torch.where(taus.sum(0) > 0, 1.0, -1.0)
+    masks = taus * flag > 0
+    uni = (masks * taus).abs().max(0).values * flag
+    scales = []
+    for t in range(T):
+        num = sum(float(taus[t, e.slice].abs().double().mean()) for e in index.entries)
+        den = sum(float((masks[t, e.slice] * uni[e.slice]).abs().double().mean()) for e in index.entries)
+        scales.append(num / den if den > 0 else 0.0)
+    return uni, masks, scales
+
+
+def lines(delta, index, alpha, beta):
+    """LiNeS_scaling on the state dict: a key holding ".l." (l < L, first match) gets α + β·l/(L − 1)."""
+    blocks = sorted({int(n) for e in index.entries for n in re.findall(r"\.(\d+)\.", e.name)})
+    L = len(blocks)
+    out = delta.clone()
+    for e in index.entries:
+        layer = next((l for l in range(L) if f".{l}." in e.name), None)
+        out[e.slice] = delta[e.slice] * (alpha if layer is None else alpha + beta * layer / max(L - 1, 1))
+    return out
+
+
+def pcb_sum_tanh(theta0, taus, r, q, lams):
+    """pcb_ES.py's PCB: inter_t = Σj tanh(ñt ⊙ ñj) on the whole (T, P) stack."""
+    T, P = taus.shape
+    parts = [_pcb_clip(tau, q) for tau in taus]
+    signed = torch.stack([torch.sign(tau) * norm for tau, (_, norm) in zip(taus, parts)])
+    numerator, denominator = 0, 0
+    for t, tau in enumerate(taus):
+        a, norm = parts[t]
+        beta = torch.exp(T * norm ** 2) * torch.tanh(signed[t] * signed).sum(0)
+        floor = _sorted_at(beta, int(P * (1 - r)))
+        score = (torch.maximum(beta, floor) - floor) / (beta.max() - floor)
+        numerator = numerator + lams[t] * score * torch.sign(tau) * a
+        denominator = denominator + score
+    return theta0 + numerator / denominator.clamp(min=1e-12)

@@ -1,4 +1,5 @@
 """The CLI on real files: merge → safetensors that equal the library result; stats tables; clear errors."""
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,68 @@ def test_hf_vision_finetunes_merge_with_an_open_clip_pretrained(tmp_path, capsys
                  "--method", "task_arithmetic", "--out", str(out), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     assert torch.equal(load_file(str(out))["visual.proj"], pre["proj"])
+
+
+# ---------------------------------------------------------------------------------------------- --out and bad files
+def _merge_args(tmp, paths, *extra):
+    return ["merge", "--pretrained", str(tmp / "pre.safetensors"), "--finetuned", *map(str, paths),
+            "--method", "task_arithmetic", "--device", "cpu", *extra]
+
+
+def _one_line_error(capsys) -> tuple[str, str]:
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: "), captured.err
+    return last, captured.out
+
+
+def test_out_is_checked_before_the_merge_runs(files, capsys):
+    tmp, _, _, paths = files
+    missing = tmp / "no" / "such" / "merged.safetensors"
+    assert main(_merge_args(tmp, paths, "--out", str(missing))) == 2
+    line, out = _one_line_error(capsys)
+    assert str(missing) in line and "does not exist" in line and not (tmp / "no").exists()
+    assert "Task Arithmetic on" not in out  # refused before merging
+    assert main(_merge_args(tmp, paths, "--out", str(tmp))) == 2
+    assert "is a folder" in _one_line_error(capsys)[0]
+    (tmp / "link.safetensors").symlink_to(paths[1])
+    os.link(paths[2], tmp / "hard.safetensors")
+    before = [p.read_bytes() for p in paths]
+    for alias in ("link.safetensors", "hard.safetensors"):
+        assert main(_merge_args(tmp, paths, "--out", str(tmp / alias))) == 2
+        line, out = _one_line_error(capsys)
+        assert "refusing to overwrite input file" in line and "Task Arithmetic on" not in out
+    assert [p.read_bytes() for p in paths] == before
+
+
+def test_stale_temp_files_of_killed_writes_are_removed_before_writing(files, capsys):
+    tmp, _, _, paths = files
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp / f".merged.safetensors.{int(dead.stdout)}-abcd1234.tmp"
+    live = tmp / f".other.safetensors.{os.getppid()}-abcd1234.tmp"  # a running writer's file is left alone
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    assert main(_merge_args(tmp, paths, "--out", str(tmp / "merged.safetensors"))) == 0
+    err = capsys.readouterr().err
+    assert not stale.exists() and live.exists() and "removed 1 temporary file(s)" in err
+    assert load_file(str(tmp / "merged.safetensors"))
+
+
+def test_bad_checkpoints_exit_2_with_one_line_naming_the_file(files, capsys, tmp_path):
+    from hostile_files import stride0_tensor, write_safetensors_header
+    tmp, base, fts, paths = files
+    bad = {k: v.clone() for k, v in fts[1].items()}
+    key = next(k for k, v in bad.items() if v.is_floating_point())
+    bad[key].view(-1)[0] = float("inf")
+    save_file(bad, str(paths[1]))
+    out = tmp / "merged.safetensors"
+    cases = {paths[1]: "non-finite",
+             write_safetensors_header(tmp / "hdr.safetensors", b'{"key": 5}', 4): "corrupt",
+             stride0_tensor(tmp / "stride0.pt"): "over a limit"}
+    for path, problem in cases.items():
+        assert main(_merge_args(tmp, [paths[0], path], "--out", str(out))) == 2
+        line = _one_line_error(capsys)[0]
+        assert str(path) in line and problem in line, line
+    assert not out.exists()
+    assert main(_merge_args(tmp, paths[:2], "--tasks", "a", "a")) == 2
+    assert "duplicate task(s): 'a' ×2" in _one_line_error(capsys)[0]

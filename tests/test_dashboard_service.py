@@ -97,6 +97,16 @@ def test_consensus_marks_k_and_tall_reports_reconstruction(service, entry):
     assert tall.k is None
 
 
+def test_emr_reports_reconstruction_mask_statistics_and_exports_per_task(service, entry, tmp_path):
+    view = service.merge(entry.id, "emr")
+    assert set(view.accuracy["model"]) == {"pretrained", "individual", "EMR-reconstructed"}
+    assert set(view.stats) == {"emr"} and view.figures()["histogram"] is not None
+    with pytest.raises(UserError, match="emr serves one model per task"):
+        service.export_checkpoint(view.id, "open_clip", "s")
+    compressed = load_compressed(service.export_checkpoint(view.id, "tall-compressed", "s"))
+    assert compressed.scales == view.result.task_scales
+
+
 def test_merge_a_subset_of_tasks(service, entry):
     view = service.merge(entry.id, "task_arithmetic", {}, tasks=["task0", "task2"])
     assert view.record.tasks == ["task0", "task2"] and set(view.record.accuracy) == {"task0", "task2"}

@@ -40,7 +40,8 @@ def test_every_registered_parameter_gets_a_widget_holding_its_default(method):
             assert 0 < slider["step"] <= slider["maximum"] - slider["minimum"]
             assert (slider["maximum"] - slider["minimum"]) / slider["step"] <= 10_000
     assert method.title in explain(method) and method.summary in explain(method)
-    assert ("unlabeled" in explain(method)) == method.needs_data
+    assert ("unlabeled" in explain(method)) == (method.needs_data and not method.needs_labels)
+    assert ("labeled validation" in explain(method)) == method.needs_data
 
 
 def _panel(name, tasks):
@@ -67,16 +68,16 @@ def test_default_widget_values_collect_to_the_method_defaults():
 
 
 def test_per_task_values_follow_the_merged_tasks():
-    panel = _panel("pcb", ["a", "b", "c"])  # r, clip_q, lam (per task)
+    panel = _panel("pcb", ["a", "b", "c"])  # r, clip_q, lam (per task), inter
     table = pd.DataFrame({"task": ["a", "b", "c"], "lam": [0.8, 1.0, "1.3"]})
-    params = collect_params(panel, [0.05, 0.01, 1.2, True, table], ["c", "a"])
+    params = collect_params(panel, [0.05, 0.01, 1.2, True, table, "tanh_sum"], ["c", "a"])
     assert params["lam"] == [1.3, 0.8]
     # unticked: the shared value
-    assert collect_params(panel, [0.05, 0.01, 1.1, False, table], ["c", "a"])["lam"] == 1.1
+    assert collect_params(panel, [0.05, 0.01, 1.1, False, table, "tanh_sum"], ["c", "a"])["lam"] == 1.1
     # a task missing from the table takes the shared value
-    assert collect_params(panel, [0.05, 0.01, 1.1, True, table.iloc[:1]], ["a", "b"])["lam"] == [0.8, 1.1]
+    assert collect_params(panel, [0.05, 0.01, 1.1, True, table.iloc[:1], "tanh_sum"], ["a", "b"])["lam"] == [0.8, 1.1]
     with pytest.raises(ParameterError, match="lam for task b: expected a number, got 'x'"):
-        collect_params(panel, [0.05, 0.01, 1.2, True, table.assign(lam=[1, "x", 1])], ["a", "b"])
+        collect_params(panel, [0.05, 0.01, 1.2, True, table.assign(lam=[1, "x", 1]), "tanh_sum"], ["a", "b"])
 
 
 def test_integer_widgets_give_integers():

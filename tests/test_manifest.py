@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from ck_tiny_zoo import TINY, TINY_CONFIG, make_tiny_zoo, tiny_clip
 from merging.checkpoints import CheckpointFileError
-from merging.manifest import Architecture, ManifestError, infer_manifest, load_manifest
+from merging.manifest import Architecture, ManifestError, infer_architecture, infer_manifest, load_manifest
 from merging.models import ArchitectureError, register_architecture
 from merging.zoo import load_zoo
 
@@ -135,3 +135,51 @@ def test_infer_task_vectors_layout(tmp_path):
 def test_empty_folder_is_reported(tmp_path):
     with pytest.raises(ManifestError, match="no pretrained checkpoint found"):
         infer_manifest(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- architecture inference
+@pytest.fixture(scope="module")
+def real_shapes():
+    """Full open_clip CLIP state-dict shapes of real models, from meta-device builds (no memory, no init)."""
+    from merging.models import build_clip
+    shapes = {}
+    for name in ("ViT-B-32", "ViT-B-16", "ViT-L-14"):
+        with torch.device("meta"):
+            model = build_clip(Architecture(name), "meta")
+        shapes[name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return shapes
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
+def test_architecture_is_inferred_from_shapes_and_prefers_plain_names(tmp_path, real_shapes, name):
+    """Real-shaped checkpoints (zero-filled, written sparsely: a 1.7 GB ViT-L-14 file costs no disk) in three
+    layouts: an open_clip folder without zoo.json is the plain model (not mt5-base-ViT-B-32), a Hugging Face
+    CLIPVisionModel (OpenAI-derived) the -quickgelu variant."""
+    from hostile_files import sparse_safetensors
+    from merging.checkpoints import open_clip_visual_to_hf
+
+    full = real_shapes[name]
+    visual = {k[len("visual."):]: v for k, v in full.items() if k.startswith("visual.")}
+    hf = {k: tuple(v.shape) for k, v in open_clip_visual_to_hf({k: torch.empty(s, device="meta")
+                                                                for k, s in visual.items()}).items()}
+    (tmp_path / "finetuned").mkdir()
+    sparse_safetensors(tmp_path / "pretrained.safetensors", full)
+    sparse_safetensors(tmp_path / "finetuned" / "cars.safetensors", visual)
+    manifest, report = infer_manifest(tmp_path)
+    assert manifest.architecture == Architecture(name)
+    assert any(line.startswith(f"architecture: {name} (") and "QuickGELU vs GELU cannot be read" in line
+               for line in report)
+    zoo = load_zoo(tmp_path)  # every file checked against the inferred architecture, from headers only
+    assert zoo.architecture.name == name and zoo.task_names == ["cars"]
+    for layout, shapes, expected in (("visual", visual, name), ("hf", hf, f"{name}-quickgelu")):
+        path = sparse_safetensors(tmp_path / f"{layout}.safetensors", shapes)
+        arch, note = infer_architecture(path)
+        assert arch.name == expected, note
+        assert "mt5" not in arch.name and "roberta" not in arch.name
+
+
+def test_architecture_inference_refuses_an_unknown_vit(tmp_path, real_shapes):
+    from hostile_files import sparse_safetensors
+    shapes = {k: v for k, v in real_shapes["ViT-B-32"].items() if not k.startswith("visual.transformer.resblocks.11.")}
+    with pytest.raises(ManifestError, match="no open_clip config has this ViT's keys and shapes.*11 layers"):
+        infer_architecture(sparse_safetensors(tmp_path / "pretrained.safetensors", shapes))

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import reference as ref
 from engine_fixtures import space as make_space
@@ -73,3 +74,25 @@ def test_sign_conflict_table_matches_dense(monkeypatch):
         sel = torch.cat([conflict[e.slice] for e in sp.index.entries if e.layer == layer])
         assert table.loc[layer, "sign_conflicts"] == int(sel.sum())
     assert isinstance(table, pd.DataFrame)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 11), sizes=st.lists(st.integers(1, 300), min_size=1, max_size=6),
+       chunk=st.sampled_from([8, 16, 24, 64, 1 << 21]), density=st.floats(0.0, 1.0), seed=st.integers(0, 99))
+def test_popcount_counts_equal_unpacked_counts(T, sizes, chunk, density, seed):
+    """The CPU pass (bit-sliced counters over packed words) against the unpacking bincount/matmul pass."""
+    import merging.chunks as chunks
+    import merging.maskstats as maskstats
+    from merging.param_index import ParamIndex
+    index = ParamIndex.from_state_dict({f"p{i}": torch.zeros(n) for i, n in enumerate(sizes)})
+    m = torch.rand(T, index.numel, generator=torch.Generator().manual_seed(seed)) < density
+    masks = MaskSet.from_bool(m, [f"t{i}" for i in range(T)], "x")
+    popcount = maskstats.per_entry_histogram(masks, index, chunk)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(chunks, "NUMPY_KERNELS", False)
+        unpacked = maskstats.per_entry_histogram(masks, index, chunk)
+    assert torch.equal(popcount[0], unpacked[0])
+    assert torch.equal(popcount[2], unpacked[2]) and torch.equal(popcount[1], unpacked[1])
+    c = m.sum(0)
+    for e, entry in enumerate(index.entries):  # and against the plain count
+        assert popcount[0][e].tolist() == torch.bincount(c[entry.slice], minlength=T + 1).tolist()

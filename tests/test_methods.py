@@ -1,4 +1,5 @@
 """Every merge method against a hand-computed tiny case and a plain dense reference (tests/reference.py)."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -85,7 +86,8 @@ def test_ties_matches_reference(sp, K, merge, lam):
 @pytest.mark.parametrize("method,params", [("ties", {"merge": "mean"}), ("ties", {"merge": "sum", "k": 50}),
                                            ("dare", {"base": "ties", "p": 0.3}), ("dare", {}), ("tall", {}),
                                            ("tall", {"base": "ties"}),
-                                           ("consensus", {}), ("pcb", {})])
+                                           ("consensus", {}), ("pcb", {}), ("task_arithmetic", {}),
+                                           ("averaging", {})])
 def test_cpu_kernels_and_gpu_code_paths_identical(sp, monkeypatch, method, params):
     """The chunked numpy kernels (CPU) and the whole-tensor torch code (used on CUDA) give identical results."""
     fast = run_merge(sp, method, params)
@@ -101,13 +103,29 @@ def test_cpu_kernels_and_gpu_code_paths_identical(sp, monkeypatch, method, param
         assert fast.tables[name].equals(plain.tables[name])
 
 
-@pytest.mark.parametrize("base,rescale", [("ta", "inverse"), ("ta", "l1"), ("ties", "inverse")])
-def test_dare_matches_reference(sp, base, rescale):
-    out, result = merged(sp, "dare", p=0.5, seed=7, rescale=rescale, base=base, lam=0.4)
-    dropped = torch.stack([ref.dare_dropped(tau, t, 0.5, 7, rescale) for t, tau in enumerate(dense(sp))])
+@pytest.mark.parametrize("base,rescale,generator", [("ta", "inverse", "philox"), ("ta", "l1", "philox"),
+                                                    ("ties", "inverse", "philox"), ("ta", "inverse", "torch")])
+def test_dare_matches_reference(sp, base, rescale, generator):
+    out, result = merged(sp, "dare", p=0.5, seed=7, rescale=rescale, base=base, lam=0.4, generator=generator)
+    dropped = torch.stack([ref.dare_dropped(tau, t, 0.5, 7, rescale, generator) for t, tau in enumerate(dense(sp))])
     expected = ref.ta(sp.theta0, dropped, 0.4) if base == "ta" else ref.ties(sp.theta0, dropped, 20, "mean", 0.4)
     torch.testing.assert_close(out, expected, **close)
     assert 0.4 < result.masks["dare_keep"].to_bool().float().mean() < 0.6
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dare_philox_masks_cross_chunks_and_ignore_thread_count(threads):
+    from merging.methods.dare import philox_keep_packed
+    n = 3 * (1 << 18) + 13
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        packed = philox_keep_packed(n, 0.3, 11, 2)
+    finally:
+        torch.set_num_threads(before)
+    keep = torch.from_numpy(np.unpackbits(packed, count=n).astype(bool))
+    assert torch.equal(keep, ref.dare_keep(n, 2, 0.3, 11))
+    assert abs(float(keep.float().mean()) - 0.7) < 0.005
 
 
 def test_dare_is_seeded(sp):

@@ -96,3 +96,20 @@ def test_numpy_path_is_used_for_cpu_float32():
     assert not use_numpy(torch.zeros(10, dtype=torch.float64))
     assert not use_numpy(torch.zeros(10, 2).T)
     assert np.float32(kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 2)) == 2.0
+
+
+def test_a_tie_next_to_the_kth_value_is_counted_not_regathered(path, monkeypatch):
+    """PCB's case: 1 % exact zeros just below the k-th |τ|; the bracket must shrink the input every pass."""
+    monkeypatch.setattr(select, "SMALL", 4096)
+    monkeypatch.setattr(select, "SAMPLE", 1024)
+    sizes = []
+    bracket = select._bracket
+    monkeypatch.setattr(select, "_bracket", lambda x, lo, hi: sizes.append(x.numel()) or bracket(x, lo, hi))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200_000, generator=g).abs()
+    x[:20_000] = 0.0  # the tie holds more than SMALL elements
+    for k in (15_000, 20_001, 20_050, 26_000):
+        sizes.clear()
+        assert torch.equal(kth_smallest(x, k), torch.kthvalue(x, k).values)
+        assert all(b < a for a, b in zip(sizes, sizes[1:])), sizes
+        assert len(sizes) <= 2, sizes

@@ -97,6 +97,36 @@ def test_unknown_dtype_and_missing_cuda():
     ("ln_pre.bias", "embed", "ln"),
     ("ln_post.weight", "head", "ln"),
     ("proj", "head", "proj"),
+    ("model.embed_tokens.weight", "embed", "embedding"),
+    ("model.layers.7.self_attn.q_proj.weight", "block.07", "attn.in_proj"),
+    ("model.layers.7.self_attn.o_proj.weight", "block.07", "attn.out_proj"),
+    ("model.layers.7.self_attn.q_norm.weight", "block.07", "ln"),
+    ("model.layers.12.mlp.gate_proj.weight", "block.12", "mlp.gate"),
+    ("model.layers.12.mlp.up_proj.weight", "block.12", "mlp.c_fc"),
+    ("model.layers.12.mlp.down_proj.weight", "block.12", "mlp.c_proj"),
+    ("model.layers.0.input_layernorm.weight", "block.00", "ln"),
+    ("model.layers.0.post_attention_layernorm.weight", "block.00", "ln"),
+    ("model.norm.weight", "head", "ln"),
+    ("lm_head.weight", "head", "proj"),
 ])
 def test_parameter_classification(name, layer, kind):
     assert classify(name) == (layer, kind)
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_finiteness_check_names_the_tensor_and_accepts_huge_finite_values(monkeypatch, numpy_path, bad):
+    from merging import chunks
+    from merging.param_index import ParamIndex
+    from merging.space import _check_finite
+    monkeypatch.setattr(chunks, "NUMPY_KERNELS", numpy_path)
+    sizes = {"a": chunks.CHUNK - 3, "b": 10, "c": chunks.CHUNK + 7}
+    index = ParamIndex.from_state_dict({k: torch.zeros(n) for k, n in sizes.items()})
+    flat = torch.full((index.numel,), 3.0e38)  # a float32 sum of any chunk would overflow; all are finite
+    _check_finite(flat, index, "x")
+    for name, where in (("a", 0), ("b", 4), ("c", chunks.CHUNK + 6)):
+        values = flat.clone()
+        entry = next(e for e in index.entries if e.name == name)
+        values[entry.offset + where] = bad
+        with pytest.raises(CheckpointError, match=f"NaN/Inf.* in {name}$"):
+            _check_finite(values, index, "x")

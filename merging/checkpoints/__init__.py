@@ -8,10 +8,11 @@ from typing import Mapping
 
 import torch
 
-from .errors import PROBLEMS, CheckpointFileError, UnsafePickleError
+from .errors import PROBLEMS, CheckpointFileError, LimitError, UnsafePickleError
 from .export import EXPORT_FORMATS, export_merge, save_hf, save_open_clip
-from .formats import detect_format, read_tensors, safetensors_header
+from .formats import detect_format, read_tensors, safetensors_header, torch_zip_mappable
 from .hf import hf_to_open_clip_text, hf_to_open_clip_visual, open_clip_text_to_hf, open_clip_visual_to_hf
+from .limits import check_storage
 from .layout import Checkpoint, check_architecture, fill_frozen_projection, split_towers
 
 
@@ -24,6 +25,7 @@ def load_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | Non
     checkpoint = split_towers(path, fmt, raw)
     if not keep_text:
         checkpoint.text = {}
+    check_storage(path, {**checkpoint.visual, **checkpoint.text})
     if expected is not None:
         check_architecture(path, checkpoint.visual, expected, arch_name)
     return checkpoint
@@ -35,24 +37,28 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
 
 
 def inspect_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | None = None,
-                       arch_name: str = "the model") -> Checkpoint | None:
+                       arch_name: str = "the model", keep_text: bool = False) -> Checkpoint | None:
     """Check a checkpoint's layout, keys and shapes cheaply (safetensors: header only, as meta tensors; torch zip:
-    memory-mapped).  Returns None for pickled-module files, which only a full read can check."""
+    memory-mapped, after the checks of :mod:`.limits`).  Returns None for pickled-module files, which only a full
+    read can check."""
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "safetensors":
         header = safetensors_header(path)
         raw = {k: torch.empty(v["shape"], dtype=_ST_DTYPES.get(v["dtype"], torch.float32), device="meta")
-               for k, v in header.items() if k != "__metadata__"}
+               for k, v in header.items()}
     else:
+        mappable = torch_zip_mappable(path, fmt)
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch")
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
         except Exception:
             return None  # pickled modules (or damage): the full load reports it
         if not isinstance(raw, dict):
             return None
     checkpoint = split_towers(path, fmt, raw)
-    checkpoint.text = {}
+    if not keep_text:
+        checkpoint.text = {}
+    check_storage(path, {**checkpoint.visual, **checkpoint.text})
     if expected is not None:
         check_architecture(path, checkpoint.visual, expected, arch_name)
     return checkpoint
@@ -70,6 +76,7 @@ def load_head_tensors(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tens
     path = Path(path)
     _, raw = read_tensors(path)
     tensors = {k: v for k, v in raw.items() if torch.is_tensor(v)}
+    check_storage(path, tensors)
     prefix = ""
     if "weight" not in tensors:  # e.g. a pickled ImageClassifier: classification_head.weight
         heads = [k[: -len("weight")] for k, v in tensors.items() if k.endswith(".weight") and v.ndim == 2]
@@ -84,7 +91,7 @@ def load_head_tensors(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tens
     return weight, bias
 
 
-__all__ = ["Checkpoint", "CheckpointFileError", "EXPORT_FORMATS", "PROBLEMS", "UnsafePickleError",
+__all__ = ["Checkpoint", "CheckpointFileError", "EXPORT_FORMATS", "LimitError", "PROBLEMS", "UnsafePickleError",
            "check_architecture", "detect_format", "fill_frozen_projection", "export_merge", "hf_to_open_clip_text", "hf_to_open_clip_visual",
            "inspect_checkpoint", "load_checkpoint", "load_head_tensors", "load_visual", "open_clip_text_to_hf", "open_clip_visual_to_hf",
            "read_tensors", "safetensors_header", "save_hf", "save_open_clip"]

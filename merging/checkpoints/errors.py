@@ -7,7 +7,7 @@ from ..space import CheckpointError
 
 PROBLEMS = ("missing", "empty", "not a checkpoint", "corrupt", "truncated", "unsafe pickle", "unsupported format",
             "unrecognised layout", "wrong architecture", "missing keys", "extra keys", "shape mismatch",
-            "not a head")
+            "not a head", "over a limit")
 
 
 class CheckpointFileError(CheckpointError):
@@ -25,3 +25,11 @@ class UnsafePickleError(CheckpointFileError):
 
     def __init__(self, path: str | os.PathLike, detail: str):
         super().__init__(path, "unsafe pickle", detail)
+
+
+class LimitError(CheckpointFileError):
+    """The file asks for more than a loader limit allows (header size, pickle memo, decompressed size, a tensor
+    larger than its storage): refused before the memory is spent (see :mod:`.limits`)."""
+
+    def __init__(self, path: str | os.PathLike, detail: str):
+        super().__init__(path, "over a limit", detail)

@@ -61,6 +61,7 @@ def export_merge(path: str | os.PathLike, space, result, fmt: str = "open_clip",
     metadata = {"mergescope_method": result.method,
                 "mergescope_params": {k: v for k, v in result.params.items()},
                 "mergescope_tasks": list(space.task_names),
+                **({"mergescope_modifiers": result.modifiers} if result.modifiers else {}),
                 **({"mergescope_task": space.task_names[task]} if task is not None else {})}
     save = save_open_clip if fmt == "open_clip" else save_hf
     save(path, visual, text, inputs=inputs, metadata=metadata)

@@ -1,24 +1,26 @@
 """Format detection and safe reading of the raw tensors in a checkpoint file.
 
-* safetensors: read through ``safe_open`` (memory-mapped; a header check first catches truncation);
+* safetensors: read through ``safe_open`` (memory-mapped; the header is checked first, see
+  :func:`safetensors_header`);
 * torch zip files: ``torch.load(weights_only=True, mmap=True)`` (lazy, memory-mapped); a file that holds pickled
   modules (task_vectors ``ImageEncoder``) fails that and goes through :mod:`.unpickler` instead;
 * legacy (pre-1.6) torch files: ``torch.load(weights_only=True)``.
 
-Nothing from a file is executed.  Failures raise :class:`CheckpointFileError` naming the file and the problem.
+Nothing from a file is executed, and no file may make a loader allocate much more than its own size
+(:mod:`.limits`).  Failures raise :class:`CheckpointFileError` naming the file and the problem.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
+import re
 import struct
-import zipfile
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointFileError
+from .errors import CheckpointFileError, LimitError
+from .limits import SAFETENSORS_MAX_HEADER, SAFETENSORS_MAX_OBJECTS, is_compressed, open_torch_zip
 from .unpickler import load_pickled_module
 
 SAFETENSORS, TORCH_ZIP, TORCH_LEGACY = "safetensors", "torch", "torch-legacy"
@@ -42,6 +44,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if len(head) >= 9:
         (header_len,) = struct.unpack("<Q", head[:8])
         if head[8:9] == b"{":
+            if header_len > SAFETENSORS_MAX_HEADER:
+                raise _header_too_large(path, header_len)
             if 8 + header_len > size:
                 raise CheckpointFileError(path, "truncated", f"safetensors header announces {header_len} bytes "
                                                              f"but the file has {size}")
@@ -53,24 +57,52 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def safetensors_header(path: str | os.PathLike) -> dict:
-    """The JSON header (``{name: {dtype, shape, data_offsets}}``, ``__metadata__``) with truncation checks."""
+    """``{name: {"dtype", "shape"}}`` (the metadata is left out), parsed by the safetensors library (Rust, header
+    only: no tensor data is read).  Before parsing, the header's size is capped as the library caps it
+    (:data:`SAFETENSORS_MAX_HEADER`) and its JSON objects are counted (:data:`SAFETENSORS_MAX_OBJECTS`): the
+    library's parse costs about 1 KB per tensor entry, so a 70 MB header of a million entries would cost ~1 GB.
+    Malformed headers (wrong types, missing or non-list ``data_offsets``, negative or non-integer shapes, huge
+    integers, deep nesting, unknown dtypes, overlapping offsets or offsets past the end) are the library's
+    checks, reported as one line naming the file."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
+        head = handle.read(8)
+        if len(head) < 8:
+            raise CheckpointFileError(path, "truncated", "the safetensors header length is cut off")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > SAFETENSORS_MAX_HEADER:
+            raise _header_too_large(path, header_len)
         if 8 + header_len > size:
             raise CheckpointFileError(path, "truncated", "the safetensors header runs past the end of the file")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointFileError(path, "corrupt", f"unreadable safetensors header ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointFileError(path, "corrupt", "the safetensors header is not a JSON object")
-    data_len = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + data_len > size:
-        raise CheckpointFileError(path, "truncated", f"tensor data needs {8 + header_len + data_len} bytes, "
-                                                     f"the file has {size}")
+        objects = handle.read(header_len).count(b"{")  # every tensor entry is a JSON object
+    if objects > SAFETENSORS_MAX_OBJECTS + 2:
+        raise LimitError(path, f"the safetensors header holds {objects:,} JSON objects; at most "
+                               f"{SAFETENSORS_MAX_OBJECTS:,} tensors are accepted")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header: dict = {}
+            for key in handle.keys():
+                tensor = handle.get_slice(key)
+                header[key] = {"dtype": tensor.get_dtype(), "shape": list(tensor.get_shape())}
+    except SafetensorError as exc:
+        raise _safetensors_error(path, exc) from None
     return header
+
+
+def _header_too_large(path: Path, header_len: int) -> LimitError:
+    return LimitError(path, f"the safetensors header announces {header_len:,} bytes; the limit (the safetensors "
+                            f"library's) is {SAFETENSORS_MAX_HEADER:,}")
+
+
+def _safetensors_error(path: Path, exc: Exception) -> CheckpointFileError:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = message.removeprefix("Error while deserializing header: ")
+    message = re.sub(r'"[^"]*"', '"…"', message)[:300]  # never echo strings from the file
+    problem = "truncated" if "IncompleteBuffer" in message or "incomplete" in message.lower() else "corrupt"
+    return CheckpointFileError(path, problem, f"unreadable safetensors header ({message})")
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -81,20 +113,25 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}
     except SafetensorError as exc:
-        raise CheckpointFileError(path, "corrupt", str(exc)) from None
+        raise _safetensors_error(Path(path), exc) from None
+
+
+def torch_zip_mappable(path: Path, fmt: str) -> bool:
+    """Check a torch zip file's limits (:func:`.limits.open_torch_zip`); True when it can be memory-mapped (torch
+    maps compressed records as if they were stored: their values would be garbage)."""
+    if fmt != TORCH_ZIP:
+        return False
+    archive = open_torch_zip(path)[0]
+    with archive:
+        return not is_compressed(archive)
 
 
 def read_torch(path: str | os.PathLike, fmt: str) -> dict:
-    """A torch file through ``weights_only`` loading, or the restricted unpickler for pickled modules."""
+    """A torch file through ``weights_only`` loading, or the restricted unpickler for pickled modules.  Zip files
+    pass the checks of :mod:`.limits` first (record sizes, a scan of the pickle)."""
     path = Path(path)
     try:
-        if fmt == TORCH_ZIP:
-            try:
-                zipfile.ZipFile(path).close()
-            except zipfile.BadZipFile as exc:
-                raise CheckpointFileError(path, "truncated", f"the zip archive is incomplete or damaged ({exc})") \
-                    from None
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == TORCH_ZIP)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=torch_zip_mappable(path, fmt))
     except pickle.UnpicklingError as exc:
         if fmt != TORCH_ZIP:
             raise CheckpointFileError(path, "unsupported format", "a legacy torch file holding pickled objects; "
@@ -107,7 +144,7 @@ def read_torch(path: str | os.PathLike, fmt: str) -> dict:
     except Exception as exc:  # a damaged file can make torch's reader fail anywhere (struct.error, KeyError, ...)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         problem = "truncated" if isinstance(exc, EOFError) or "central directory" in message else "corrupt"
-        raise CheckpointFileError(path, problem, message) from None
+        raise CheckpointFileError(path, problem, message[:300]) from None
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[str, dict]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointFileError, UnsafePickleError
+from .limits import open_torch_zip
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -138,18 +139,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storages(str(key), storage_type[1], int(numel))
 
 
-def _zip_records(path: Path):
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointFileError(path, "truncated", f"the zip archive is incomplete or damaged ({exc})") from None
-    names = archive.namelist()
-    pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-    if len(pickles) != 1:
-        raise CheckpointFileError(path, "not a checkpoint", "a zip file without a torch data.pkl record")
-    return archive, pickles[0][: -len("data.pkl")]
-
-
 def _record_bytes(archive: zipfile.ZipFile, record: str, mapped: mmap.mmap):
     """A stored (uncompressed) record as a zero-copy view of the mapped file; a compressed one is read."""
     info = archive.getinfo(record)
@@ -168,7 +157,7 @@ def _record_bytes(archive: zipfile.ZipFile, record: str, mapped: mmap.mmap):
 def load_pickled_module(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a torch zip checkpoint holding pickled modules/dicts, named like ``state_dict()``."""
     path = Path(path)
-    archive, prefix = _zip_records(path)
+    archive, prefix, data = open_torch_zip(path)  # size limits checked, the pickle scanned
     with archive:
         names = set(archive.namelist())
         byteorder = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
@@ -192,14 +181,14 @@ def load_pickled_module(path: str | Path) -> dict[str, torch.Tensor]:
             return cache[key]
 
         try:
-            root = _RestrictedUnpickler(archive.read(prefix + "data.pkl"), storage, path).load()
+            root = _RestrictedUnpickler(data, storage, path).load()
+            state: dict[str, torch.Tensor] = {}
+            _walk(root, "", state, set())  # RecursionError (a RuntimeError) for absurdly nested modules
         except CheckpointFileError:
             raise
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError,
                 AttributeError, IndexError, RuntimeError) as exc:
             raise CheckpointFileError(path, "corrupt", f"cannot read the pickled data ({exc})") from None
-    state: dict[str, torch.Tensor] = {}
-    _walk(root, "", state, set())
     if not state:
         raise CheckpointFileError(path, "not a checkpoint", "the pickle holds no tensors")
     return state

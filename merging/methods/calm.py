@@ -6,9 +6,17 @@ Three parts, each usable on its own:
    pseudo-labels from the task's fine-tuned model θ0 + τt (``pseudo_model``: or θ0, or the global TA merge);
 2. the efficient-aware sequential framework (:func:`sequential_merge`): the first group is merged globally,
    τseq = λ Σ_{t∈group} τt (TA, λ = 0.3), then the remaining tasks one at a time, τseq ← (1 − Mj) ⊙ τseq + Mj ⊙ τj
-   (τj unscaled), θ = θ0 + τseq;
+   (τj unscaled), θ = θ0 + τseq.  ``first_group="official"`` (default) as the official ``main.py``: TA only for
+   a group of more than two tasks; one task enters unscaled (τseq = τa), and of two the first enters unscaled and
+   the second is merged into it by a mask (:func:`plan_groups`); ``"ta"``: always λ Σ τt.  With eight tasks and
+   two sequential (the default) both give the same merge;
 3. consensus-aware mask optimisation of each Mj (:mod:`merging.calm_masks`) on the pseudo-labelled samples of
-   every task merged so far.
+   every task merged so far.  ``lr="auto"`` (default) sets each stage's learning rate from its first update
+   (:func:`merging.calm_masks.auto_lr`: the top ``lr_fraction`` of the scores can cross zero within ``steps``),
+   because the official constant 1e7 is calibrated to ViT-B/32's per-weight gradients and, on a small model
+   whose gradients are far larger, flips most of the mask at once; ``lr=1e7`` is the official rule.
+   ``l1_form`` and ``init_rule`` choose the library's or the official code's L1 step and init
+   (:mod:`merging.calm_masks` states both).
 
 Which tasks go sequential (``order``, empty = default rule): the ``num_sequential`` tasks whose fine-tuned
 predictions change most under the global TA merge — disagreement rate between argmax of θ0 + λ Σt τt and of
@@ -18,6 +26,7 @@ has the final word on the parameters it takes).  Default 2 of T, as the official
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -25,7 +34,7 @@ import pandas as pd
 import torch
 
 from .. import functional as F
-from ..calm_masks import init_scores, mask_update, pseudo_label_ce
+from ..calm_masks import INIT_RULES, L1_FORMS, AutoLr, init_scores, mask_update, pseudo_label_ce
 from ..entropy_sampling import PseudoLabels, sample_pseudo_labels
 from ..maskset import MaskSet
 from ..params import Param, ParameterError
@@ -33,6 +42,7 @@ from ..registry import MergeMethod, MergeResult, register
 from ..unlabeled import CACHE_BYTES, BatchStream, dataset_logits, generator, in_memory
 
 PSEUDO_MODELS = ("finetuned", "pretrained", "ta")
+FIRST_GROUPS = ("official", "ta")
 SAMPLING_SHARE = 0.1  # progress fraction given to the pseudo-labelling passes
 
 PARAMS = (
@@ -50,11 +60,23 @@ PARAMS = (
     Param("steps", int, 100, "mask updates per sequential task", low=0, high=100_000),
     Param("batches_per_task", int, 2, "batches per merged task per update", low=1, high=1_000),
     Param("batch_size", int, 128, "images per batch", low=1, high=65_536),
-    Param("lr", float, 1e7, "gradient-descent step on the mask scores (official 1e7)", low=1e-12, high=1e15),
-    Param("sparsity", float, 1.0, "L1 pull of the soft mask: each score moves ≤ sparsity·σ'(S) per update",
+    Param("lr", str, "auto", "step on the mask scores: 'auto' (scale-free, per stage from its first update's "
+          "attribution u = ∂CE/∂θ ⊙ (τj − τseq): lr = (M(L)/steps + sparsity)/a_q, M(L) = e^L − e^−L + 2L, a_q the "
+          "⌈lr_fraction·P⌉-th largest drive towards zero ±u, so the top lr_fraction of the scores can cross zero "
+          "within the steps) or a positive number (official 1e7, calibrated to ViT-B/32's gradients)"),
+    Param("lr_fraction", float, 0.01, "lr 'auto': fraction of the mask scores whose first-update drive flips "
+          "them within the steps", low=1e-9, high=1.0),
+    Param("sparsity", float, 1.0, "L1 strength: each score moves by sparsity·σ'(S) per update",
           low=0.0, high=1e6),
+    Param("l1_form", str, "gradient", "L1 step: 'gradient' pulls every score towards off (the paper's sparsity "
+          "term); 'official' pushes each score away from zero on its own side (official code)", choices=L1_FORMS),
     Param("init_fraction", float, 1e-5, "fraction of largest |τj| whose mask starts on", low=0.0, high=1.0),
+    Param("init_rule", str, "official", "mask init: 'official' on where |τj| > the k-th largest (official "
+          "code: k − 1 on without ties); 'top_k' on where |τj| ≥ it (the k largest)", choices=INIT_RULES),
     Param("init_logit", float, 5.0, "initial score magnitude: S = ±init_logit", low=0.0, high=50.0),
+    Param("first_group", str, "official", "first group: 'official' TA (λ) only with more than two tasks, one "
+          "task unscaled, two tasks: the first unscaled and the second merged by a mask; 'ta' always λ Σ τt",
+          choices=FIRST_GROUPS),
     Param("seed", int, 0, "seed of the pool subsets and batch draws", low=0, high=2**31 - 1),
     Param("amp", bool, True, "bfloat16 autocast on GPU (ignored on CPU)"),
 )
@@ -71,6 +93,31 @@ def parse_order(text: str, tasks: Sequence[str]) -> list[str] | None:
     if len(set(names)) != len(names):
         raise ParameterError(f"order: a task is listed twice in {text!r}")
     return names
+
+
+def parse_lr(text: str) -> float | None:
+    """``None`` for "auto", else the positive learning rate."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < math.inf:
+        raise ParameterError(f"lr: expected 'auto' or a positive number, got {text!r}")
+    return value
+
+
+def plan_groups(first: Sequence[str], order: Sequence[str], rule: str, lam: float
+                ) -> tuple[list[str], list[str], float]:
+    """(first group, sequential order, the first group's coefficient) under the ``first_group`` rule: "ta" keeps
+    λ; "official" (``main.py``: TA only ``if step == 0 and len(seen_dataname) > 2``, else the group goes through
+    MaskMerging with paramslist[1] its first task) keeps λ for more than two tasks, takes one task unscaled and,
+    of two, the first unscaled with the second merged into it by a mask (the first sequential stage)."""
+    first, order = list(first), list(order)
+    if rule == "ta" or len(first) > 2 or not first:
+        return first, order, lam
+    return first[:1], first[1:] + order, 1.0
 
 
 def default_order(tasks: Sequence[str], disagreement: Sequence[float], count: int) -> list[str]:
@@ -149,56 +196,64 @@ class _Calm:
 
     def run(self) -> MergeResult:
         p, space, tasks = self.p, self.space, self.tasks
+        self.lr = parse_lr(p["lr"])
         order = parse_order(p["order"], tasks)
         rule = order is None
         count = min(p["num_sequential"], max(len(tasks) - 1, 0)) if rule else len(order)
         if count == 0:
-            self.progress(0.0, "CALM: no sequential task — Task Arithmetic of all tasks")
-            return MergeResult("calm", p, sequential_merge(space, tasks, [], [], p["lam"]),
-                               info={"first_group": list(tasks), "order": [], "rule": "none"})
+            first, order, coef = plan_groups(tasks, [], p["first_group"], p["lam"])
+            if not order:
+                self.progress(0.0, "CALM: no sequential task — the first group only")
+                return MergeResult("calm", p, sequential_merge(space, first, [], [], coef),
+                                   info={"first_group": first, "order": [], "rule": "none", "first_coef": coef})
+            rule = False
         F.check_context(space, self.ctx, tasks)
         kinds = list(dict.fromkeys([p["pseudo_model"]] + (["finetuned", "ta"] if rule else [])))
         with F.eval_mode(self.ctx.encoder, *(self.ctx.heads[t] for t in tasks)):
             pseudo, disagreement = self.sample(kinds, self.progress.sub(0.0, SAMPLING_SHARE))
             if rule:
                 order = default_order(tasks, [disagreement[t] for t in tasks], count)
-            first = [t for t in tasks if t not in order]
+            first, order, coef = plan_groups([t for t in tasks if t not in order], order, p["first_group"],
+                                             p["lam"])
             streams = {task: BatchStream(task, self.data[task], p["batch_size"],
                                          generator(p["seed"], len(tasks) + i), self.device,
                                          pseudo[task].positions, pseudo[task].targets)
                        for i, task in enumerate(tasks)}
-            tau_seq, masks, history, stages = self.stages(first, order, streams)
+            tau_seq, masks, history, stages = self.stages(first, coef, order, streams)
         mask_set = MaskSet.from_bool(torch.stack(masks), order, "calm")
         sampling = pd.DataFrame([{
-            "task": task, "role": f"sequential {order.index(task) + 1}" if task in order else "TA group",
+            "task": task, "role": f"sequential {order.index(task) + 1}" if task in order else "first group",
             "looked_at": pseudo[task].pool, "kept": int(pseudo[task].positions.numel()),
             "pseudo_label_accuracy": pseudo[task].accuracy, "ta_disagreement": disagreement.get(task)}
             for task in tasks])
         return MergeResult("calm", p, tau_seq, masks={"calm": mask_set},
                            tables={"stages": stages, "history": history, "sampling": sampling},
                            info={"first_group": first, "order": order, "rule": "disagreement" if rule else "given",
-                                 "pseudo_model": p["pseudo_model"]})
+                                 "first_coef": coef, "pseudo_model": p["pseudo_model"],
+                                 "lr": stages["lr"].dropna().tolist()})
 
-    def stages(self, first, order, streams):
+    def stages(self, first, coef, order, streams):
         p, space = self.p, self.space
         progress = self.progress.sub(SAMPLING_SHARE, 1.0)
         start = time.perf_counter()
-        tau_seq = sequential_merge(space, first, [], [], p["lam"])
+        tau_seq = sequential_merge(space, first, [], [], coef)
         rows, history, masks = [], [], []
         if first:
+            label = f"unscaled: {first[0]}" if coef != p["lam"] else "TA group: " + ", ".join(first)
             stats = self.evaluate(tau_seq, streams, first)
-            rows.append(self._stage_row(0, "TA group: " + ", ".join(first), len(first), None, stats, [], start))
+            rows.append(self._stage_row(0, label, len(first), None, stats, [], start, None))
         for j, task in enumerate(order):
             start = time.perf_counter()
             seen = first + order[:j + 1]
             tau_j = space.tau(space.task_names.index(task))
-            scores = init_scores(tau_j, p["init_fraction"], p["init_logit"])
+            scores = init_scores(tau_j, p["init_fraction"], p["init_logit"], p["init_rule"])
             base, diff = space.theta0 + tau_seq, tau_j - tau_seq
+            lr = self.lr if self.lr is not None else AutoLr(p["lr_fraction"], p["steps"], p["init_logit"])
             steps = []
             for step in range(p["steps"]):
                 tic = time.perf_counter()
-                stats = mask_update(scores, base, diff, space.index, self.draw(streams, seen), self.logits_fn,
-                                    p["sparsity"], p["lr"])
+                stats, lr = mask_update(scores, base, diff, space.index, self.draw(streams, seen), self.logits_fn,
+                                        p["sparsity"], lr, p["l1_form"])
                 steps.append({"stage": j + 1, "task": task, "step": step + 1, "loss": stats.loss,
                               "cross_entropy": stats.total, "sparsity_term": stats.regulariser,
                               "accuracy": stats.accuracy, "seconds": time.perf_counter() - tic})
@@ -212,14 +267,15 @@ class _Calm:
             masks.append(mask)
             history += steps
             stats = self.evaluate(tau_seq, streams, seen)
-            rows.append(self._stage_row(j + 1, task, len(seen), mask, stats, steps, start))
+            rows.append(self._stage_row(j + 1, task, len(seen), mask, stats, steps, start,
+                                        lr if isinstance(lr, float) else None))
             progress((j + 1) / len(order), f"CALM: merged {task} ({j + 1}/{len(order)})")
         columns = ["stage", "task", "step", "loss", "cross_entropy", "sparsity_term", "accuracy", "seconds"]
         return tau_seq, masks, pd.DataFrame(history, columns=columns), pd.DataFrame(rows)
 
-    def _stage_row(self, stage, task, merged, mask, stats, steps, start) -> dict:
+    def _stage_row(self, stage, task, merged, mask, stats, steps, start, lr) -> dict:
         batches = merged * self.p["batches_per_task"]
-        return {"stage": stage, "task": task, "tasks_merged": merged, "updates": len(steps),
+        return {"stage": stage, "task": task, "tasks_merged": merged, "updates": len(steps), "lr": lr,
                 "mask_on": None if mask is None else int(mask.sum()),
                 "mask_density": None if mask is None else float(mask.float().mean()),
                 "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,

@@ -7,12 +7,43 @@ weights of each task that the consensus mask keeps (their union is m_cons for k 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ..chunks import map_chunks, use_numpy
 from ..maskset import MaskSet
 from ..params import Param, ParameterError
 from ..registry import MergeMethod, MergeResult, lam_param, register
 from .tall import BASE, TALL_LAMBDA, TIES_K, multitask_vector, tall_masks
+
+
+def consensus_filter(masks: MaskSet, vector: torch.Tensor, k: int, lam: float, kept: MaskSet) -> int:
+    """In place: vector ← λ · (1{c ≥ k} ⊙ vector) with c = Σt mt, and kept_t = mt ∧ 1{c ≥ k}; returns how many
+    entries are kept.  On CPU one chunked pass over the packed masks (no P-sized temporaries)."""
+    if not (use_numpy(masks.packed) and use_numpy(vector)):
+        agreement = torch.zeros(masks.numel, dtype=torch.int32, device=vector.device)
+        for t in range(masks.T):
+            agreement += masks.get(t)
+        keep = agreement >= k
+        for t in range(masks.T):
+            kept.set(t, masks.get(t) & keep)
+        vector.masked_fill_(~keep, 0.0).mul_(lam)
+        return int(torch.count_nonzero(keep))
+    packed, out, values, factor = masks.packed.numpy(), kept.packed.numpy(), vector.numpy(), np.float32(lam)
+
+    def body(a: int, b: int) -> int:
+        rows = packed[:, a // 8:(b + 7) // 8]
+        agreement = np.zeros(b - a, dtype=np.uint8 if masks.T < 256 else np.int32)
+        for row in rows:
+            agreement += np.unpackbits(row, count=b - a)
+        drop = agreement < k
+        np.bitwise_and(rows, np.packbits(~drop), out=out[:, a // 8:(b + 7) // 8])  # same bit layout
+        chunk = values[a:b]
+        chunk[drop] = 0.0
+        chunk *= factor
+        return b - a - int(np.count_nonzero(drop))
+
+    return sum(map_chunks(values.size, body))
 
 
 def run(space, params, progress, context=None) -> MergeResult:
@@ -21,16 +52,10 @@ def run(space, params, progress, context=None) -> MergeResult:
                              "weight (the merge would be θ0)")
     tau_mtl, trims = multitask_vector(space, params["base"], params["ties_k"], progress.sub(0.0, 0.5))
     masks = tall_masks(space, tau_mtl, params["tall_lambda"], progress.sub(0.5, 0.95))
-    agreement = torch.zeros(space.P, dtype=torch.int32, device=space.device)
-    for t in range(masks.T):
-        agreement += masks.get(t)
-    consensus = agreement >= params["k"]
     kept = MaskSet.empty(space.task_names, space.P, space.device, "consensus_keep")
-    for t in range(masks.T):
-        kept.set(t, masks.get(t) & consensus)
+    count = consensus_filter(masks, tau_mtl, params["k"], params["lam"], kept)
     masks_out = {"tall": masks, "consensus_keep": kept, **({"ties_trim": trims} if trims is not None else {})}
-    return MergeResult("consensus", params, tau_mtl.masked_fill_(~consensus, 0.0).mul_(params["lam"]), masks=masks_out,
-                       info={"consensus_fraction": float(consensus.float().mean())})
+    return MergeResult("consensus", params, tau_mtl, masks=masks_out, info={"consensus_fraction": count / space.P})
 
 
 METHOD = register(MergeMethod(

@@ -112,10 +112,12 @@ class Zoo:
         return lambda: self.finetuned_state(task)
 
     def build_space(self, tasks: Sequence[str] | None = None, device: str | torch.device | None = "auto",
-                    dtype=None, progress=None) -> TaskVectorSpace:
+                    dtype=None, progress=None, **storage) -> TaskVectorSpace:
+        """The space of ``tasks`` (default all); ``storage``: ``max_memory`` / ``scratch`` of
+        :meth:`TaskVectorSpace.build`."""
         tasks = list(tasks) if tasks is not None else self.task_names
         return TaskVectorSpace.build(self.pretrained_state(), [self.finetuned_loader(t) for t in tasks], tasks,
-                                     device=device, dtype=dtype, progress=progress)
+                                     device=device, dtype=dtype, progress=progress, **storage)
 
     # ---------------------------------------------------------------- models
     def encoder(self, device: str | torch.device | None = "auto", state: StateDict | None = None) -> torch.nn.Module:
