@@ -490,10 +490,10 @@ class Dashboard:
 
             def merge_chain(dependency):
                 return dependency.success(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
-                                          api_visibility="private", **QUICK)
+                                          api_visibility="private", show_progress="hidden", **QUICK)
 
             collecting = merge_btn.click(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
-                                         api_visibility="private", **QUICK)
+                                         api_visibility="private", show_progress="hidden", **QUICK)
             collecting.failure(lambda: failed, None, status, api_visibility="private")
             collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
                                api_name="merge", show_progress_on=merge_progress, **WORK) \

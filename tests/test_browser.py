@@ -85,8 +85,9 @@ def _status_has(page, text: str) -> None:
 def _merge(page) -> None:
     before = page.inner_text("#status")
     page.click("#merge-btn")
-    page.wait_for_function(f"(s => s.includes('done') && s !== {before!r})(document.querySelector('#status')"
-                           ".innerText)")
+    # the final status, not a progress timer shown over the previous one
+    page.wait_for_function(f"(s => /^Run #\\d+ done\\.$/.test(s.trim()) && s !== {before!r})"
+                           "(document.querySelector('#status').innerText)")
 
 
 def _choose_method(page, title: str) -> None:
@@ -184,6 +185,8 @@ def test_compare_two_runs(page, app):
     for dropdown, run in zip(("#run-a", "#run-b"), ids):
         page.click(f"{dropdown} input")
         page.locator(dropdown).get_by_role("option", name=run, exact=True).click()
+        page.locator(f"{dropdown} input").blur()
+        page.wait_for_function(f"document.querySelector('{dropdown} input').value === {run!r}")
     page.click("#compare-btn")
     page.wait_for_selector("#plot-compare .js-plotly-plot .trace")
     assert "avg acc %" in page.inner_text("#compare-table")
@@ -269,8 +272,9 @@ def test_parameters_show_only_when_they_apply_and_only_those_are_recorded(page, 
     page.click("#p-dare-base input")
     page.locator("#p-dare-base").get_by_role("option", name="ties", exact=True).click()
     page.locator("#w-dare-k").wait_for(state="visible")
+    page.locator("#p-dare-base input").blur()
+    page.wait_for_function("document.querySelector('#p-dare-base input').value === 'ties'")
     _shot(page, "10-dare-ties-base")
-    page.wait_for_timeout(300)  # let the dropdown's new value settle before Merge reads it
     _merge(page)
     sent = json.loads(page.locator("#params-json textarea").input_value())
     assert sent["base"] == "ties" and {"k", "merge"} <= set(sent)
