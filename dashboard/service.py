@@ -333,6 +333,9 @@ class Service:
 
     def _space(self, entry: ZooEntry, tasks: Sequence[str] | None):
         tasks = list(tasks or [])
+        repeated = sorted({str(t) for t in tasks if tasks.count(t) > 1})
+        if repeated:  # each copy would cost a task vector
+            raise UserError(f"tasks: each task may be merged once; repeated: {', '.join(repeated[:5])}")
         if not tasks or tasks == entry.space.task_names:
             return entry.space
         return entry.space.subset(tasks)
@@ -390,8 +393,9 @@ class Service:
 
     @staticmethod
     def _statistics(stats: Mapping, result) -> dict:
-        masks = {kind: {figures.class_label(kind, name): value for name, value in s.class_fractions().items()}
-                 for kind, s in stats.items()}  # "catastrophic" etc. only for TALL masks
+        order = ("catastrophic", "selfish", "general")  # c = 0, 1, ≥ 2; named so only for TALL masks
+        masks = {kind: {figures.class_label(kind, name): s.class_fractions()[name] for name in order
+                        if name in s.class_fractions()} for kind, s in stats.items()}
         summary = {"masks": masks,
                    "density": {kind: float(s.density["density"].mean()) for kind, s in stats.items()}}
         summary.update({k: v for k, v in result.info.items() if isinstance(v, (int, float))})

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from merging.atomic import clean_stale_temp
+
 from . import figures, guide
 from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
 from .service import Service, Settings, zoos_folder
@@ -590,10 +592,10 @@ class Dashboard:
 
             def merge_chain(dependency):
                 return dependency.success(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
-                                          api_visibility="private", **QUICK)
+                                          api_visibility="private", show_progress="hidden", **QUICK)
 
             collecting = merge_btn.click(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
-                                         api_visibility="private", **QUICK)
+                                         api_visibility="private", show_progress="hidden", **QUICK)
             collecting.failure(lambda: failed, None, status, api_visibility="private")
             collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
                                api_name="merge", show_progress_on=merge_progress, **WORK) \
@@ -645,6 +647,7 @@ def create_app(settings: Settings, default_zoo: str | None = None, slots: int = 
         settings = replace(settings, zoo_roots=[*(settings.zoo_roots or [zoos_folder(settings.data_dir)]), folder])
     service = Service(settings)
     service.prune_sessions()
+    clean_stale_temp(service.data_dir, recursive=True)  # half-written exports and history files of killed writes
     dashboard = Dashboard(service, JobQueue(slots), default_zoo)
     if default_zoo and preload:
         dashboard.preload()

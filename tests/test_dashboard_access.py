@@ -190,3 +190,19 @@ def test_uploads_nobody_used_are_removed_from_the_temp_folder(zoo_dir, tmp_path)
         while Path(stored).exists() and time.time() < deadline:
             time.sleep(0.25)
         assert not Path(stored).exists()
+
+
+def test_the_app_removes_temporary_files_of_killed_writes_at_start(tmp_path):
+    import os
+    from dashboard.service import Settings
+    from dashboard.ui import create_app
+    exports = tmp_path / "data" / "sessions" / ("0" * 32) / "exports"
+    exports.mkdir(parents=True)
+    stale = exports / ".run3-ties.safetensors.999999-abcdefgh.tmp"  # a writer (pid 999999) that is gone
+    stale.write_bytes(b"half")
+    kept = exports / "run3-ties.safetensors"
+    kept.write_bytes(b"done")
+    demo = create_app(Settings(tmp_path / "data", device="cpu"), None, preload=False)
+    demo.dashboard.jobs.close()
+    assert not stale.exists() and kept.read_bytes() == b"done"
+    assert os.path.isdir(exports)

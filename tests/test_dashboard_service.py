@@ -125,6 +125,8 @@ def test_bad_input_is_refused_and_nothing_recorded(service, entry):
         service.merge("nope", "ties", {})
     with pytest.raises(ValueError, match="unknown task"):
         service.merge(entry.id, "ties", {}, tasks=["task0", "dogs"])
+    with pytest.raises(UserError, match="^tasks: each task may be merged once; repeated: task1$"):
+        service.merge(entry.id, "ties", {}, tasks=["task1"] * 256)
     assert len(service.history.records()) == before
 
 
