@@ -1,12 +1,14 @@
 """AdaMerging: the O(P) weighted task sum and its gradient, one step, zero steps = TA, tables, cancellation."""
 import pytest
 import torch
-from tiny_data_context import cancelled_at_step_2, one_thread, tiny_setup  # noqa: F401 (autouse fixture)
+from tiny_data_context import cancelled_at_step_2, tiny_setup
 
 from merging import run_merge
 from merging import functional as F
 from merging.methods.adamerging import adamerging_step, batch_entropy
 from merging.unlabeled import BatchStream, generator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_sum(coefficients, space):

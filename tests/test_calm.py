@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch.func import functional_call
-from tiny_data_context import (assert_untouched, cancelled_at_step_2, one_thread,  # noqa: F401 (autouse fixture)
+from tiny_data_context import (assert_untouched, cancelled_at_step_2,
                                snapshot, tiny_setup)
 
 from merging import ParameterError, run_merge
@@ -18,6 +18,9 @@ from merging.maskstats import mask_statistics
 from merging.registry import get_method
 from merging.methods.calm import default_order, parse_lr, parse_order, plan_groups, sequential_merge
 from merging.unlabeled import BatchStream, generator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 FAST = {"batch_size": 8, "lr": 1e3, "init_fraction": 0.01}
 

@@ -14,13 +14,7 @@ from merging.maskstats import mask_statistics
 from merging.methods import emr
 from merging.param_index import ParamEntry, ParamIndex
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def flat_space(taus, sizes=None):

@@ -11,13 +11,7 @@ from merging.cli import main
 from merging.param_index import ParamIndex
 from merging.registry import UnknownModifierError, get_modifier, list_modifiers
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_space(taus):

@@ -5,12 +5,15 @@ import warnings
 import pytest
 import torch
 from torch.func import functional_call
-from tiny_data_context import cancelled_at_step_2, one_thread, tiny_setup  # noqa: F401 (autouse fixture)
+from tiny_data_context import cancelled_at_step_2, tiny_setup
 
 import reference as ref
 from engine_fixtures import dense, space as make_space
 from merging import chunks, run_merge
 from merging.functional import param_views
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 ES = {"budget": 20}
 

@@ -37,14 +37,6 @@ class TupleDataset(Dataset):
         return self.images[i], int(self.labels[i])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine two threads run ~10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_encoder() -> torch.nn.Module:
     return VisionTransformer(image_size=IMAGE, patch_size=8, width=32, layers=2, heads=2, mlp_ratio=2.0,
