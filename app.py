@@ -83,12 +83,9 @@ def main(argv=None) -> None:
     import torch
 
     from dashboard.service import Settings, zoos_folder
-    from merging.atomic import clean_stale_temp
     from dashboard.ui import create_app, launch
 
     torch.set_num_threads(args.threads)
-    if data_dir.is_dir():
-        clean_stale_temp(data_dir, recursive=True)  # temporary files of writes killed in an earlier run
     zoo = args.zoo if args.zoo and Path(args.zoo).exists() else None
     if args.zoo and zoo is None:
         print(f"mergescope: zoo {args.zoo} not found; starting without one (load a zoo in the app)")
