@@ -221,13 +221,18 @@ def test_sweep_over_consensus_k(page):
     page.get_by_role("tab", name="Sweep").click()
     page.locator("#sweep-method input").click()
     page.locator("#sweep-method").get_by_role("option", name="Consensus Merging", exact=True).click()
-    page.locator("#sweep-param input").click()
-    page.locator("#sweep-param").get_by_role("option", name="k", exact=True).click()
+    for _ in range(5):  # the method's change event may land after the pick and reset the parameter to λ
+        page.locator("#sweep-param input").click()
+        page.locator("#sweep-param").get_by_role("option", name="k", exact=True).click()
+        page.wait_for_timeout(1000)
+        if page.locator("#sweep-param input").input_value() == "k":
+            break
     page.fill("#sweep-values textarea, #sweep-values input", "0, 1, 2, 3")
     page.click("#sweep-btn")
-    # attached, not "visible": on this tiny zoo every k ≤ T scores the same, and a flat line has no height
-    page.wait_for_selector("#plot-sweep .js-plotly-plot .trace", state="attached")
-    page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best k')")
+    page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best k')", timeout=2 * WAIT)
+    # the drawn figure (on this tiny zoo every k ≤ T may score the same: a flat line has no height)
+    page.wait_for_function("(p => p !== null && p.data !== undefined && p.data.length > 0)"
+                           "(document.querySelector('#plot-sweep .js-plotly-plot'))")
     _shot(page, "08-sweep")
 
 
