@@ -80,11 +80,22 @@ class MergeMethod:
 METHODS: dict[str, MergeMethod] = {}
 
 
+def _register(table: dict, item, kind: str):
+    if item.name in table:
+        raise ValueError(f"{kind} {item.name!r} registered twice")
+    table[item.name] = item
+    return item
+
+
+def _lookup(table: dict, name: str, kind: str, error: type[KeyError]):
+    key = name.strip().lower().replace("-", "_")
+    if key not in table:
+        raise error(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
+    return table[key]
+
+
 def register(method: MergeMethod) -> MergeMethod:
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} registered twice")
-    METHODS[method.name] = method
-    return method
+    return _register(METHODS, method, "method")
 
 
 def list_methods() -> list[MergeMethod]:
@@ -94,10 +105,7 @@ def list_methods() -> list[MergeMethod]:
 
 def get_method(name: str) -> MergeMethod:
     from . import methods  # noqa: F401
-    key = name.strip().lower().replace("-", "_")
-    if key not in METHODS:
-        raise UnknownMethodError(f"unknown merge method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[key]
+    return _lookup(METHODS, name, "merge method", UnknownMethodError)
 
 
 @dataclass(frozen=True)
@@ -119,10 +127,7 @@ MODIFIERS: dict[str, Modifier] = {}
 
 
 def register_modifier(modifier: Modifier) -> Modifier:
-    if modifier.name in MODIFIERS:
-        raise ValueError(f"modifier {modifier.name!r} registered twice")
-    MODIFIERS[modifier.name] = modifier
-    return modifier
+    return _register(MODIFIERS, modifier, "modifier")
 
 
 def list_modifiers() -> list[Modifier]:
@@ -132,10 +137,7 @@ def list_modifiers() -> list[Modifier]:
 
 def get_modifier(name: str) -> Modifier:
     from . import modifiers  # noqa: F401
-    key = name.strip().lower().replace("-", "_")
-    if key not in MODIFIERS:
-        raise UnknownModifierError(f"unknown modifier {name!r}; available: {', '.join(sorted(MODIFIERS))}")
-    return MODIFIERS[key]
+    return _lookup(MODIFIERS, name, "modifier", UnknownModifierError)
 
 
 ModifierSpec = tuple[str | Modifier, Mapping[str, Any] | None]
