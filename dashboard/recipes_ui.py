@@ -62,7 +62,7 @@ class RecipesUI:
             imported = import_recipe(self.dash.service, path, zoo_id, who)
         except ValueError as exc:
             raise error(exc) from None
-        return [imported.method, gr.update(value=imported.tasks),
+        return [imported.method, imported.tasks,
                 *widget_values(self.dash, imported.method, imported.params, imported.tasks), escape(imported.note)]
 
     def on_download(self, run: str, request: gr.Request):
