@@ -41,7 +41,7 @@ class MaskComparison:
         return out
 
     def numbers(self) -> pd.DataFrame:
-        return difference_numbers(self.table, "layer")
+        return difference_numbers(self.table)
 
     def summary(self) -> str:
         total = self.table[["total", "only_a", "only_b"]].sum()
