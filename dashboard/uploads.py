@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from merging.checkpoints.limits import MAX_ZIP_RECORDS
 from merging.recipe import file_sha256
 from merging.roots import Roots
 
@@ -46,7 +47,7 @@ class ArchiveError(UserError):
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    files: int = 20_000
+    files: int = MAX_ZIP_RECORDS  # as for a torch zip: ~0.5 KB of Python objects per record parsed
     total: int = 8 << 30  # declared unpacked bytes of all members
     per_file: int = 2 << 30
 
