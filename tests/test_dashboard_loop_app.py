@@ -29,17 +29,20 @@ def _merge(client, method, params, tasks=()):
     return int(out[0].split("Run #")[1].split(":")[0])
 
 
+def _offset(demo, method, param):
+    """Position of ``method``'s ``param`` value widget among all panel components."""
+    at = 0
+    for name, panel in demo.dashboard.panels.items():
+        for widget in panel.widgets:
+            if name == method and widget.param.name == param:
+                return at
+            at += len(widget.components())
+
+
 def _widgets(demo, method, values):
     """The values of ``method``'s widgets among the import's outputs (after method and tasks), by name."""
-    start = 2
-    for name, panel in demo.dashboard.panels.items():
-        if name == method:
-            out, at = {}, start
-            for widget in panel.widgets:
-                out[widget.param.name] = values[at]
-                at += len(widget.components())
-            return out
-        start += len(panel.components())
+    return {w.param.name: values[2 + _offset(demo, method, w.param.name)]
+            for w in demo.dashboard.panels[method].widgets}
 
 
 def test_recipe_download_then_import_sets_the_merge_tab(app, tmp_path):
@@ -55,6 +58,14 @@ def test_recipe_download_then_import_sets_the_merge_tab(app, tmp_path):
     widgets = _widgets(app[1], "ties", out)
     assert widgets["k"] == 30 and widgets["lam"] == 0.7 and widgets["merge"] == "mean"
     assert "checkpoints are the recipe's" in out[-1]
+    tall = tmp_path / "tall.recipe.yaml"  # a per-task λt: "per task" ticked, the table filled in task order
+    tall.write_text(yaml.safe_dump({**data, "method": "tall", "tasks": ["task2", "task0"],
+                                    "params": {"tall_lambda": [0.3, 0.6]}}))
+    out = bob.predict(handle_file(str(tall)), api_name="/import_recipe")
+    at = 2 + _offset(app[1], "tall", "tall_lambda")
+    per_task = out[at + 1:at + 3]  # the "per task" checkbox and the table
+    assert out[0] == "tall" and out[1] == ["task2", "task0"] and per_task[0] is True
+    assert per_task[1]["data"] == [["task2", 0.3], ["task0", 0.6]]
     bad = tmp_path / "bad.recipe.yaml"
     bad.write_text(yaml.safe_dump({**data, "method": "<b>nope</b>"}))
     with pytest.raises(AppError) as error:
