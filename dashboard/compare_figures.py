@@ -43,7 +43,8 @@ def mask_difference_bars(table: pd.DataFrame, label_a: str, label_b: str, title:
                   *_diverging(kinds, "kind", label_a, label_b, "x2", False))
     fig.update_layout(barmode="relative", xaxis={"domain": [0, 0.68], "type": "category"},
                       xaxis2={"domain": [0.76, 1], "type": "category", "title": {"text": "parameter kind"}},
-                      yaxis={"zeroline": True}, yaxis2={"anchor": "x2", "zeroline": True}, legend={"orientation": "h", "y": -0.25})
+                      yaxis={"zeroline": True}, yaxis2={"anchor": "x2", "zeroline": True},
+                      legend={"orientation": "h", "y": -0.25})
     total = summarize(table.assign(all="all"), "all").iloc[0]
     return _styled(fig, title or f"Where the masks differ: {100 * total['differ_fraction']:.2f}% of weights "
                    f"({total['only_a']:,} kept only by A, {total['only_b']:,} only by B)", "layer",

@@ -1,7 +1,6 @@
 """Recipes between the dashboard and the CLI; runs reopened after their tensors left memory; two runs' masks
 compared (service level, tiny zoo)."""
 import pytest
-import torch
 import yaml
 
 from dashboard.mask_compare import compare_masks
