@@ -8,6 +8,7 @@ digests say whether it is the same zoo.  No gradio here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,17 @@ def export_recipe(service: "Service", run_id: int, viewer: str, folder: Path | N
                          checkpoint_files(entry, record.tasks), zoo=entry.path)
     target = Path(folder or service.session_dir(viewer) / "exports") / f"run{record.id}-{safe_name(spec.name)}{SUFFIX}"
     return write_recipe(target, recipe)
+
+
+def digest(path: str | Path) -> str:
+    """sha256 of a checkpoint, computed once per (path, size, modification time)."""
+    info = Path(path).stat()
+    return _digest(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 @dataclass
@@ -77,7 +89,7 @@ def import_recipe(service: "Service", path: str | Path, zoo_id: str, viewer: str
     params = applicable(spec.params, params)
     recorded = set(recipe.inputs.values())
     files = checkpoint_files(entry, recipe.tasks).values()
-    same = bool(recorded) and all(file_sha256(f) in recorded for f in files)
+    same = bool(recorded) and all(digest(f) in recorded for f in files)
     note = ("the loaded zoo's checkpoints are the recipe's (sha256)" if same else
             "⚠️ the loaded zoo's checkpoints are not the ones the recipe was made with (sha256 differs): the "
             "merge will not reproduce it" if recorded else "the recipe records no checkpoint digests")

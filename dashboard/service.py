@@ -543,7 +543,7 @@ class Service:
         export_merge(target, space, result, fmt, inputs=zoo.zoo.inputs() if zoo else (), task=row)
         return target
 
-    def _result_for(self, run_id: int, viewer: str):
+    def _result_for(self, run_id: int, viewer: str, purpose: str = "download its checkpoint"):
         """(result, space, record) of a run ``viewer`` may see: cached, or merged again from the recorded
         parameters (methods are deterministic given their seeds) when it was dropped from memory."""
         from merging.registry import get_method, run_merge
@@ -553,7 +553,7 @@ class Service:
             view = self._runs.get(int(run_id))
         if view is not None:
             return view.result, view.space, view.record
-        entry = self.entry_for(record, viewer, "download its checkpoint")
+        entry = self.entry_for(record, viewer, purpose)
         spec = get_method(record.method)
         space = self._space(entry, record.tasks)
         result = run_merge(space, spec, record.params, None, self._context(entry, spec, space.task_names))
@@ -581,7 +581,7 @@ class Service:
             return view
         progress = as_progress(progress)
         progress(0.0, f"merging run #{record.id} again")
-        result, space, _ = self._result_for(record.id, viewer)
+        result, space, _ = self._result_for(record.id, viewer, "open it")
         progress(0.6, "mask statistics")
         stats = {kind: mask_statistics(masks, space.index) for kind, masks in result.masks.items()}
         merged = pd.DataFrame({"task": list(record.accuracy), "accuracy": list(record.accuracy.values())})

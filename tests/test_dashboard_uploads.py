@@ -127,7 +127,7 @@ def test_an_uploaded_zoo_archive_is_evaluable_and_its_runs_resolve_after_a_resta
     assert other.id != entry.id and other.path != entry.path
     shutil.rmtree(service.session_dir("user:alice") / "uploads")  # restart after the uploads were pruned
     restarted = Service(Settings(data, device="cpu"))
-    with pytest.raises(ValueError, match=f"load upload {name}"):
+    with pytest.raises(ValueError, match=f"load upload {name} .* again to download its checkpoint"):
         restarted.export_checkpoint(view.id, "open_clip", "user:alice", folder=tmp_path / "b")
     again = load_archive(restarted, archive, "user:alice")
     assert again.fingerprint == entry.fingerprint  # same folder, same file times: the run resolves
