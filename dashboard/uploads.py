@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from merging.checkpoints.limits import MAX_ZIP_RECORDS
 from merging.recipe import file_sha256
-from merging.roots import Roots
+from merging.roots import RootError, Roots
 
 from .service import UserError
 
@@ -279,4 +279,10 @@ def load_archive(service: "Service", path: str | os.PathLike, session: str, name
     def redact(message: str) -> str:  # name members of the archive, never our folder
         return message.replace(here + "/", "").replace(here, name).replace(str(target.resolve()), name)
 
-    return service._load(root, progress, Roots([target]), redact, session, label=reference(name, digest))
+    roots = Roots([target])
+    try:  # before anything the manifest names is opened: only files of this archive
+        roots.check_manifest(root / MANIFEST)
+    except RootError as exc:
+        text = str(exc).replace(f" ({roots.describe()})", "").replace(f"{target.name}/", "")
+        raise ArchiveError(f"{name}: {text.replace('the zoo roots', 'the archive')}") from None
+    return service._load(root, progress, roots, redact, session, label=reference(name, digest))

@@ -144,5 +144,13 @@ def test_an_archive_without_a_manifest_or_over_the_upload_limit(zoo_dir, tmp_pat
     big = _zip(tmp_path / "big.zip", [("x.bin", os.urandom(2 << 20))], zipfile.ZIP_STORED)
     with pytest.raises(ArchiveError, match=r"^big.zip: 2.0 MiB is over the upload limit"):
         load_archive(service, big, "s")
+    import json
+    outside = _zip(tmp_path / "outside.zip", [("zoo.json", json.dumps(
+        {"format": "mergescope-zoo/1", "name": "x", "architecture": {"open_clip": "ViT-B-32"},
+         "pretrained": str(zoo_dir / "pretrained.safetensors"), "tasks": []}).encode())])
+    with pytest.raises(ArchiveError) as error:  # the manifest may name only the archive's own files
+        load_archive(service, outside, "s")
+    assert str(error.value).startswith("outside.zip: zoo.json: pretrained: the path is not inside the archive") and str(tmp_path) not in \
+        str(error.value)
     with pytest.raises(ArchiveError, match="must be one of"):
         load_archive(service, tmp_path / "bare.zip", "s", name="zoo.rar")
