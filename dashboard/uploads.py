@@ -65,12 +65,12 @@ def is_archive(path: str | os.PathLike) -> bool:
 
 
 def _safe_name(raw: str, archive: str) -> str:
-    name = raw
-    path = PurePosixPath(name)
-    if not name or "\\" in name or "\x00" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    """``raw`` as a relative POSIX path without "." parts; refused when absolute, a drive path, with backslashes
+    or NUL, or with a ".." part."""
+    if not raw or "\\" in raw or "\x00" in raw or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
         raise ArchiveError(f"{archive}: member {raw!r} has an absolute or unusual path; only relative paths are "
                            "unpacked")
-    parts = [p for p in path.parts if p != "."]
+    parts = [p for p in PurePosixPath(raw).parts if p != "."]
     if ".." in parts:
         raise ArchiveError(f"{archive}: member {raw!r} points outside the archive (..)")
     return "/".join(parts)
