@@ -99,7 +99,8 @@ class ParamIndex:
         out = {}
         for key in order:
             e = self.by_name.get(key)
-            out[key] = flat[e.slice].reshape(e.shape).to(dtype or e.dtype).clone() if e else extras[key].clone()
+            out[key] = (flat[e.slice].reshape(e.shape).to(dtype or e.dtype, copy=True) if e  # one copy, any dtype
+                        else extras[key].clone())
         return out
 
     def table(self):
