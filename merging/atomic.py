@@ -139,9 +139,9 @@ def _stale(path: Path, now: float) -> bool:
 
 
 def clean_stale_temp(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Remove the temporary files (and folders) that killed writes left in ``folder`` (and below it with ``recursive``): those
-    of writers no longer running, of an earlier process with this process's pid, or untouched for
-    :data:`STALE_AFTER_S`.  Writes in progress are left alone.  Returns the removed paths."""
+    """Remove the temporary files and folders that killed writes left in ``folder`` (and below it with
+    ``recursive``): those of writers no longer running, of an earlier process with this process's pid, or untouched
+    for :data:`STALE_AFTER_S`.  Writes in progress are left alone.  Returns the removed paths."""
     folder = Path(folder)
     if not folder.is_dir():
         return []

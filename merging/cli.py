@@ -121,13 +121,10 @@ def _space(args, zoo) -> TaskVectorSpace:
     from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
-    sources = [args.pretrained, *args.finetuned]
     if _folder_mode(args):
-        from .checkpoints.hf_folder import open_state_dict
+        from .checkpoints.hf_folder import folder_space
 
-        return TaskVectorSpace.build(open_state_dict(args.pretrained),
-                                     [lambda p=p: open_state_dict(p) for p in args.finetuned], names,
-                                     device=args.device, dtype=args.dtype, sources=sources, **storage)
+        return folder_space(args.pretrained, args.finetuned, names, device=args.device, dtype=args.dtype, **storage)
     pretrained = load_checkpoint(args.pretrained).visual
     shapes = {k: tuple(v.shape) for k, v in pretrained.items()}
 
@@ -139,7 +136,7 @@ def _space(args, zoo) -> TaskVectorSpace:
         return load
 
     return TaskVectorSpace.build(pretrained, [loader(p) for p in args.finetuned], names, device=args.device,
-                                 dtype=args.dtype, sources=sources, **storage)
+                                 dtype=args.dtype, sources=[args.pretrained, *args.finetuned], **storage)
 
 
 def _prepare_output(out: str, inputs: list, folder: bool = False) -> None:

@@ -94,13 +94,13 @@ class PluginEvaluator:
             raise EvaluatorError(f"evaluator {self.name} failed on task {task!r}: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         try:
-            value = float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value):
+            number = math.nan
+        if not math.isfinite(number):
             raise EvaluatorError(f"evaluator {self.name} returned {str(value)[:40]!r} for task {task!r}; expected "
                                  "a finite number (accuracy)")
-        return value
+        return number
 
     def run(self, set_weights: Callable[[str], None], tasks: Sequence[str], split: str, progress=None) -> pd.DataFrame:
         """The table of :meth:`merging.evaluation.Evaluator.run` (``correct`` and ``n`` are not known: NaN)."""

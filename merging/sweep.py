@@ -6,8 +6,8 @@ same split).  Points run in-process by default, or as Ray tasks (``runner=RayRun
 and stack go into Ray's object store once (zero-copy numpy arrays) and each task rebuilds the space from them and
 loads the zoo from its path, so the zoo folder must be readable on every node.  Both runners give the same
 table.  ``evaluator`` (a :class:`merging.plugin_eval.PluginEvaluator`, in-process only) replaces the zoo's heads
-and data, and ``zoo`` may then be None.  :func:`best_point` picks the point with the highest mean normalized accuracy (ties: the first in grid
-order) and says whether a value lies on the grid's edge.
+and data, and ``zoo`` may then be None.  :func:`best_point` picks the point with the highest mean normalized
+accuracy (ties: the first in grid order) and says whether a value lies on the grid's edge.
 """
 from __future__ import annotations
 

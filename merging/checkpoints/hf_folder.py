@@ -23,20 +23,17 @@ import json
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .errors import CheckpointFileError, LimitError
-from .formats import detect_format, safetensors_header
+from .formats import SAFETENSORS_DTYPES, detect_format, safetensors_header
 from .limits import INDEX_MAX_BYTES, INDEX_MAX_DEPTH, INDEX_MAX_SHARDS, INDEX_MAX_TENSORS
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
@@ -95,6 +92,16 @@ def open_state_dict(path: str | os.PathLike) -> LazyStateDict:
     return _open_single(path, path)
 
 
+def folder_space(pretrained: str | os.PathLike, finetuned: Sequence[str | os.PathLike],
+                 task_names: Sequence[str] | None = None, **options):
+    """:meth:`merging.space.TaskVectorSpace.build` from checkpoint folders (or safetensors files) read lazily;
+    ``options``: device, dtype, progress, max_memory, scratch."""
+    from ..space import TaskVectorSpace
+
+    return TaskVectorSpace.build(open_state_dict(pretrained), [lambda p=p: open_state_dict(p) for p in finetuned],
+                                 task_names, sources=[str(pretrained), *map(str, finetuned)], **options)
+
+
 def checkpoint_files(path: str | os.PathLike) -> list[Path]:
     """The files that hold a checkpoint's tensors (index first), for digests and overwrite checks."""
     return open_state_dict(path).files
@@ -109,7 +116,7 @@ def _open_single(file: Path, path: Path) -> LazyStateDict:
 
 
 def _spec(file: Path, key: str, entry: dict) -> tuple[torch.dtype, tuple]:
-    dtype = _DTYPES.get(entry["dtype"])
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
     if dtype is None:
         raise CheckpointFileError(file, "unsupported format", f"tensor {key} has dtype {entry['dtype']}")
     return dtype, tuple(entry["shape"])
