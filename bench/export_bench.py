@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -29,21 +27,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from load_bench import median_time  # noqa: E402
 from merging.checkpoints import export_merge  # noqa: E402
 from merging.checkpoints.sharded_export import save_sharded  # noqa: E402
 from merging.manifest import Architecture  # noqa: E402
 from merging.models import visual_shapes  # noqa: E402
 from merging.registry import MergeResult  # noqa: E402
 from merging.space import TaskVectorSpace  # noqa: E402
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def copies_before(space, delta, dtype):

@@ -29,7 +29,6 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .progress import as_progress
 
 
 class EvaluatorError(ValueError):
@@ -104,17 +103,10 @@ class PluginEvaluator:
 
     def run(self, set_weights: Callable[[str], None], tasks: Sequence[str], split: str, progress=None) -> pd.DataFrame:
         """The table of :meth:`merging.evaluation.Evaluator.run` (``correct`` and ``n`` are not known: NaN)."""
-        from .evaluation import COLUMNS
+        from .evaluation import run_tasks
 
-        progress = as_progress(progress)
-        rows = []
-        for i, task in enumerate(tasks):
-            progress(i / len(tasks), f"evaluating {task}")
-            set_weights(task)
-            rows.append({"task": task, "split": split, "accuracy": self.accuracy(task, split),
-                         "correct": math.nan, "n": math.nan})
-        progress(1.0, "evaluation done")
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return run_tasks(lambda task, split, _: (self.accuracy(task, split), math.nan, math.nan), set_weights,
+                         tasks, split, progress)
 
     def baselines(self, space, tasks: Sequence[str] | None = None, split: str = "test") -> pd.DataFrame:
         """θ0's and each fine-tuned model's (θ0 + τt, from the space) accuracy: the columns of
