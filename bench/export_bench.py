@@ -2,9 +2,10 @@
 
 Side by side in one run:
 
-* ``floor``: ``safetensors.torch.save_file`` of a state dict that is already built (the write alone);
-* ``copies (before)``: the export as it was — ``to_state_dict`` (``.to(dtype)`` then ``.clone()``) followed by a
-  defensive ``.clone()`` of every tensor in ``_save`` — reproduced here as the plain reference;
+* ``floor``: ``safetensors.torch.save_file`` of a state dict that is already built (the write alone), through
+  :func:`merging.atomic.atomic_path` (temporary file, fsync, rename) as every export;
+* ``copies (before)``: the export as it was — θ0 + δ, ``to_state_dict`` (``.to(dtype)`` then ``.clone()``), a
+  defensive ``.clone()`` of every tensor in ``_save``, the same atomic write — reproduced here as the reference;
 * ``export_merge``: the export now (one copy per tensor, written as it is);
 * ``sharded``: :func:`merging.checkpoints.sharded_export.save_sharded` into a folder (1 GiB shards, one here),
   which cuts each shard's tensors from the merged vector when that shard is written.
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from load_bench import median_time  # noqa: E402
+from merging.atomic import atomic_path  # noqa: E402
 from merging.checkpoints import export_merge  # noqa: E402
 from merging.checkpoints.sharded_export import save_sharded  # noqa: E402
 from merging.manifest import Architecture  # noqa: E402
@@ -41,6 +43,11 @@ def copies_before(space, delta, dtype):
     flat = space.theta0 + delta
     state = {e.name: flat[e.slice].reshape(e.shape).to(dtype or e.dtype).clone() for e in space.index.entries}
     return {"visual." + k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+
+
+def atomic_save(tensors, path: Path, metadata=None) -> None:
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def main() -> None:
@@ -59,9 +66,9 @@ def main() -> None:
         for dtype in (None, torch.float16):
             name = "float32" if dtype is None else "float16"
             built = copies_before(space, delta, dtype)
-            floor = median_time(lambda: save_file(built, str(tmp / "floor.safetensors")), args.repeats)
-            before = median_time(lambda: save_file(copies_before(space, delta, dtype), str(tmp / "before.safetensors"),
-                                                   metadata={"format": "pt"}), args.repeats)
+            floor = median_time(lambda: atomic_save(built, tmp / "floor.safetensors"), args.repeats)
+            before = median_time(lambda: atomic_save(copies_before(space, delta, dtype), tmp / "before.safetensors",
+                                                     {"format": "pt"}), args.repeats)
             now = median_time(lambda: export_merge(tmp / "now.safetensors", space, result, dtype=dtype),
                               args.repeats)
 

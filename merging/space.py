@@ -181,11 +181,13 @@ class TaskVectorSpace:
                                [self.task_names[i] for i in picked], [self.rows[i] for i in picked])
 
     # ---------------------------------------------------------------- mapping back
-    def state_dict(self, delta: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> dict:
+    def state_dict(self, delta: torch.Tensor | None = None, dtype: torch.dtype | None = None,
+                   copy: bool = True) -> dict:
         """θ0 + delta as a CPU state dict in the original key order (float tensors in their original dtype
-        unless ``dtype`` is given; non-float buffers copied from θ0), ready for ``load_state_dict``."""
+        unless ``dtype`` is given; non-float buffers copied from θ0), ready for ``load_state_dict``; with
+        ``copy=False`` (for writing out) tensors that need no cast are views (of θ0 itself when delta is None)."""
         flat = self.theta0 if delta is None else self.theta0 + delta.to(self.theta0.device, torch.float32)
-        return self.index.to_state_dict(flat, self.base, self.base["__order__"], dtype)
+        return self.index.to_state_dict(flat, self.base, self.base["__order__"], dtype, copy)
 
     def memory_bytes(self) -> int:
         return self.stack.numel() * self.stack.element_size() + self.theta0.numel() * 4

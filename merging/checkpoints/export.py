@@ -16,8 +16,8 @@ EXPORT_FORMATS = ("open_clip", "hf", "tall-compressed", "sharded")
 
 
 def _save(path, tensors: Mapping[str, torch.Tensor], inputs: Iterable, metadata: Mapping | None) -> None:
-    """safetensors writes the tensors' bytes as they are: no copy unless one is not contiguous (tensors that
-    overlap in memory are refused by safetensors itself)."""
+    """safetensors writes the tensors' bytes as they are: no copy unless one is not contiguous (views of one
+    merged vector are fine; tensors that overlap in memory are refused by safetensors itself)."""
     from safetensors.torch import save_file
 
     ensure_not_input(path, inputs)
@@ -76,4 +76,4 @@ def export_merge(path: str | os.PathLike, space, result, fmt: str = "open_clip",
                      dtype=dtype, metadata=metadata)
         return
     save = save_open_clip if fmt == "open_clip" else save_hf
-    save(path, space.state_dict(delta, dtype=dtype), text, inputs=inputs, metadata=metadata)
+    save(path, space.state_dict(delta, dtype=dtype, copy=False), text, inputs=inputs, metadata=metadata)

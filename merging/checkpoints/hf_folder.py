@@ -60,8 +60,9 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
                 self._open = None
                 self._open = (shard, safe_open(str(shard), framework="pt", device="cpu"))
             return self._open[1].get_tensor(key)
-        except SafetensorError as exc:
-            raise CheckpointFileError(shard, "corrupt", f"tensor {key} cannot be read ({str(exc)[:200]})") from None
+        except SafetensorError as exc:  # e.g. the file changed since its header was checked
+            reason = _names([str(exc).splitlines()[0] if str(exc) else type(exc).__name__])
+            raise CheckpointFileError(shard, "corrupt", f"tensor {_names([key])} cannot be read ({reason})") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._specs)
@@ -72,9 +73,6 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
     def meta(self) -> dict[str, torch.Tensor]:
         """Every key as a meta tensor of its shape and dtype (nothing is read)."""
         return {k: torch.empty(shape, dtype=dtype, device="meta") for k, (dtype, shape) in self._specs.items()}
-
-    def close(self) -> None:
-        self._open = None
 
 
 def open_state_dict(path: str | os.PathLike) -> LazyStateDict:

@@ -6,7 +6,7 @@ pretrained folder.
 Shards are filled in state-dict order, a new one started when the next tensor would exceed the limit (a tensor
 larger than the limit gets a shard of its own), as ``transformers`` does; names are
 ``model-00001-of-0000N.safetensors``.  Each shard's tensors are cut from the merged flat vector one shard at a
-time, so the write holds θ (float32) plus one shard.  The folder is written under a temporary name and renamed
+time (views of it when no cast is needed), so the write holds θ (float32) plus at most one shard.  The folder is written under a temporary name and renamed
 (:func:`merging.atomic.atomic_folder`); it must not exist, and it may not lie inside an input.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def save_sharded(folder: str | os.PathLike, space, flat: torch.Tensor, *, config
             for key in keys:
                 e = entries.get(key)
                 source = flat[e.slice].view(e.shape) if e is not None else space.base[key]
-                tensors[key] = source.to(out_dtype[key], memory_format=torch.contiguous_format, copy=True)
+                tensors[key] = source.to(out_dtype[key], memory_format=torch.contiguous_format)  # a view if no cast
             save_file(tensors, str(tmp / name), metadata={"format": "pt"})
             del tensors
         index = {"metadata": {"total_size": sum(sizes.values()), **extra},
