@@ -13,8 +13,9 @@ Every merge with --out also writes its recipe beside it (OUT with the suffix .re
 Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.  ``--out``
 is checked before anything is loaded or merged: its folder must exist (it is not created), and it may not be one of
 the inputs (the same file after resolving symlinks, or a hard link to one).  A folder as ``--pretrained`` is a
-Hugging Face checkpoint of any architecture (see merging/checkpoints/hf_folder.py): its keys are kept, and the merge
-is written as a sharded checkpoint folder (``--format sharded``, a new folder outside every input).
+Hugging Face checkpoint of any architecture (see merging/checkpoints/hf_folder.py; so is a safetensors file whose
+keys are no CLIP layout): its keys are kept, and the merge is written as a sharded checkpoint folder (``--format
+sharded``, a new folder outside every input).
 """
 from __future__ import annotations
 
@@ -108,10 +109,11 @@ def _source(args) -> tuple[object, list]:
 
 
 def _folder_mode(args) -> bool:
-    """--pretrained is a Hugging Face checkpoint folder: keys kept as they are, any architecture."""
-    from .checkpoints.hf_folder import is_checkpoint_folder
+    """--pretrained is a Hugging Face checkpoint folder (or a safetensors file of no CLIP layout): keys kept as they
+    are, any architecture."""
+    from .checkpoints.hf_folder import is_any_architecture
 
-    return bool(args.pretrained) and not args.zoo and is_checkpoint_folder(args.pretrained)
+    return bool(args.pretrained) and not args.zoo and is_any_architecture(args.pretrained)
 
 
 def _space(args, zoo) -> TaskVectorSpace:
@@ -233,7 +235,7 @@ def _merge(args) -> None:
 
         fmt = fmt or ("tall-compressed" if result.per_task else "open_clip")
         export_merge(args.out, space, result, fmt, inputs=inputs, max_shard_bytes=shard_bytes,
-                     config_from=args.pretrained if _folder_mode(args) else None)
+                     config_from=args.pretrained if Path(args.pretrained or "").is_dir() else None)
         print(f"wrote {args.out} ({fmt})")
     if recipe_out:
         recipe = make_recipe(recipe_out, method.name, result.params, space.task_names, files, zoo=args.zoo,

@@ -126,6 +126,21 @@ def test_out_of_core_and_single_file_finetunes_give_the_same_folder(zoo, tmp_pat
     assert memory.keys() == disk.keys() and all(torch.equal(memory[k], disk[k]) for k in memory)
 
 
+def test_single_safetensors_files_of_any_architecture(zoo, tmp_path, capsys, one_thread):
+    """Plain safetensors files with LLM keys (no CLIP layout) merge like their folders; no config to copy."""
+    _, root = zoo
+    assert main(_merge_args(root, tmp_path / "from-folders", "task_arithmetic")) == 0
+    for name in ("base", *TASKS):
+        save_file(_tensors(root / name), str(tmp_path / f"{name}.safetensors"))
+    args = ["merge", "--pretrained", str(tmp_path / "base.safetensors"), "--finetuned",
+            *(str(tmp_path / f"{t}.safetensors") for t in TASKS), "--method", "task_arithmetic", "--out",
+            str(tmp_path / "from-files"), "--device", "cpu"]
+    assert main(args) == 0, capsys.readouterr().err
+    folders, files = _tensors(tmp_path / "from-folders"), _tensors(tmp_path / "from-files")
+    assert folders.keys() == files.keys() and all(torch.equal(folders[k], files[k]) for k in folders)
+    assert sorted(p.name for p in (tmp_path / "from-files").iterdir()) == ["model-00001-of-00001.safetensors", INDEX]
+
+
 def test_lazy_folder_reads_each_tensor_once_and_matches_plain_loading(zoo, monkeypatch, one_thread):
     _, root = zoo
     reads = []

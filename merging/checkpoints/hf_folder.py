@@ -1,7 +1,8 @@
 """Hugging Face checkpoint folders of any architecture (Llama, Qwen2, Mistral, ...), read lazily tensor by tensor.
 
 A folder holds ``model.safetensors.index.json`` and its shards (``save_pretrained`` with sharding), or one
-``model.safetensors``; a single safetensors file is read the same way.  Keys are kept as they are (no CLIP
+``model.safetensors``; a single safetensors file is read the same way (the CLI does so for a file whose keys are no
+CLIP layout, :func:`is_any_architecture`).  Keys are kept as they are (no CLIP
 conversion).  Everything is checked before any tensor data is read:
 
 * the index: at most :data:`.limits.INDEX_MAX_BYTES`, JSON nested at most :data:`.limits.INDEX_MAX_DEPTH` deep
@@ -37,9 +38,21 @@ SINGLE = "model.safetensors"
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
-def is_checkpoint_folder(path: str | os.PathLike) -> bool:
-    """A folder (read with :func:`open_state_dict`, keys kept), as opposed to a CLIP checkpoint file."""
-    return Path(path).is_dir()
+def is_any_architecture(path: str | os.PathLike) -> bool:
+    """Read with :func:`open_state_dict`, keys kept: a folder, or a safetensors file whose keys are no open_clip
+    or Hugging Face CLIP layout (checked from its header)."""
+    from . import inspect_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if not path.is_file() or detect_format(path) != "safetensors":
+        return False
+    try:
+        inspect_checkpoint(path)
+    except CheckpointFileError as exc:
+        return exc.problem == "unrecognised layout"
+    return False
 
 
 class LazyStateDict(Mapping[str, torch.Tensor]):
