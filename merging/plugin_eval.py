@@ -10,7 +10,9 @@ The plug-in is a Python callable written by the user::
 dtype), a fresh copy the callable may keep or load with ``model.load_state_dict(state_dict)``.  It is given to the
 CLI as ``--evaluator module:function`` (a module on ``sys.path`` such as ``mypkg.evals:evaluate``, or a file,
 ``path/to/evals.py:evaluate``; importing it runs that file's code, as ``python path/to/evals.py`` would) and
-used by ``merge --eval`` and ``sweep`` in place of a zoo's heads and data.  There is none by default: the merge,
+used by ``merge --eval`` and ``sweep`` in place of a zoo's heads and data; in the library it is the ``evaluator``
+of :func:`merging.selection.select` (``zoo`` None, ``reference=dict(zip(tasks, plugin.finetuned(space, tasks,
+"val")))``) and of :func:`merging.evaluation.evaluate_result`.  There is none by default: the merge,
 its export, the mask statistics and their figures never need it.
 
 :class:`PluginEvaluator` offers the methods :func:`merging.evaluation.evaluate_result` and the sweep runner call

@@ -431,6 +431,31 @@ def test_evaluator_plugin_drives_a_sweep_without_a_zoo(zoo, tmp_path, capsys, on
     assert f"best: lam={best} (mean normalized {means[best]:.4f})" in out
 
 
+def test_evaluator_plugin_drives_the_library_selection(zoo, tmp_path, one_thread):
+    """merging.selection.select with the plug-in (no zoo): λ of Task Arithmetic, per-task λ of TALL."""
+    from merging.plugin_eval import load_evaluator
+    from merging.selection import select
+
+    _, root = zoo
+    (tmp_path / "evals.py").write_text(EVALUATOR)
+    plugin = load_evaluator(f"{tmp_path / 'evals.py'}:evaluate")
+    space = TaskVectorSpace.build(_tensors(root / "base"), [_tensors(root / t) for t in TASKS], list(TASKS),
+                                  device="cpu")
+    reference = dict(zip(TASKS, plugin.finetuned(space, TASKS, "val")))
+    grid = [0.0, 0.5, 1.0]
+    chosen = select(None, space, "task_arithmetic", grid=grid, reference=reference, evaluator=plugin)
+    means = [sum(_reference_accuracy(space.state_dict(run_merge(space, "task_arithmetic", {"lam": lam}).delta), t,
+                                     "val") / reference[t] for t in TASKS) / len(TASKS) for lam in grid]
+    assert chosen.params["lam"] == grid[means.index(max(means))]
+    tall = select(None, space, "tall", grid=grid, evaluator=plugin)
+    for t, task in enumerate(TASKS):
+        scores = []
+        for lam in grid:
+            result = run_merge(space, "tall", {"tall_lambda": lam})
+            scores.append(_reference_accuracy(space.state_dict(result.task_delta(t)), task, "val"))
+        assert tall.params["tall_lambda"][t] == grid[scores.index(max(scores))]
+
+
 @pytest.mark.parametrize("spec,message", [
     ("nowhere.py:evaluate", "no such file"), ("{plugin}:missing", "has no callable 'missing'"),
     ("{plugin}", "is not MODULE:FUNCTION"), ("no_such_module_xyz:evaluate", "cannot import module"),
