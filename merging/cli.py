@@ -6,12 +6,16 @@
     python -m merging merge --zoo assets/demo-zoo --method task_arithmetic --set lam=1 --modifier lines beta=0.3
     python -m merging sweep --zoo assets/demo-zoo --method ties --grid k=10,20,40 lam=0.5,1.0 [--ray [ADDRESS]]
     python -m merging merge --recipe merged.recipe.yaml --out again.safetensors   # the same tensors
+    python -m merging merge --pretrained llama/ --finetuned ft1/ ft2/ --method ties --out merged/   # HF folders
 
 Every merge with --out also writes its recipe beside it (OUT with the suffix .recipe.yaml; see merging/recipe.py).
 
 Errors (bad files, keys, parameters, unknown methods) are printed as one line and exit with status 2.  ``--out``
 is checked before anything is loaded or merged: its folder must exist (it is not created), and it may not be one of
-the inputs (the same file after resolving symlinks, or a hard link to one).
+the inputs (the same file after resolving symlinks, or a hard link to one).  A folder as ``--pretrained`` is a
+Hugging Face checkpoint of any architecture (see merging/checkpoints/hf_folder.py; so is a safetensors file whose
+keys are no CLIP layout): its keys are kept, and the merge is written as a sharded checkpoint folder (``--format
+sharded``, a new folder outside every input).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import check_output_path, clean_stale_temp
+from .atomic import check_output_folder, check_output_path, clean_stale_temp
 from .diskstack import parse_size
 from .params import ParameterError, parse_assignments
 from .progress import Cancelled
@@ -40,8 +44,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=helps[name])
         source = cmd.add_argument_group("checkpoints (a zoo, or pretrained + fine-tuned files)")
         source.add_argument("--zoo", help="zoo folder or manifest (zoo.json)")
-        source.add_argument("--pretrained", help="pretrained checkpoint θ0")
-        source.add_argument("--finetuned", nargs="+", default=[], help="one fine-tuned checkpoint per task")
+        source.add_argument("--pretrained", help="pretrained checkpoint θ0: an open_clip / Hugging Face CLIP file, "
+                            "or a Hugging Face checkpoint folder of any architecture (model.safetensors[.index.json])")
+        source.add_argument("--finetuned", nargs="+", default=[], help="one fine-tuned checkpoint per task (folders "
+                            "or safetensors files with the pretrained folder's keys when --pretrained is a folder)")
         source.add_argument("--tasks", nargs="+", help="task names (default: file stems, or all zoo tasks)")
         cmd.add_argument("--method", help="merge method (see `methods`); required without --recipe")
         cmd.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="method parameters")
@@ -59,11 +65,15 @@ def _parser() -> argparse.ArgumentParser:
                                               "checkpoints (--zoo / --pretrained / --finetuned point at other "
                                               "copies; their sha256 must match)")
             cmd.add_argument("--recipe-out", help="where to write this merge's recipe (default: beside --out)")
-            cmd.add_argument("--out", help="output file (safetensors) in an existing folder; never an input")
-            cmd.add_argument("--format", choices=("open_clip", "hf", "tall-compressed"),
-                             help="open_clip state dict (default), Hugging Face CLIP vision, or TALL compressed "
-                                  "(default for tall)")
-            cmd.add_argument("--eval", action="store_true", help="evaluate per task on the zoo's test split")
+            cmd.add_argument("--out", help="output file (safetensors) in an existing folder, or a new folder for "
+                                           "--format sharded; never an input")
+            cmd.add_argument("--format", choices=("open_clip", "hf", "tall-compressed", "sharded"),
+                             help="open_clip state dict (default), Hugging Face CLIP vision, TALL compressed "
+                                  "(default for tall), or a sharded Hugging Face folder (default for folder inputs)")
+            cmd.add_argument("--max-shard-size", default="5G", metavar="SIZE",
+                             help="largest shard of --format sharded (default 5G)")
+            cmd.add_argument("--eval", action="store_true", help="evaluate per task on the test split (the zoo's, "
+                                                                 "or --evaluator's)")
         elif name == "stats":
             cmd.add_argument("--csv", help="also write the tables as CSV files into this folder")
         else:
@@ -74,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                              help="run the points as Ray tasks: a cluster address, auto, or nothing for a local "
                                   "Ray instance (pip install ray)")
             cmd.add_argument("--csv", help="write the per-task table to this CSV file")
+        if name != "stats":
+            cmd.add_argument("--evaluator", metavar="MODULE:FUNCTION", help="per-task evaluation plug-in "
+                             "evaluate(state_dict, task[, split]) -> accuracy, from a module or FILE.py (see "
+                             "merging/plugin_eval.py); replaces the zoo's heads and data")
     return parser
 
 
@@ -86,7 +100,20 @@ def _source(args) -> tuple[object, list]:
         return zoo, zoo.inputs()
     if not args.pretrained or not args.finetuned:
         raise CheckpointError("give --zoo, or --pretrained and at least one --finetuned checkpoint")
-    return None, [args.pretrained, *args.finetuned]
+    inputs = [args.pretrained, *args.finetuned]
+    if _folder_mode(args):
+        from .checkpoints.hf_folder import checkpoint_files
+
+        inputs += [file for path in inputs for file in checkpoint_files(path)]
+    return None, inputs
+
+
+def _folder_mode(args) -> bool:
+    """--pretrained is a Hugging Face checkpoint folder (or a safetensors file of no CLIP layout): keys kept as they
+    are, any architecture."""
+    from .checkpoints.hf_folder import is_any_architecture
+
+    return bool(args.pretrained) and not args.zoo and is_any_architecture(args.pretrained)
 
 
 def _space(args, zoo) -> TaskVectorSpace:
@@ -96,6 +123,10 @@ def _space(args, zoo) -> TaskVectorSpace:
     from .checkpoints import check_architecture, fill_frozen_projection, load_checkpoint
 
     names = args.tasks or [Path(p).name.split(".")[0] for p in args.finetuned]
+    if _folder_mode(args):
+        from .checkpoints.hf_folder import folder_space
+
+        return folder_space(args.pretrained, args.finetuned, names, device=args.device, dtype=args.dtype, **storage)
     pretrained = load_checkpoint(args.pretrained).visual
     shapes = {k: tuple(v.shape) for k, v in pretrained.items()}
 
@@ -110,9 +141,9 @@ def _space(args, zoo) -> TaskVectorSpace:
                                  dtype=args.dtype, sources=[args.pretrained, *args.finetuned], **storage)
 
 
-def _prepare_output(out: str, inputs: list) -> None:
+def _prepare_output(out: str, inputs: list, folder: bool = False) -> None:
     """Refuse a bad ``--out`` before anything is merged; remove temporary files of killed writes beside it."""
-    check_output_path(out, inputs)
+    (check_output_folder if folder else check_output_path)(out, inputs)
     removed = clean_stale_temp(Path(out).parent)
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by killed writes in {Path(out).parent}",
@@ -179,12 +210,16 @@ def _merge(args) -> None:
     else:
         params, modifiers = parse_assignments(args.set), _modifiers(args)
     zoo, inputs = _source(args)
-    if args.eval and zoo is None:
-        raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest)")
+    plugin = _plugin(args)
+    if args.eval and zoo is None and plugin is None:
+        raise CheckpointError("--eval needs --zoo (heads and datasets come from the zoo manifest) or --evaluator")
+    fmt = _export_format(args)
+    shard_bytes = parse_size(args.max_shard_size, "--max-shard-size")
     recipe_out = args.recipe_out or (str(Path(args.out).with_suffix(".recipe.yaml")) if args.out else None)
     for target in (args.out, recipe_out):
         if target:
-            _prepare_output(target, [*inputs, *([args.recipe] if args.recipe else [])])
+            _prepare_output(target, [*inputs, *([args.recipe] if args.recipe else [])],
+                            folder=target == args.out and fmt == "sharded")
     space = _space(args, zoo)
     files = _checkpoint_files(space, zoo, args)
     if args.recipe:
@@ -198,8 +233,9 @@ def _merge(args) -> None:
     if args.out:
         from .checkpoints import export_merge
 
-        fmt = args.format or ("tall-compressed" if result.per_task else "open_clip")
-        export_merge(args.out, space, result, fmt, inputs=inputs)
+        fmt = fmt or ("tall-compressed" if result.per_task else "open_clip")
+        export_merge(args.out, space, result, fmt, inputs=inputs, max_shard_bytes=shard_bytes,
+                     config_from=args.pretrained if Path(args.pretrained or "").is_dir() else None)
         print(f"wrote {args.out} ({fmt})")
     if recipe_out:
         recipe = make_recipe(recipe_out, method.name, result.params, space.task_names, files, zoo=args.zoo,
@@ -211,12 +247,31 @@ def _merge(args) -> None:
     if args.eval:
         from .evaluation import evaluate_baselines, evaluate_result
 
-        base = evaluate_baselines(zoo, space.task_names)
-        table = evaluate_result(zoo, space, result, reference=base)
+        base = plugin.baselines(space) if plugin else evaluate_baselines(zoo, space.task_names)
+        table = evaluate_result(zoo, space, result, reference=base, evaluator=plugin)
         table.insert(1, "pretrained", base["pretrained"].to_numpy())
         table.insert(2, "finetuned", base["finetuned"].to_numpy())
         _print("per-task test accuracy", table)
         print(f"\nmean accuracy {table['accuracy'].mean():.4f}, mean normalized {table['normalized'].mean():.4f}")
+
+
+def _plugin(args):
+    """The ``--evaluator`` plug-in, imported before any checkpoint is read (None without it)."""
+    if not getattr(args, "evaluator", None):
+        return None
+    from .plugin_eval import load_evaluator
+
+    return load_evaluator(args.evaluator)
+
+
+def _export_format(args) -> str | None:
+    """``--format``, or ``sharded`` for folder inputs (None: decided by the result, see _merge)."""
+    if not _folder_mode(args):
+        return args.format
+    if args.format in ("open_clip", "hf"):
+        raise ParameterError(f"--format {args.format} writes an open_clip / CLIP checkpoint; a Hugging Face folder "
+                             "merge is written with --format sharded (or tall-compressed)")
+    return args.format or "sharded"
 
 
 def _stats(args) -> None:
@@ -256,15 +311,19 @@ def _sweep(args) -> None:
         raise ParameterError("--method is required")
     method = get_method(args.method)
     zoo, _ = _source(args)
-    if zoo is None:
-        raise CheckpointError("sweep needs --zoo (heads and validation data come from the zoo manifest)")
+    plugin = _plugin(args)
+    if zoo is None and plugin is None:
+        raise CheckpointError("sweep needs --zoo (heads and validation data come from the zoo manifest) or "
+                              "--evaluator")
+    if plugin is not None and args.ray:
+        raise ParameterError("an --evaluator plug-in runs in-process only; drop --ray")
     space = _space(args, zoo)
     grid = parse_grid(method, args.grid, space.T)
     runner = None
     if args.ray:
         runner = RayRunner(None if args.ray == "local" else args.ray)
     table = sweep(zoo, space, method.name, grid, parse_assignments(args.set), _modifiers(args), args.split,
-                  runner, _stderr_progress)
+                  runner, _stderr_progress, plugin)
     names = list(grid)
     means = table.groupby(names, sort=False)["normalized"].mean()
     _print(f"mean normalized {args.split} accuracy", means.unstack(names[-1]) if len(names) == 2 else

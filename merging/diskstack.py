@@ -52,11 +52,11 @@ class DiskStack:
             self._map.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
-def parse_size(text: str) -> int:
-    """``"8G"``, ``"512M"``, ``"1.5GB"``, ``"1000000"`` → bytes (binary units)."""
+def parse_size(text: str, field: str = "--max-memory") -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GB"``, ``"1000000"`` → bytes (binary units); errors name ``field``."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
     if not match:
-        raise ValueError(f"--max-memory: {text!r} is not a size such as 8G or 512M")
+        raise ValueError(f"{field}: {text!r} is not a size such as 8G or 512M")
     return int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_"))
 
 

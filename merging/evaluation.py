@@ -114,16 +114,26 @@ class Evaluator:
         return int(correct), seen
 
     def run(self, set_weights: Callable[[str], None], tasks: Sequence[str], split: str, progress=None) -> pd.DataFrame:
-        progress = as_progress(progress)
-        rows = []
-        for i, task in enumerate(tasks):
-            progress(i / len(tasks), f"evaluating {task}")
-            set_weights(task)
-            correct, n = self.accuracy(task, split, progress.sub(i / len(tasks), (i + 1) / len(tasks)))
-            rows.append({"task": task, "split": split, "accuracy": correct / n if n else float("nan"),
-                         "correct": correct, "n": n})
-        progress(1.0, "evaluation done")
-        return pd.DataFrame(rows, columns=COLUMNS)
+        def score(task: str, split: str, progress) -> tuple[float, int, int]:
+            correct, n = self.accuracy(task, split, progress)
+            return (correct / n if n else float("nan")), correct, n
+
+        return run_tasks(score, set_weights, tasks, split, progress)
+
+
+def run_tasks(score: Callable, set_weights: Callable[[str], None], tasks: Sequence[str], split: str,
+              progress=None) -> pd.DataFrame:
+    """One row per task (:data:`COLUMNS`): ``set_weights(task)``, then ``score(task, split, progress)`` →
+    ``(accuracy, correct, n)``."""
+    progress = as_progress(progress)
+    rows = []
+    for i, task in enumerate(tasks):
+        progress(i / len(tasks), f"evaluating {task}")
+        set_weights(task)
+        accuracy, correct, n = score(task, split, progress.sub(i / len(tasks), (i + 1) / len(tasks)))
+        rows.append({"task": task, "split": split, "accuracy": accuracy, "correct": correct, "n": n})
+    progress(1.0, "evaluation done")
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def _evaluator(zoo, evaluator: Evaluator | None, **options) -> Evaluator:

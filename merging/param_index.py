@@ -92,14 +92,16 @@ class ParamIndex:
         return torch.repeat_interleave(torch.arange(len(self.entries), device=device, dtype=torch.int32), numels)
 
     def to_state_dict(self, flat: torch.Tensor, extras: dict, order: list[str],
-                      dtype: torch.dtype | None = None) -> dict:
+                      dtype: torch.dtype | None = None, copy: bool = True) -> dict:
         """A CPU state dict in ``order``: float entries cut from ``flat`` (cast to their own dtype unless
-        ``dtype`` is given), every other key copied from ``extras``."""
+        ``dtype`` is given), every other key copied from ``extras``.  With ``copy=False`` tensors that need no
+        cast are views of ``flat`` / the tensors of ``extras`` (to write them out, not to keep)."""
         flat = flat.cpu()
         out = {}
         for key in order:
             e = self.by_name.get(key)
-            out[key] = flat[e.slice].reshape(e.shape).to(dtype or e.dtype).clone() if e else extras[key].clone()
+            out[key] = (flat[e.slice].reshape(e.shape).to(dtype or e.dtype, copy=copy) if e
+                        else extras[key].clone() if copy else extras[key])
         return out
 
     def table(self):

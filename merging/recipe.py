@@ -55,6 +55,14 @@ class Recipe:
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    """The file's sha256; for a Hugging Face checkpoint folder, the sha256 of its files' names and digests
+    (index and shards, see :func:`merging.checkpoints.hf_folder.checkpoint_files`)."""
+    if Path(path).is_dir():
+        from .checkpoints.hf_folder import checkpoint_files
+
+        listing = "".join(f"{file.relative_to(path).as_posix()}\0{file_sha256(file, block)}\n"
+                          for file in checkpoint_files(path))
+        return hashlib.sha256(listing.encode("utf-8")).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(block):

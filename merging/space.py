@@ -2,7 +2,9 @@
 
 Only floating-point tensors are merged (integer buffers are carried over from θ0).  The stack lives on the
 chosen device (CUDA when present) in float32 or a requested float dtype; θ0 is kept flat in float32.  Building
-the space reads one fine-tuned checkpoint at a time, so memory is one (T, P) stack plus O(P) work space.
+the space reads one fine-tuned checkpoint at a time, so memory is one (T, P) stack plus O(P) work space.  A state
+dict may be lazy (:class:`merging.checkpoints.hf_folder.LazyStateDict`): one with a ``meta()`` method (every key
+as a meta tensor) is checked from it and read one tensor at a time, never held whole.
 """
 from __future__ import annotations
 
@@ -31,8 +33,15 @@ def _describe_keys(keys: set, limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def described(state: StateDict) -> StateDict:
+    """Shapes and dtypes of ``state`` without reading a lazy state dict's data (its ``meta()``)."""
+    meta = getattr(state, "meta", None)
+    return meta() if callable(meta) else state
+
+
 def check_compatible(reference: StateDict, other: StateDict, what: str) -> None:
     """Raise :class:`CheckpointError` naming the offending key if ``other`` cannot be merged with ``reference``."""
+    reference, other = described(reference), described(other)
     ref_float = {k for k, v in reference.items() if torch.is_tensor(v) and v.is_floating_point()}
     other_float = {k for k, v in other.items() if torch.is_tensor(v) and v.is_floating_point()}
     if ref_float - other_float:
@@ -79,16 +88,17 @@ class TaskVectorSpace:
         named = lambda i, what: f"{what} ({sources[i]})" if sources is not None else what  # noqa: E731
         progress = as_progress(progress)
         device, dtype = pick_device(device), pick_dtype(dtype)
-        index = ParamIndex.from_state_dict(pretrained)
+        specs = described(pretrained)
+        index = ParamIndex.from_state_dict(specs)
         if index.numel == 0:
             raise CheckpointError("the pretrained checkpoint has no floating-point tensors to merge")
         theta0 = torch.empty(index.numel, dtype=torch.float32, device=device)
         for e in index.entries:
             theta0[e.slice] = pretrained[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32)
         _check_finite(theta0, index, named(0, "pretrained checkpoint"))
-        base = {k: v.detach().clone().cpu() for k, v in pretrained.items()
+        base = {k: pretrained[k].detach().clone().cpu() for k, v in specs.items()
                 if torch.is_tensor(v) and not v.is_floating_point()}
-        base["__order__"] = list(pretrained.keys())
+        base["__order__"] = list(specs.keys())
         disk = None
         if needs_disk(len(finetuned), index.numel, torch.empty((), dtype=dtype).element_size(), max_memory):
             if device.type != "cpu":
@@ -171,11 +181,13 @@ class TaskVectorSpace:
                                [self.task_names[i] for i in picked], [self.rows[i] for i in picked])
 
     # ---------------------------------------------------------------- mapping back
-    def state_dict(self, delta: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> dict:
+    def state_dict(self, delta: torch.Tensor | None = None, dtype: torch.dtype | None = None,
+                   copy: bool = True) -> dict:
         """θ0 + delta as a CPU state dict in the original key order (float tensors in their original dtype
-        unless ``dtype`` is given; non-float buffers copied from θ0), ready for ``load_state_dict``."""
+        unless ``dtype`` is given; non-float buffers copied from θ0), ready for ``load_state_dict``; with
+        ``copy=False`` (for writing out) tensors that need no cast are views (of θ0 itself when delta is None)."""
         flat = self.theta0 if delta is None else self.theta0 + delta.to(self.theta0.device, torch.float32)
-        return self.index.to_state_dict(flat, self.base, self.base["__order__"], dtype)
+        return self.index.to_state_dict(flat, self.base, self.base["__order__"], dtype, copy)
 
     def memory_bytes(self) -> int:
         return self.stack.numel() * self.stack.element_size() + self.theta0.numel() * 4

@@ -5,8 +5,9 @@ per (point, task) with the point's values, accuracy and normalized accuracy (by 
 same split).  Points run in-process by default, or as Ray tasks (``runner=RayRunner(address)``): the space's θ0
 and stack go into Ray's object store once (zero-copy numpy arrays) and each task rebuilds the space from them and
 loads the zoo from its path, so the zoo folder must be readable on every node.  Both runners give the same
-table.  :func:`best_point` picks the point with the highest mean normalized accuracy (ties: the first in grid
-order) and says whether a value lies on the grid's edge.
+table.  ``evaluator`` (a :class:`merging.plugin_eval.PluginEvaluator`, in-process only) replaces the zoo's heads
+and data, and ``zoo`` may then be None.  :func:`best_point` picks the point with the highest mean normalized
+accuracy (ties: the first in grid order) and says whether a value lies on the grid's edge.
 """
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def _evaluate_point(zoo, space, method: str, params: Mapping, modifiers, split: 
 class InProcess:
     """Run the points one after another in this process (the default)."""
 
-    def map(self, zoo, space, method, points, base, modifiers, split, reference, progress):
+    def map(self, zoo, space, method, points, base, modifiers, split, reference, progress, evaluator=None):
         from .evaluation import Evaluator
 
-        evaluator = Evaluator(zoo, device=space.device)
+        evaluator = evaluator or Evaluator(zoo, device=space.device)
         tables = []
         for i, point in enumerate(points):
             values = ", ".join(f"{k}={v}" for k, v in point.items())
@@ -57,8 +58,11 @@ class RayRunner:
     def __init__(self, address: str | None = None, num_cpus_per_task: float = 1, num_gpus_per_task: float = 0):
         self.address, self.cpus, self.gpus = address, num_cpus_per_task, num_gpus_per_task
 
-    def map(self, zoo, space, method, points, base, modifiers, split, reference, progress):
+    def map(self, zoo, space, method, points, base, modifiers, split, reference, progress, evaluator=None):
         import ray
+
+        if evaluator is not None:
+            raise ValueError("an --evaluator plug-in runs in-process only; drop --ray")
 
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
@@ -89,7 +93,7 @@ def _ray_point(parts, zoo_path, method, params, modifiers, split, reference):
 
 
 def sweep(zoo, space, method: str, grid: Mapping[str, Sequence[Any]], params: Mapping | None = None,
-          modifiers: Sequence = (), split: str = "val", runner=None, progress=None) -> pd.DataFrame:
+          modifiers: Sequence = (), split: str = "val", runner=None, progress=None, evaluator=None) -> pd.DataFrame:
     """One row per (grid point, task): the swept values, task, accuracy, normalized; ``params`` fixes the rest."""
     from .evaluation import evaluate
     from .params import resolve_params
@@ -102,10 +106,13 @@ def sweep(zoo, space, method: str, grid: Mapping[str, Sequence[Any]], params: Ma
     for point in points:  # every point is valid before anything runs
         resolve_params(spec.params, {**(params or {}), **point}, space.T)
     progress = as_progress(progress)
-    reference = dict(zip(space.task_names, evaluate(zoo, zoo.finetuned_state, space.task_names, split,
-                                                    device=space.device)["accuracy"]))
+    if evaluator is not None:
+        reference = dict(zip(space.task_names, evaluator.finetuned(space, space.task_names, split)))
+    else:
+        reference = dict(zip(space.task_names, evaluate(zoo, zoo.finetuned_state, space.task_names, split,
+                                                        device=space.device)["accuracy"]))
     tables = (runner or InProcess()).map(zoo, space, spec.name, points, dict(params or {}), list(modifiers),
-                                         split, reference, progress)
+                                         split, reference, progress, evaluator)
     rows = [table.assign(**{name: [value] * len(table) for name, value in point.items()})
             for point, table in zip(points, tables)]
     out = pd.concat(rows, ignore_index=True)

@@ -316,3 +316,36 @@ def test_export_every_format_from_a_tall_merge(tmp_path):
         export_merge(tmp_path / "x.bin", space, result, "onnx")
     with pytest.raises(OverwriteError):
         export_merge(zoo.inputs()[0], space, result, "tall-compressed", inputs=zoo.inputs())
+
+
+@pytest.mark.parametrize("fmt,dtype", [("open_clip", None), ("open_clip", torch.float16), ("hf", None)])
+def test_export_writes_the_bytes_of_a_plain_save_of_copied_tensors(tmp_path, fmt, dtype):
+    """The export writes the tensors it is given (no defensive copy): the file equals safetensors' own save of
+    cloned tensors with the same metadata, byte for byte."""
+    import json
+
+    from safetensors import safe_open
+
+    from ck_tiny_zoo import make_tiny_zoo
+    from merging import run_merge
+    from merging.checkpoints import export_merge
+    from merging.zoo import load_zoo
+
+    make_tiny_zoo(tmp_path / "zoo", n_per_class=1)
+    space = load_zoo(tmp_path / "zoo").build_space(device="cpu")
+    result = run_merge(space, "ties", {"k": 30})
+    out = tmp_path / "merged.safetensors"
+    export_merge(out, space, result, fmt, dtype=dtype)
+    with safe_open(str(out), framework="pt") as handle:
+        metadata = handle.metadata()
+    visual = {k: v.clone() for k, v in space.state_dict(result.delta, dtype=dtype).items()}
+    tensors = {"visual." + k: v for k, v in visual.items()} if fmt == "open_clip" else open_clip_visual_to_hf(visual)
+    save_file(tensors, str(tmp_path / "reference.safetensors"), metadata=metadata)
+    written, reference = out.read_bytes(), (tmp_path / "reference.safetensors").read_bytes()
+    length = int.from_bytes(written[:8], "little")
+    assert written[:8] == reference[:8]  # the same header size; its JSON (metadata order aside) and the data equal
+    assert json.loads(written[8:8 + length]) == json.loads(reference[8:8 + length])
+    assert written[8 + length:] == reference[8 + length:]
+    transposed = {"w": torch.arange(6.0).reshape(2, 3).t()}  # not contiguous: packed before writing
+    save_open_clip(tmp_path / "t.safetensors", transposed)
+    assert torch.equal(load_file(str(tmp_path / "t.safetensors"))["visual.w"], transposed["w"])

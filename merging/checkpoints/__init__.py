@@ -10,7 +10,7 @@ import torch
 
 from .errors import PROBLEMS, CheckpointFileError, LimitError, UnsafePickleError
 from .export import EXPORT_FORMATS, export_merge, save_hf, save_open_clip
-from .formats import detect_format, read_tensors, safetensors_header, torch_zip_mappable
+from .formats import SAFETENSORS_DTYPES, detect_format, read_tensors, safetensors_header, torch_zip_mappable
 from .hf import hf_to_open_clip_text, hf_to_open_clip_visual, open_clip_text_to_hf, open_clip_visual_to_hf
 from .limits import check_storage
 from .layout import Checkpoint, check_architecture, fill_frozen_projection, split_towers
@@ -31,11 +31,6 @@ def load_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | Non
     return checkpoint
 
 
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
 def inspect_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | None = None,
                        arch_name: str = "the model", keep_text: bool = False) -> Checkpoint | None:
     """Check a checkpoint's layout, keys and shapes cheaply (safetensors: header only, as meta tensors; torch zip:
@@ -46,7 +41,7 @@ def inspect_checkpoint(path: str | os.PathLike, expected: Mapping[str, tuple] | 
     if fmt == "safetensors":
         header = safetensors_header(path)
         try:
-            raw = {k: torch.empty(v["shape"], dtype=_ST_DTYPES.get(v["dtype"], torch.float32), device="meta")
+            raw = {k: torch.empty(v["shape"], dtype=SAFETENSORS_DTYPES.get(v["dtype"], torch.float32), device="meta")
                    for k, v in header.items()}
         except RuntimeError as exc:  # e.g. an empty tensor whose other dimensions overflow torch's strides
             raise CheckpointFileError(path, "corrupt", f"a tensor shape torch cannot represent ({exc})") from None

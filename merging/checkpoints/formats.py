@@ -24,6 +24,9 @@ from .limits import SAFETENSORS_MAX_HEADER, SAFETENSORS_MAX_OBJECTS, is_compress
 from .unpickler import load_pickled_module
 
 SAFETENSORS, TORCH_ZIP, TORCH_LEGACY = "safetensors", "torch", "torch-legacy"
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickle protocol 2 + torch's legacy magic number
 
 

@@ -16,7 +16,10 @@ A small file must not be able to make a loader use much more memory than the fil
   storage with 2**28 elements is a 141 KB file that becomes a 1 GB tensor when merged.  Such tensors are refused,
   not materialised (``torch.save`` of an ``expand()``-ed tensor writes them; real checkpoints never hold them);
 * safetensors headers: the size cap of the safetensors library (:data:`SAFETENSORS_MAX_HEADER`) and at most
-  :data:`SAFETENSORS_MAX_OBJECTS` tensor entries (see :func:`.formats.safetensors_header`).
+  :data:`SAFETENSORS_MAX_OBJECTS` tensor entries (see :func:`.formats.safetensors_header`);
+* Hugging Face index files (``model.safetensors.index.json``): at most :data:`INDEX_MAX_BYTES`, JSON nested at
+  most :data:`INDEX_MAX_DEPTH` deep, at most :data:`INDEX_MAX_TENSORS` tensors in at most :data:`INDEX_MAX_SHARDS`
+  shards (see :mod:`.hf_folder`).
 
 Each breach raises :class:`.errors.LimitError` naming the file.
 """
@@ -37,6 +40,10 @@ MAX_EXPANSION = 4
 EXPANSION_ALLOWANCE = 16 << 20
 SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' MAX_HEADER_SIZE (the library refuses larger headers)
 SAFETENSORS_MAX_OBJECTS = 65_536
+INDEX_MAX_BYTES = 32 << 20  # a 400 B-parameter model's index (~100k tensors) is ~10 MB
+INDEX_MAX_DEPTH = 4  # {"metadata": {...}, "weight_map": {name: shard}}: depth 2; a little room for metadata
+INDEX_MAX_TENSORS = 1 << 20
+INDEX_MAX_SHARDS = 100_000
 _MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 
 
