@@ -2,7 +2,8 @@
 
 ``sweep(zoo, space, method, grid={"k": [10, 20], "lam": [0.5, 1.0]}, params=..., split="val")`` returns one row
 per (point, task) with the point's values, accuracy and normalized accuracy (by the fine-tuned models on the
-same split).  Points run in-process by default, or as Ray tasks (``runner=RayRunner(address)``): the space's θ0
+same split); :func:`check_points` validates every point before anything runs.  Points run in-process by default
+(``InProcess(evaluator, context)`` reuses an evaluator and gives data-driven methods their data), or as Ray tasks (``runner=RayRunner(address)``): the space's θ0
 and stack go into Ray's object store once (zero-copy numpy arrays) and each task rebuilds the space from them and
 loads the zoo from its path, so the zoo folder must be readable on every node.  Both runners give the same
 table.  :func:`best_point` picks the point with the highest mean normalized accuracy (ties: the first in grid
@@ -27,27 +28,36 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def _evaluate_point(zoo, space, method: str, params: Mapping, modifiers, split: str, reference, evaluator):
+def _evaluate_point(zoo, space, method: str, params: Mapping, modifiers, split: str, reference, evaluator,
+                    context=None, progress=None):
     from .evaluation import evaluate_result
     from .registry import run_merge
 
-    result = run_merge(space, method, dict(params), modifiers=modifiers)
-    return evaluate_result(zoo, space, result, split=split, reference=reference, evaluator=evaluator)
+    progress = as_progress(progress)
+    result = run_merge(space, method, dict(params), progress.sub(0.0, 0.3), context, modifiers)
+    return evaluate_result(zoo, space, result, split=split, reference=reference, evaluator=evaluator,
+                           progress=progress.sub(0.3, 1.0))
 
 
 class InProcess:
-    """Run the points one after another in this process (the default)."""
+    """Run the points one after another in this process (the default).  ``evaluator``: an
+    :class:`~merging.evaluation.Evaluator` to reuse (default: a new one); ``context``: the evaluation context a
+    data-driven method learns from (CALM, AdaMerging, PCB + ES)."""
+
+    def __init__(self, evaluator=None, context=None):
+        self.evaluator, self.context = evaluator, context
 
     def map(self, zoo, space, method, points, base, modifiers, split, reference, progress):
         from .evaluation import Evaluator
 
-        evaluator = Evaluator(zoo, device=space.device)
+        evaluator = self.evaluator if self.evaluator is not None else Evaluator(zoo, device=space.device)
         tables = []
         for i, point in enumerate(points):
             values = ", ".join(f"{k}={v}" for k, v in point.items())
-            progress(i / len(points), f"point {i + 1}/{len(points)}: {values}")
+            step = progress.sub(i / len(points), (i + 1) / len(points))
+            step(0.0, f"point {i + 1}/{len(points)}: {values}")
             tables.append(_evaluate_point(zoo, space, method, {**base, **point}, modifiers, split, reference,
-                                          evaluator))
+                                          evaluator, self.context, step))
         return tables
 
 
@@ -88,22 +98,38 @@ def _ray_point(parts, zoo_path, method, params, modifiers, split, reference):
     return _evaluate_point(zoo, space, method, params, modifiers, split, reference, Evaluator(zoo, device="cpu"))
 
 
+def check_points(spec, grid: Mapping[str, Sequence[Any]], params: Mapping | None, num_tasks: int) -> list[dict]:
+    """The grid's points, each validated with ``params`` against the method's spec (``spec``: a
+    :class:`merging.registry.MergeMethod`) before anything runs; a swept parameter must apply (not one that
+    ``when`` switches off given the other values)."""
+    from .params import ParameterError, applicable, resolve_params
+
+    points = grid_points(grid)
+    for point in points:
+        values = resolve_params(spec.params, {**(params or {}), **point}, num_tasks)
+        ignored = [name for name in point if name not in applicable(spec.params, values)]
+        if ignored:
+            other, value = spec.param(ignored[0]).when
+            raise ParameterError(f"{ignored[0]}: {spec.title} uses it only with {other}={value}")
+    return points
+
+
 def sweep(zoo, space, method: str, grid: Mapping[str, Sequence[Any]], params: Mapping | None = None,
-          modifiers: Sequence = (), split: str = "val", runner=None, progress=None) -> pd.DataFrame:
-    """One row per (grid point, task): the swept values, task, accuracy, normalized; ``params`` fixes the rest."""
+          modifiers: Sequence = (), split: str = "val", runner=None, progress=None,
+          reference: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per (grid point, task): the swept values, task, accuracy, normalized; ``params`` fixes the rest.
+    ``reference``: the fine-tuned models' ``split`` accuracy per task (default: evaluated here)."""
     from .evaluation import evaluate
-    from .params import resolve_params
     from .registry import get_method
 
     if split == "test":
         raise ValueError("sweeps choose hyperparameters on held-out data; split='test' is not allowed")
     spec = get_method(method)
-    points = grid_points(grid)
-    for point in points:  # every point is valid before anything runs
-        resolve_params(spec.params, {**(params or {}), **point}, space.T)
+    points = check_points(spec, grid, params, space.T)
     progress = as_progress(progress)
-    reference = dict(zip(space.task_names, evaluate(zoo, zoo.finetuned_state, space.task_names, split,
-                                                    device=space.device)["accuracy"]))
+    if reference is None:
+        reference = dict(zip(space.task_names, evaluate(zoo, zoo.finetuned_state, space.task_names, split,
+                                                        device=space.device)["accuracy"]))
     tables = (runner or InProcess()).map(zoo, space, spec.name, points, dict(params or {}), list(modifiers),
                                          split, reference, progress)
     rows = [table.assign(**{name: [value] * len(table) for name, value in point.items()})
