@@ -251,7 +251,7 @@ class SweepTab:
                                           allow_custom_value=True)
                 self.show_btn = gr.Button("Show", elem_id="sweep-show", scale=1)
         self.state = gr.State(None)
-        self.settings_json = gr.State("")
+        self.settings_json = gr.Textbox("", visible=False, elem_id="sweep-settings-json")  # in the API: settings
 
     def wire(self, demo, tab, tabs, zoo_state, method, tasks, status, panel_inputs: list) -> None:
         d = self.d
