@@ -462,8 +462,8 @@ class Service:
             raise UserError("a sweep needs a head and validation (or training) images for every task")
         fixed = {}
         for spec in specs:  # the Merge tab's values (validated) that apply, less the swept ones
-            given = {k: v for k, v in ((settings or {}).get(spec.name) or {}).items() if k not in grid}
-            fixed[spec.name] = applicable(spec.params, resolve_params(spec.params, given, space.T))
+            given = resolve_params(spec.params, (settings or {}).get(spec.name), space.T)
+            fixed[spec.name] = {k: v for k, v in applicable(spec.params, given).items() if k not in grid}
         for spec in specs:  # every point of every method is valid before anything runs
             check_points(spec, grid, fixed[spec.name], space.T)
         contexts = {spec.name: self._context(entry, spec, space.task_names) for spec in specs}

@@ -110,7 +110,8 @@ def sweep_heatmap(means: pd.DataFrame, x: str, y: str, x_values: Sequence, y_val
     names = {model: REFERENCE_STYLE[model][0] for model in levels}
     ticks = {**{round(low + (high - low) * i / 4, 1): f"{low + (high - low) * i / 4:.1f}" for i in range(5)},
              **{level: f"{names[m]} {level:.1f}" for m, level in levels.items()}}
-    fig = _figure(go.Heatmap(z=z, x=xs, y=ys, zmin=low, zmax=high, colorscale="Viridis",
+    cells = [[v if v == v else None for v in row] for row in z.tolist()]  # plain lists: readable JSON
+    fig = _figure(go.Heatmap(z=cells, x=xs, y=ys, zmin=low, zmax=high, colorscale="Viridis",
                              text=[[f"{v:.1f}" if v == v else "" for v in row] for row in z], texttemplate="%{text}",
                              colorbar={"title": {"text": "%"}, "tickvals": list(ticks),
                                        "ticktext": list(ticks.values())},

@@ -230,11 +230,12 @@ class SweepTab:
             names = self.names([first])
             start = "lam" if "lam" in names else names[0]
             self.first = gr.Dropdown([(symbol(n), n) for n in names], value=start, label="parameter (x axis)",
-                                     elem_id="sweep-param")
+                                     elem_id="sweep-param", allow_custom_value=True)
             self.first_values = gr.Textbox(self.grid_text([first], start), elem_id="sweep-values",
                                            label="values (comma-separated; default: the paper's grid)")
             self.second = gr.Dropdown([("none (1-D)", NONE)] + [(symbol(n), n) for n in names if n != start],
-                                      value=NONE, label="second parameter (heatmap rows)", elem_id="sweep-param2")
+                                      value=NONE, label="second parameter (heatmap rows)", elem_id="sweep-param2",
+                                      allow_custom_value=True)
             self.second_values = gr.Textbox("", label="second values", elem_id="sweep-values2")
         with gr.Row():
             self.run_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep-btn")

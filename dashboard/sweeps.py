@@ -74,10 +74,11 @@ class SweepRecord:
                 if self.tasks and all(t in acc for t in self.tasks)}
 
     def bests(self) -> dict[str, Best]:
-        """Each method's best point (:func:`merging.sweep.best_point`)."""
+        """Each method's best point (:func:`merging.sweep.best_point`), its values plain Python numbers."""
         table = self.table()
-        return {m: best_point(table[table["method"] == m], self.grid) for m in self.methods
-                if (table["method"] == m).any()}
+        bests = {m: best_point(table[table["method"] == m], self.grid) for m in self.methods
+                 if (table["method"] == m).any()}
+        return {m: Best(plain(b.point), b.mean_normalized, b.on_edge) for m, b in bests.items()}
 
     def best(self) -> tuple[str, Best] | None:
         """(method, best point) of the method whose best scores highest; None for an empty sweep."""
