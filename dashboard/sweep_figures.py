@@ -107,9 +107,13 @@ def sweep_heatmap(means: pd.DataFrame, x: str, y: str, x_values: Sequence, y_val
     z = 100 * grid.to_numpy()
     xs, ys = [_short(v) for v in x_values], [_short(v) for v in y_values]
     low, high = value_range([v for v in z.ravel() if v == v], levels)
-    names = {model: REFERENCE_STYLE[model][0] for model in levels}
-    ticks = {**{round(low + (high - low) * i / 4, 1): f"{low + (high - low) * i / 4:.1f}" for i in range(5)},
-             **{level: f"{names[m]} {level:.1f}" for m, level in levels.items()}}
+    marks: dict[float, list[str]] = {}
+    for model, level in levels.items():  # θ0 and individual on the colour bar (one mark when they coincide)
+        marks.setdefault(round(level, 1), []).append(REFERENCE_STYLE[model][0])
+    plain_ticks = [low + (high - low) * i / 4 for i in range(5)]
+    ticks = {round(t, 1): f"{t:.1f}" for t in plain_ticks
+             if all(abs(t - m) > 0.06 * (high - low) for m in marks)}  # no plain tick under a reference label
+    ticks.update({m: f"{' = '.join(names)} {m:.1f}" for m, names in marks.items()})
     cells = [[v if v == v else None for v in row] for row in z.tolist()]  # plain lists: readable JSON
     fig = _figure(go.Heatmap(z=cells, x=xs, y=ys, zmin=low, zmax=high, colorscale="Viridis",
                              text=[[f"{v:.1f}" if v == v else "" for v in row] for row in z], texttemplate="%{text}",
