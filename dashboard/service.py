@@ -179,7 +179,7 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.roots = Roots(settings.zoo_roots or [zoos_folder(self.data_dir)])
         self.history = history or History(self.data_dir / "history.sqlite")
-        self.sweeps = SweepStore(self.history.path)
+        self.sweeps = SweepStore(self.history)
         self._secret = _secret(self.data_dir / "secret.key")
         self._zoos: OrderedDict[str, ZooEntry] = OrderedDict()
         self._runs: OrderedDict[int, RunView] = OrderedDict()

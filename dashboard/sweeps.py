@@ -10,18 +10,16 @@ whose best scores highest (ties: the first method).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from merging.sweep import Best, best_point
 
-from .history import HistoryError, _short, _visible, plain
+from .history import History, HistoryError, _short, _visible, plain
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -161,18 +159,12 @@ class SweepComparison:
 
 
 class SweepStore:
-    """The sweeps table of the history file (one short-lived connection per call)."""
+    """The sweeps table of a :class:`~dashboard.history.History` file (its short-lived connections)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, history: History):
+        self._connect = history._connect
         with closing(self._connect()) as con, con:
             con.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30)
-        con.row_factory = sqlite3.Row
-        return con
 
     def add(self, record: SweepRecord) -> int:
         data = plain(asdict(record))

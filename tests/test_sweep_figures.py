@@ -1,9 +1,9 @@
 """Sweep figures and stored sweeps, on small hand-made tables: the heatmap's cells and colour range, methods
 overlaid with their best points, the θ0 / individual lines, the value-axis rule, the edge warning, the store."""
-import pandas as pd
 import pytest
 
 from dashboard import sweep_figures as sf
+from dashboard.history import History
 from dashboard.sweeps import SweepRecord, SweepStore, describe, edge_warning, sweepable
 from merging.registry import get_method
 from merging.sweep import Best
@@ -106,7 +106,7 @@ def test_methods_without_a_numeric_parameter_have_nothing_to_sweep():
 
 
 def test_store_round_trip_visibility_labels_and_comparison(tmp_path):
-    store = SweepStore(tmp_path / "history.sqlite")
+    store = SweepStore(History(tmp_path / "history.sqlite"))
     grid = {"lam": [0.5, 1.0]}
     mine = _record(["task_arithmetic"], grid, _rows("task_arithmetic", grid, {(0.5,): (0.6, 0.6),
                                                                               (1.0,): (0.7, 0.7)}), owner="alice")
