@@ -267,7 +267,7 @@ class SweepTab:
         picked = [self.methods, self.first, self.first_values, self.second, self.second_values]
         gr.on([tab.select, self.methods.change, self.first.change, self.second.change, self.first_values.blur,
                self.second_values.blur], self.on_preview, [*picked, tasks, *panel_inputs], self.settings_md,
-              api_visibility="private", show_progress="hidden", **QUICK)
+              api_visibility="private", show_progress="hidden", trigger_mode="always_last", **QUICK)  # the latest
         collecting = self.run_btn.click(self.on_collect, [self.methods, tasks, *panel_inputs], self.settings_json,
                                         api_visibility="private", show_progress="hidden", **QUICK)
         collecting.success(self.on_sweep, [zoo_state, self.methods, self.settings_json, *picked[1:], tasks,

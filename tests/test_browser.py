@@ -12,6 +12,7 @@ import pytest
 
 from ck_tiny_zoo import make_tiny_zoo
 from dashboard_app import SLOW, SLOW_METHOD, running_app
+from dashboard.sweeps import values_text
 from merging.registry import METHODS, get_method
 
 pytestmark = pytest.mark.browser
@@ -232,10 +233,14 @@ def test_a_2d_sweep_draws_a_heatmap_of_the_merge_settings_and_applies_the_best(p
     _choose_method(page, "TIES-Merging")  # the Sweep tab follows the Merge tab's method and settings
     page.get_by_role("tab", name="Sweep").click()
     page.wait_for_function("document.querySelector('#sweep-settings').innerText.includes('TIES-Merging')")
-    _pick(page, "sweep-param", "k")
-    page.fill("#sweep-values textarea, #sweep-values input", "10, 40, 80")
-    _pick(page, "sweep-param2", "λ")
-    page.fill("#sweep-values2 textarea, #sweep-values2 input", "0.5, 1, 1.5")
+    ties = get_method("ties")
+    for picker, option, values, param, typed in (("sweep-param", "k", "sweep-values", "k", "10, 40, 80"),
+                                                 ("sweep-param2", "λ", "sweep-values2", "lam", "0.5, 1, 1.5")):
+        _pick(page, picker, option)
+        box = f"#{values} textarea, #{values} input"
+        paper = values_text(ties.param(param).grid)  # picking a parameter fills in the paper's grid …
+        page.wait_for_function(f"document.querySelector({box!r}).value === {paper!r}")
+        page.fill(box, typed)  # … which the test then replaces
     page.locator("#sweep-values2 textarea, #sweep-values2 input").first.press("Tab")
     page.wait_for_function("document.querySelector('#sweep-settings').innerText.includes("
                            "'Sweeping k over 10, 40, 80 × λ over 0.5, 1, 1.5 for TIES-Merging with merge=mean')")
