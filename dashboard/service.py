@@ -382,10 +382,7 @@ class Service:
         label = RECONSTRUCTED.get(spec.name, "reconstructed") if result.per_task else "merged"
         view = RunView(record, stats, dict(result.tables), self._accuracy_table(baselines, merged, label),
                        result.params.get("k") if spec.name == "consensus" else None, result, space)
-        with self._lock:
-            self._runs[record.id] = view
-            while len(self._runs) > self.settings.keep_results:
-                self._runs.popitem(last=False)
+        self._keep(view)
         progress(1.0, "done")
         return view
 
@@ -566,7 +563,7 @@ class Service:
         export_merge(target, space, result, fmt, inputs=zoo.zoo.inputs() if zoo else (), task=row)
         return target
 
-    def _result_for(self, run_id: int, viewer: str):
+    def _result_for(self, run_id: int, viewer: str, purpose: str = "download its checkpoint"):
         """(result, space, record) of a run ``viewer`` may see: cached, or merged again from the recorded
         parameters (methods are deterministic given their seeds) when it was dropped from memory."""
         from merging.registry import get_method, run_merge
@@ -576,15 +573,51 @@ class Service:
             view = self._runs.get(int(run_id))
         if view is not None:
             return view.result, view.space, view.record
-        with self._lock:
-            entry = self._zoos.get(record.zoo_hash)
-        if entry is None or entry.owner not in ("", viewer):
-            raise UserError(f"run #{run_id} was made on zoo {record.zoo!r}, which is not loaded now: load "
-                            f"{record.zoo_path or 'it'} again to download its checkpoint")
+        entry = self.entry_for(record, viewer, purpose)
         spec = get_method(record.method)
         space = self._space(entry, record.tasks)
         result = run_merge(space, spec, record.params, None, self._context(entry, spec, space.task_names))
         return result, space, record
+
+    def entry_for(self, record: RunRecord, viewer: str, purpose: str) -> ZooEntry:
+        """The loaded zoo a run was made on, if ``viewer`` may use it; else a message naming it (for an
+        uploaded archive: its name and sha256, which loads it again)."""
+        with self._lock:
+            entry = self._zoos.get(record.zoo_hash)
+        if entry is None or entry.owner not in ("", viewer):
+            raise UserError(f"run #{record.id} was made on zoo {record.zoo!r}, which is not loaded now: load "
+                            f"{record.zoo_path or 'it'} again to {purpose}")
+        return entry
+
+    def reopen(self, run_id: int, viewer: str, progress=None) -> RunView:
+        """A run of the history as the Merge tab shows it: from memory, or merged again from its recorded
+        parameters (mask statistics recomputed; accuracy from the history, not evaluated again)."""
+        from merging.maskstats import mask_statistics
+
+        record = self.history.get(run_id, viewer)
+        with self._lock:
+            view = self._runs.get(int(run_id))
+        if view is not None:
+            return view
+        progress = as_progress(progress)
+        progress(0.0, f"merging run #{record.id} again")
+        result, space, _ = self._result_for(record.id, viewer, "open it")
+        progress(0.6, "mask statistics")
+        stats = {kind: mask_statistics(masks, space.index) for kind, masks in result.masks.items()}
+        merged = pd.DataFrame({"task": list(record.accuracy), "accuracy": list(record.accuracy.values())})
+        label = RECONSTRUCTED.get(record.method, "reconstructed") if result.per_task else "merged"
+        view = RunView(record, stats, dict(result.tables),
+                       self._accuracy_table(self.cached_baselines(record), merged, label),
+                       result.params.get("k") if record.method == "consensus" else None, result, space)
+        self._keep(view)
+        progress(1.0, "done")
+        return view
+
+    def _keep(self, view: RunView) -> None:
+        with self._lock:
+            self._runs[view.id] = view
+            while len(self._runs) > self.settings.keep_results:
+                self._runs.popitem(last=False)
 
     def export_results(self, run_ids: Sequence[int] | None, fmt: str, session: str,
                        folder: Path | None = None) -> Path:

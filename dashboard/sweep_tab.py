@@ -16,7 +16,8 @@ import pandas as pd
 from . import sweep_figures
 from .sweeps import SweepRecord, describe, edge_warning, sweepable, symbol, values_text
 from .ui import QUICK, WORK, Stopped, error, escape, owner, run_id
-from .widgets import method_choices, per_task_table
+from .recipes_ui import widget_values
+from .widgets import method_choices
 
 NONE = ""  # the second parameter's "no second parameter"
 METRIC_CHOICES = [("mean accuracy", "accuracy"), ("mean normalized accuracy", "normalized")]
@@ -200,23 +201,13 @@ class SweepTab:
             raise error(f"sweep {record.id} has no results to apply")
         method, best = found
         params = {**record.settings.get(method, {}), **best.point}
-        values, per_task, tables = [], [], []
-        for name, panel in self.d.panels.items():
-            for widget in panel.widgets:
-                value = params.get(widget.param.name) if name == method else None
-                several = isinstance(value, list) and len(set(map(str, value))) > 1
-                shared = value[0] if isinstance(value, list) else value
-                values.append(gr.skip() if value is None else shared)
-                if widget.per_task is not None:
-                    per_task.append(gr.skip() if value is None else several)
-                    tables.append(per_task_table(widget.param, record.tasks, value) if several else gr.skip())
         same_zoo = zoo_id == record.zoo_hash
         point = ", ".join(f"{symbol(k)}={v:g}" for k, v in best.point.items())
         status = f"Applied the best point of sweep {record.id} ({method}, {point}) to the Merge tab" + \
             ("; press **Merge** to evaluate it on the test split." if same_zoo else
              f"; it was swept on zoo {escape(record.zoo)}, not the one loaded now: the tasks were left as they are.")
-        return [gr.Tabs(selected="merge"), method, record.tasks if same_zoo else gr.skip(), *values, *per_task,
-                *tables, status]
+        return [gr.Tabs(selected="merge"), method, record.tasks if same_zoo else gr.skip(),
+                *widget_values(self.d, method, params, record.tasks), status]
 
     # ---------------------------------------------------------------- layout
     def build(self, method: str) -> None:
@@ -277,10 +268,8 @@ class SweepTab:
         self.metric.input(self.on_metric, [self.state, self.metric], self.plot, api_visibility="private", **QUICK)
         self.show_btn.click(self.on_show, [self.stored, self.metric], [self.state, self.plot, self.table, self.note],
                             api_name="sweep_show", **QUICK)
-        widgets = [w for p in d.panels.values() for w in p.widgets]
-        self.apply_btn.click(self.on_apply, [self.state, zoo_state], [
-            tabs, method, tasks, *[w.value for w in widgets], *[w.per_task for w in widgets if w.per_task],
-            *[w.table for w in widgets if w.per_task], status], api_name="sweep_apply", **QUICK)
+        self.apply_btn.click(self.on_apply, [self.state, zoo_state], [tabs, method, tasks, *panel_inputs, status],
+                             api_name="sweep_apply", **QUICK)
         demo.load(self.on_history, None, self.stored, api_visibility="private", **QUICK)
 
 

@@ -20,9 +20,12 @@ import gradio as gr
 from merging.atomic import clean_stale_temp
 
 from . import figures, guide
+from .compare_ui import CompareUI
+from .recipes_ui import RecipesUI
 from .sweep_figures import sweep_figure
 from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
 from .service import Service, Settings, zoos_folder
+from .uploads import ARCHIVE_SUFFIXES, is_archive, load_archive
 from .widgets import HIDDEN, build_panel, collect_params, explain, method_choices, per_task_table
 
 MASK_PLOTS = ("histogram", "layers", "jaccard", "density")
@@ -170,10 +173,17 @@ class Dashboard:
         return self.load_outputs(self.follow(job, progress))
 
     def on_load(self, source: str, path: str, files, zoo_id: str, request: gr.Request, progress=gr.Progress()):
-        """Load the demo zoo, a folder/manifest inside the zoo roots, or uploaded safetensors (moved out of
-        Gradio's upload folder into the session's own, so they are stored once)."""
+        """Load the demo zoo, a folder/manifest inside the zoo roots, uploaded safetensors (moved out of
+        Gradio's upload folder into the session's own, so they are stored once) or a zoo archive."""
         who = owner(request)
-        if source == "upload":
+        if source == "archive":
+            paths = [getattr(f, "name", f) for f in files or []]
+            if len(paths) != 1 or not is_archive(paths[0]):
+                raise error(f"zoo archive: upload one archive ({', '.join(ARCHIVE_SUFFIXES)}) holding zoo.json, "
+                            "the checkpoints, heads and data")
+            entry = self.submit(lambda p: load_archive(self.service, paths[0], who, progress=p), request,
+                                "load archive", progress)
+        elif source == "upload":
             paths = [getattr(f, "name", f) for f in files or []]
             entry = self.submit(lambda p: self.service.load_uploads(paths, who, zoo_id or None, p, move=True),
                                 request, "load upload", progress)
@@ -413,6 +423,7 @@ class Dashboard:
 
         names = [m.name for m in self.methods]
         first = "consensus" if "consensus" in names else names[0]
+        self.recipes, self.compare = RecipesUI(self), CompareUI(self)
         with gr.Blocks(title="mergescope") as demo:
             zoo_state, run_state = gr.State(""), gr.State(None)
             gr.Markdown("# mergescope\nMerge fine-tuned models and see why a merge works. "
@@ -452,6 +463,7 @@ class Dashboard:
                             merge_progress = gr.Markdown("", elem_classes="progress-slot")
                             params_json = gr.Textbox(label="parameters sent (JSON)", interactive=False,
                                                      elem_id="params-json")
+                            self.recipes.import_layout()
                         with gr.Column(scale=3):
                             run_md = gr.Markdown("Press **Merge** to run the selected method.", elem_id="run-summary")
                             waiting = figures.placeholder("press Merge to see this figure")
@@ -472,16 +484,18 @@ class Dashboard:
                                 table_df = gr.Dataframe(label="method table (numbers)", interactive=False)
                 with gr.Tab("Load zoo", id="load"):
                     source = gr.Radio([("demo zoo", "demo"), ("server folder or manifest", "path"),
-                                       ("upload safetensors", "upload")], value="demo", label="zoo source",
+                                       ("upload safetensors", "upload"),
+                                       ("upload a zoo archive (zip/tar: zoo.json + checkpoints + heads + data)",
+                                        "archive")], value="demo", label="zoo source",
                                       elem_id="source")
                     roots = self.service.roots
                     path = gr.Textbox(roots.display(self.default_zoo) if self.default_zoo else "",
                                       label=f"zoo folder or zoo.json inside the zoo roots ({roots.describe()})",
                                       elem_id="zoo-path")
                     limit = self.service.settings.upload_limit / 2**20
-                    upload = gr.File(file_count="multiple", file_types=[".safetensors"], elem_id="upload",
-                                     label=f"pretrained*.safetensors + one fine-tuned file per task "
-                                           f"(at most {limit:.0f} MiB)")
+                    upload = gr.File(file_count="multiple", file_types=[".safetensors", *ARCHIVE_SUFFIXES],
+                                     elem_id="upload", label=f"pretrained*.safetensors + one fine-tuned file per task, "
+                                                             f"or one zoo archive (at most {limit:.0f} MiB)")
                     load_btn = gr.Button("Load", variant="primary", elem_id="load-btn")
                     load_progress = gr.Markdown("", elem_classes="progress-slot")
                     baseline_md = gr.Markdown("")
@@ -508,6 +522,7 @@ class Dashboard:
                         cmp_parallel = gr.Plot(label="parameters vs mean accuracy", elem_id="plot-parallel")
                     cmp_table = gr.Dataframe(label="parameters that differ", interactive=False,
                                              elem_id="compare-table")
+                    self.compare.masks_layout()
                     gr.Markdown("#### My runs: name, tags, notes")
                     with gr.Row():
                         edit_run = gr.Dropdown([], label="run", elem_id="edit-run", allow_custom_value=True)
@@ -528,6 +543,8 @@ class Dashboard:
                         dl_task = gr.Dropdown([""], value="", label="task (TALL: one model per task)",
                                               allow_custom_value=True)
                         dl_btn = gr.Button("Download checkpoint")
+                        self.recipes.download_layout()
+                        self.compare.open_layout()
                     with gr.Row():
                         res_fmt = gr.Radio(["csv", "json"], value="csv", label="results format")
                         res_btn = gr.Button("Download all runs")
@@ -557,6 +574,10 @@ class Dashboard:
                 return dependency.success(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
                                           api_visibility="private", show_progress="hidden", **QUICK)
 
+            def merge_after(dependency):
+                return dependency.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
+                                          api_visibility="private", show_progress_on=merge_progress, **WORK)
+
             collecting = merge_btn.click(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
                                          api_visibility="private", show_progress="hidden", **QUICK)
             collecting.failure(lambda: failed, None, status, api_visibility="private")
@@ -569,9 +590,7 @@ class Dashboard:
             for i, button in enumerate(explore_buttons):
                 chosen = button.click(lambda i=i: self.on_guide(i), None, [tabs, method, *[
                     w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
-                merge_chain(chosen).success(self.on_merge, [zoo_state, method, params_json, tasks],
-                                            self.run_targets, api_visibility="private", show_progress_on=merge_progress,
-                                            **WORK)
+                merge_after(merge_chain(chosen))
             cancel_btn.click(self.on_cancel, None, status, api_name="cancel", **QUICK)
             gr.on([mask_kind.input, table_choice.input], self.on_view, [run_state, mask_kind, table_choice],
                   self.run_targets[:-1], api_visibility="private", **QUICK)
@@ -591,6 +610,8 @@ class Dashboard:
                              [*history_targets, edit_md], api_name=f"run_{action}", **QUICK)
             dl_btn.click(self.on_download, [dl_run, dl_fmt, dl_task], dl_file, api_name="download", **WORK)
             res_btn.click(self.on_results, res_fmt, dl_file, api_name="download_results", **QUICK)
+            self.recipes.wire(zoo_state, method, tasks, panel_inputs, merge_chain, merge_after, dl_run, dl_file, failed)
+            self.compare.wire(cmp_runs, dl_run, tabs)
             demo.unload(self.on_unload)
         return demo
 

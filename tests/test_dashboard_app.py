@@ -179,9 +179,8 @@ def test_2d_sweep_with_the_merge_settings_heatmap_history_and_apply_best(app, zo
     # apply best: the Merge tab gets TIES with the best k and λ (and the settings held fixed)
     out = client.predict(api_name="/sweep_apply")
     best = record.best()[1].point
-    widgets = [w for p in demo.dashboard.panels.values() for w in p.widgets]
-    values = dict(zip([(w.param.name, id(w)) for w in widgets], out[2:2 + len(widgets)]))
-    ties = {w.param.name: values[(w.param.name, id(w))] for w in demo.dashboard.panels["ties"].widgets}
+    components = [c for p in demo.dashboard.panels.values() for c in p.components()]
+    ties = {w.param.name: out[2 + components.index(w.value)] for w in demo.dashboard.panels["ties"].widgets}
     assert out[0] == "ties" and ties == {"k": best["k"], "lam": best["lam"], "merge": "sum"}
     assert f"Applied the best point of sweep {record.id}" in out[-1]
 
