@@ -295,7 +295,8 @@ def note(record: SweepRecord) -> str:
         point = ", ".join(f"{symbol(k)} = {v:g}" for k, v in best.point.items())
         levels = sweep_figures.reference_levels(record.references, record.tasks)
         refs = ", ".join(f"{sweep_figures.REFERENCE_STYLE[m][0]} {v:.1f} %" for m, v in levels.items())
-        lines.append(f"Best: **{escape(titles.get(method, method))}, {point}** — {100 * record.best_accuracy():.1f} % "
+        accuracy = 100 * record.best_accuracy()
+        lines.append(f"Best: **{escape(titles.get(method, method))}, {point}** — {accuracy:.1f} % "
                      f"mean {record.split} accuracy, {100 * best.mean_normalized:.1f} % of fine-tuned (the best "
                      f"point has the highest mean normalized accuracy). References: {refs}. "
                      "**Apply best** sets it in the Merge tab.")

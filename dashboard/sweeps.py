@@ -212,8 +212,8 @@ class SweepStore:
             columns[r.label()] = items
         names = list(dict.fromkeys(k for items in columns.values() for k in items))
         differing = [n for n in names if len({items.get(n, "–") for items in columns.values()}) > 1]
-        differences = pd.DataFrame({label: [items.get(n, "–") for n in differing] for label, items in columns.items()},
-                                   index=pd.Index(differing, name="setting"))
+        differences = pd.DataFrame({label: [items.get(n, "–") for n in differing]
+                                    for label, items in columns.items()}, index=pd.Index(differing, name="setting"))
         firsts = {next(iter(r.grid)) for r in records}
         warnings = []
         if len(firsts) > 1:

@@ -3,9 +3,10 @@
 ``sweep(zoo, space, method, grid={"k": [10, 20], "lam": [0.5, 1.0]}, params=..., split="val")`` returns one row
 per (point, task) with the point's values, accuracy and normalized accuracy (by the fine-tuned models on the
 same split); :func:`check_points` validates every point before anything runs.  Points run in-process by default
-(``InProcess(evaluator, context)`` reuses an evaluator and gives data-driven methods their data), or as Ray tasks (``runner=RayRunner(address)``): the space's θ0
-and stack go into Ray's object store once (zero-copy numpy arrays) and each task rebuilds the space from them and
-loads the zoo from its path, so the zoo folder must be readable on every node.  Both runners give the same
+(``InProcess(evaluator, context)`` reuses an evaluator and gives data-driven methods their data), or as Ray tasks
+(``runner=RayRunner(address)``): the space's θ0 and stack go into Ray's object store once (zero-copy numpy arrays)
+and each task rebuilds the space from them and loads the zoo from its path, so the zoo folder must be readable on
+every node.  Both runners give the same
 table.  :func:`best_point` picks the point with the highest mean normalized accuracy (ties: the first in grid
 order) and says whether a value lies on the grid's edge.
 """
