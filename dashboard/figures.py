@@ -171,28 +171,6 @@ def normalized_bars(accuracy: pd.DataFrame, title: str = "") -> go.Figure:
     return _styled(fig, title or "Normalized accuracy (merged ÷ fine-tuned)", "task", "% of fine-tuned accuracy")
 
 
-def sweep_lines(sweep: pd.DataFrame, title: str = "") -> go.Figure:
-    """Average accuracy vs a hyperparameter; ``sweep`` has columns method, param, value, task, accuracy
-    (and optionally normalized).  One line per (method, param); the best value is marked."""
-    fig = _figure()
-    value_col = "normalized" if "normalized" in sweep and sweep["normalized"].notna().all() else "accuracy"
-    for (method, param), group in sweep.groupby(["method", "param"], sort=False):
-        mean = group.groupby("value", sort=True)[value_col].mean()
-        best = mean.idxmax()
-        fig.add_trace(go.Scatter(x=mean.index, y=100 * mean.to_numpy(), mode="lines+markers",
-                                 name=f"{method}: {param}",
-                                 hovertemplate=f"{param} = %{{x}}: %{{y:.1f}}%<extra>{method}</extra>"))
-        fig.add_trace(go.Scatter(x=[best], y=[100 * mean[best]], mode="markers", showlegend=False,
-                                 marker={"symbol": "star", "size": 14, "color": "gold",
-                                         "line": {"color": "black", "width": 1}},
-                                 hovertemplate=f"best {param} = %{{x}}<extra>{method}</extra>"))
-    params = ", ".join(dict.fromkeys(sweep["param"]))
-    if all(float(v).is_integer() for v in sweep["value"]) and sweep["value"].nunique() <= 20:
-        fig.update_xaxes(dtick=1)  # integer parameters such as the consensus k
-    label = "average normalized accuracy (%)" if value_col == "normalized" else "average accuracy (%)"
-    return _styled(fig, title or f"Sweep over {params}", params, label)
-
-
 def parallel_coordinates(points: pd.DataFrame, title: str = "Parameters vs mean accuracy") -> go.Figure:
     """One line per run across the numeric parameters every run has (and the method, as a coded axis), coloured
     and ended by the run's mean accuracy (``points``: run, method, numeric parameter columns, "mean accuracy %")."""

@@ -119,10 +119,10 @@ def finding(index: int, accuracy: pd.DataFrame, tables: Mapping[str, pd.DataFram
     return base + kept_text + _versus(merged, found, "1", "Task Arithmetic") + ".", merged
 
 
-def sweep_finding(table: pd.DataFrame) -> tuple[str, float]:
-    """What a λ sweep (value, task, accuracy, normalized; validation split) shows: the best λ, whether it lies
-    on the grid's edge, and how much worse the ends are."""
-    mean = table.groupby("value")["accuracy"].mean().sort_index() * 100
+def sweep_finding(table: pd.DataFrame, param: str = "lam") -> tuple[str, float]:
+    """What a λ sweep (``param``, task, accuracy, normalized; validation split) shows: the best λ, whether it
+    lies on the grid's edge, and how much worse the ends are."""
+    mean = table.groupby(param)["accuracy"].mean().sort_index() * 100
     best = float(mean.idxmax())
     text = (f"Validation accuracy peaks at **λ = {best:g}** ({mean.max():.1f} %); λ = {mean.index[0]:g} gives "
             f"{mean.iloc[0]:.1f} % and λ = {mean.index[-1]:g} gives {mean.iloc[-1]:.1f} %.")

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from merging.params import applicable
+from merging.params import applicable, resolve_params
+from merging.sweep import grid_points
 from merging.progress import as_progress
 from merging.roots import RootError, Roots
 
 from . import figures
 from .history import History, RunRecord, plain
+from .sweeps import SweepRecord, SweepStore, sweepable
 
 if TYPE_CHECKING:
     from merging.registry import MergeResult
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 SPLIT = "test"  # what the accuracy figures report
 SWEEP_SPLITS = ("val", "train")  # sweeps pick hyperparameters on held-out data, never test
+MAX_SWEEP_POINTS = 500  # merges (grid points × methods) one sweep may ask for
 RECONSTRUCTED = {"tall": "TALL-reconstructed", "emr": "EMR-reconstructed"}  # per-task models' accuracy label
 CHECKPOINT_FORMATS = {"open_clip": ".safetensors", "hf": ".hf.safetensors", "tall-compressed": ".tall.safetensors"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -88,13 +91,16 @@ class ZooEntry:
         manifest = self.zoo.manifest
         return [t for t in self.zoo.task_names if manifest.task(t).head is not None and split in self.zoo.splits(t)]
 
-    def reference(self, split: str, tasks: Sequence[str], evaluator, progress=None) -> dict[str, float]:
-        """Fine-tuned accuracy of ``tasks`` on ``split`` (the denominator of normalized accuracy), cached."""
+    def reference(self, split: str, tasks: Sequence[str], evaluator, progress=None,
+                  model: str = "individual") -> dict[str, float]:
+        """Accuracy of the fine-tuned models (``model="individual"``: the denominator of normalized accuracy) or
+        of θ0 (``"pretrained"``) on ``split`` per task, cached."""
         from merging.evaluation import evaluate
-        known = self._reference.setdefault(split, {})
+        known = self._reference.setdefault((model, split), {})
         todo = [t for t in tasks if t not in known]
         if todo:
-            table = evaluate(self.zoo, self.zoo.finetuned_state, todo, split, evaluator=evaluator, progress=progress)
+            weights = self.zoo.finetuned_state if model == "individual" else None
+            table = evaluate(self.zoo, weights, todo, split, evaluator=evaluator, progress=progress)
             known.update(zip(table["task"], table["accuracy"]))
         return {t: known[t] for t in tasks}
 
@@ -137,15 +143,6 @@ class RunView:
         return "\n\n".join(lines)
 
 
-def _selection():
-    """:func:`merging.selection.select` when the engine has it (validation-based λ selection)."""
-    try:
-        from merging.selection import select
-    except ImportError:
-        return None
-    return select
-
-
 def _open_zoo(path: Path, architecture=None):
     from merging.manifest import ManifestError, find_manifest, infer_manifest
     from merging.zoo import Zoo, load_zoo
@@ -182,6 +179,7 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.roots = Roots(settings.zoo_roots or [zoos_folder(self.data_dir)])
         self.history = history or History(self.data_dir / "history.sqlite")
+        self.sweeps = SweepStore(self.history)
         self._secret = _secret(self.data_dir / "secret.key")
         self._zoos: OrderedDict[str, ZooEntry] = OrderedDict()
         self._runs: OrderedDict[int, RunView] = OrderedDict()
@@ -422,48 +420,70 @@ class Service:
         return view
 
     # ---------------------------------------------------------------- sweeps
-    def sweep(self, zoo_id: str, method: str, param: str, values: Sequence[Any] | None = None,
-              params: Mapping[str, Any] | None = None, tasks: Sequence[str] | None = None,
-              progress=None, owner: str = "") -> pd.DataFrame:
-        """Average held-out accuracy over ``values`` of one hyperparameter (default: its paper grid); a long table
-        method, param, value, task, accuracy, normalized.  Shared λ goes through :func:`merging.selection.select`
-        (normalized by the fine-tuned models' accuracy on the same split)."""
-        from merging.evaluation import evaluate_result
-        from merging.registry import get_method, run_merge
+    def sweep(self, zoo_id: str, methods: Sequence[str], grid: Mapping[str, Sequence[Any] | None],
+              settings: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
+              progress=None, owner: str = "") -> SweepRecord:
+        """Every point of a 1-D or 2-D ``grid`` (parameter → values; None: the paper's grid) merged with each of
+        ``methods`` — the rest of each method's parameters from ``settings`` (as set in the Merge tab) — and
+        evaluated on held-out data (:func:`merging.sweep.sweep`), with θ0 and the fine-tuned models on the same
+        split; recorded in the history as ``owner``'s.  Several methods share a 1-D grid (overlaid)."""
+        from merging.registry import get_method
+        from merging.sweep import InProcess, check_points, sweep
 
         progress = as_progress(progress)
         entry = self.zoo(zoo_id, owner)
-        spec = get_method(method)
-        names = [p.name for p in spec.params]
-        if param not in names:
-            raise UserError(f"{spec.title} has no parameter {param!r} (it has {', '.join(names) or 'none'})")
-        values = list(values if values is not None else (spec.param(param).grid or ()))
-        if not values:
-            raise UserError(f"{param} has no search grid: give the values to sweep")
+        if not methods:
+            raise UserError("sweep methods: pick at least one method")
+        specs = [get_method(m) for m in dict.fromkeys(methods)]
+        if not grid or len(grid) > 2:
+            raise UserError("sweep grid: give one parameter (a line) or two (a heatmap)")
+        if len(grid) == 2 and len(specs) > 1:
+            raise UserError("sweep methods: a 2-D grid sweeps one method; overlay several methods on a 1-D grid")
+        names = list(grid)
+        for spec in specs:
+            missing = [n for n in names if n not in {p.name for p in sweepable(spec)}]
+            if missing:
+                offered = ", ".join(p.name for p in sweepable(spec)) or "none"
+                raise UserError(f"sweep parameter: {spec.title} has no numeric parameter {missing[0]!r} to sweep "
+                                f"(it has {offered})")
+        grid = {n: list(v if v is not None else specs[0].param(n).grid or ()) for n, v in grid.items()}
+        empty = [n for n, v in grid.items() if not v]
+        if empty:
+            raise UserError(f"sweep values for {empty[0]}: it has no paper grid; type the values to sweep")
+        total = len(specs) * len(grid_points(grid))
+        if total > MAX_SWEEP_POINTS:
+            raise UserError(f"sweep values: {total} merges asked for, at most {MAX_SWEEP_POINTS} per sweep")
         space = self._space(entry, tasks)
         split = next((s for s in SWEEP_SPLITS if all(s in entry.zoo.splits(t) for t in space.task_names)), None)
         if split is None or set(space.task_names) - set(entry.evaluable(split)):
             raise UserError("a sweep needs a head and validation (or training) images for every task")
-        context = self._context(entry, spec, space.task_names)
+        fixed = {}
+        for spec in specs:  # the Merge tab's values (validated) that apply, less the swept ones
+            given = resolve_params(spec.params, (settings or {}).get(spec.name), space.T)
+            fixed[spec.name] = {k: v for k, v in applicable(spec.params, given).items() if k not in grid}
+        for spec in specs:  # every point of every method is valid before anything runs
+            check_points(spec, grid, fixed[spec.name], space.T)
+        contexts = {spec.name: self._context(entry, spec, space.task_names) for spec in specs}
+        start = time.perf_counter()
         with entry.lock:
             evaluator = entry.evaluator(space.device)
-            reference = entry.reference(split, space.task_names, evaluator, progress.sub(0.0, 0.1))
-            progress = progress.sub(0.1, 1.0)
-            select = _selection() if param == "lam" and context is None else None
-            if select is not None:
-                table = select(entry.zoo, space, spec.name, params, split, values, reference=reference,
-                               evaluator=evaluator, progress=progress).table
-            else:
-                frames = []
-                for i, value in enumerate(values):
-                    step = progress.sub(i / len(values), (i + 1) / len(values))
-                    result = run_merge(space, spec, {**(params or {}), param: value}, step.sub(0.0, 0.3), context)
-                    frames.append(evaluate_result(entry.zoo, space, result, space.task_names, split,
-                                                  reference=reference, evaluator=evaluator,
-                                                  progress=step.sub(0.3, 1.0)).assign(value=value))
-                table = pd.concat(frames, ignore_index=True)
-        table = table.assign(method=spec.name, param=param, split=split)
-        return table[["method", "param", "value", "task", "split", "accuracy", "normalized"]]
+            references = {model: entry.reference(split, space.task_names, evaluator,
+                                                 progress.sub(0.05 * i, 0.05 * (i + 1)), model)
+                          for i, model in enumerate(("individual", "pretrained"))}
+            frames = []
+            for i, spec in enumerate(specs):
+                step = progress.sub(0.1 + 0.9 * i / len(specs), 0.1 + 0.9 * (i + 1) / len(specs))
+                table = sweep(entry.zoo, space, spec.name, grid, fixed[spec.name], split=split,
+                              runner=InProcess(evaluator, contexts[spec.name]), progress=step,
+                              reference=references["individual"])
+                frames.append(table.assign(method=spec.name))
+        table = pd.concat(frames, ignore_index=True)[["method", *names, "task", "accuracy", "normalized"]]
+        record = SweepRecord(entry.name, entry.fingerprint, [s.name for s in specs], [s.title for s in specs], grid,
+                             plain(fixed), list(space.task_names), split, plain(table.to_dict("records")),
+                             plain(references), time.perf_counter() - start, entry.label, owner)
+        self.sweeps.add(record)
+        progress(1.0, "done")
+        return record
 
     # ---------------------------------------------------------------- files
     def session_key(self, session: str) -> str:

@@ -22,6 +22,7 @@ from merging.atomic import clean_stale_temp
 from . import figures, guide
 from .compare_ui import CompareUI
 from .recipes_ui import RecipesUI
+from .sweep_figures import sweep_figure
 from .jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, JobQueue
 from .service import Service, Settings, zoos_folder
 from .uploads import ARCHIVE_SUFFIXES, is_archive, load_archive
@@ -212,22 +213,27 @@ class Dashboard:
         spec = next(m for m in self.methods if m.name == method)
         return [explain(spec)] + [gr.update(visible=name == method) for name in self.panels]
 
-    def on_collect(self, method: str, tasks: list[str], *values):
-        """Widget values of the chosen method only → its applicable parameters, validated, as JSON."""
+    def panel_params(self, method: str, tasks: list[str], values: tuple) -> dict:
+        """The Merge tab's values of ``method``'s panel (``values``: every panel's widget values, in order) → its
+        applicable parameters, validated (ValueError naming the field)."""
         if method not in self.panels:
-            raise error(f"merge method: unknown method {method!r}")
+            raise ValueError(f"merge method: unknown method {method!r}")
         if not tasks:
-            raise error("tasks to merge: tick at least one task")
+            raise ValueError("tasks to merge: tick at least one task")
         start = 0
         for name, panel in self.panels.items():
             count = len(panel.components())
             if name == method:
-                try:
-                    params = collect_params(panel, values[start:start + count], tasks)
-                except ValueError as exc:
-                    raise error(exc) from None
-                return json.dumps(params), "Working… (progress under the Merge button)"
+                return collect_params(panel, values[start:start + count], tasks)
             start += count
+
+    def on_collect(self, method: str, tasks: list[str], *values):
+        """Widget values of the chosen method only → its applicable parameters, validated, as JSON."""
+        try:
+            params = self.panel_params(method, tasks, values)
+        except ValueError as exc:
+            raise error(exc) from None
+        return json.dumps(params), "Working… (progress under the Merge button)"
 
     def on_merge(self, zoo_id: str, method: str, params_json: str, tasks: list[str], request: gr.Request,
                  progress=gr.Progress()):
@@ -290,39 +296,6 @@ class Dashboard:
         a login, a user's other tabs keep theirs)."""
         if not getattr(request, "username", None) and getattr(request, "session_hash", None):
             self.jobs.cancel_owner(owner(request))
-
-    # ---------------------------------------------------------------- sweep
-    def sweep_params(self, method: str):
-        spec = next(m for m in self.methods if m.name == method)
-        names = [p.name for p in spec.params if p.grid and p.type in (int, float)]
-        first = "lam" if "lam" in names else (names[0] if names else None)
-        grid = ", ".join(f"{v:g}" for v in spec.param(first).grid) if first else ""
-        return gr.update(choices=names, value=first), grid
-
-    def on_sweep_param(self, method: str, param: str):
-        spec = next(m for m in self.methods if m.name == method)
-        names = [p.name for p in spec.params]
-        return ", ".join(f"{v:g}" for v in spec.param(param).grid or ()) if param in names else ""
-
-    def on_sweep(self, zoo_id: str, method: str, param: str, values: str, tasks: list[str], request: gr.Request,
-                 progress=gr.Progress()):
-        who = owner(request)
-        try:
-            grid = [float(v) for v in values.replace(";", ",").split(",") if v.strip()] or None
-        except ValueError:
-            raise error(f"sweep values: numbers separated by commas are expected, got {values!r}") from None
-        try:
-            zoo_id = self.current_zoo(zoo_id, progress)
-            table = self.submit(lambda p: self.service.sweep(zoo_id, method, param, grid, None, tasks or None, p,
-                                                             who),
-                                request, f"sweep {method} {param}", progress)
-        except Stopped as stop:
-            return gr.skip(), gr.skip(), f"**Sweep cancelled** ({escape(stop)})."
-        mean = table.groupby("value", as_index=False)[["accuracy", "normalized"]].mean()
-        best = mean.loc[mean["normalized"].idxmax()]
-        note = (f"Best {param} = {best['value']:g}: {100 * best['accuracy']:.1f}% average {table['split'].iloc[0]} "
-                f"accuracy ({100 * best['normalized']:.1f}% of fine-tuned).")
-        return figures.sweep_lines(table), table.round(4), note
 
     # ---------------------------------------------------------------- compare, runs and download
     def history_outputs(self, who: str, deleted: bool = False) -> tuple:
@@ -425,9 +398,10 @@ class Dashboard:
         try:
             zoo_id = self.current_zoo(zoo_id, progress)
             if step.figure == "sweep":
-                table = self.submit(lambda p: self.service.sweep(zoo_id, step.method, "lam", None, step.params,
-                                                                 None, p, who), request, "guide sweep", progress)
-                figure, (text, headline) = figures.sweep_lines(table), guide.sweep_finding(table)
+                record = self.submit(lambda p: self.service.sweep(zoo_id, [step.method], {"lam": None},
+                                                                  {step.method: step.params}, None, p, who),
+                                     request, "guide sweep", progress)
+                figure, (text, headline) = sweep_figure(record), guide.sweep_finding(record.table(), "lam")
             else:
                 view = self.submit(lambda p: self.service.merge(zoo_id, step.method, step.params, None, p, who),
                                    request, f"guide {step.method}", progress)
@@ -445,6 +419,8 @@ class Dashboard:
 
     # ---------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
+        from .sweep_tab import SweepTab  # it uses this module's helpers
+
         names = [m.name for m in self.methods]
         first = "consensus" if "consensus" in names else names[0]
         self.recipes, self.compare = RecipesUI(self), CompareUI(self)
@@ -525,22 +501,9 @@ class Dashboard:
                     baseline_md = gr.Markdown("")
                     zoo_md = gr.Markdown("", elem_id="zoo-summary")
                     zoo_table = gr.Dataframe(label="tasks", interactive=False, elem_id="zoo-table")
-                with gr.Tab("Sweep", id="sweep"):
-                    with gr.Row():
-                        sweep_method = gr.Dropdown(method_choices(self.methods), value=first, label="method",
-                                                   elem_id="sweep-method")
-                        param_choices, grid = self.sweep_params(first)
-                        sweep_param = gr.Dropdown(param_choices["choices"], value=param_choices["value"],
-                                                  label="parameter", allow_custom_value=True, elem_id="sweep-param")
-                        sweep_values = gr.Textbox(grid, label="values (comma-separated; default: the paper's grid)",
-                                                  elem_id="sweep-values")
-                    with gr.Row():
-                        sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep-btn")
-                        sweep_cancel = gr.Button("Cancel", variant="stop")
-                    sweep_md = gr.Markdown("Accuracy on validation images (never test) for each value.",
-                                           elem_id="sweep-note")
-                    sweep_plot = gr.Plot(label="sweep", elem_id="plot-sweep")
-                    sweep_table = gr.Dataframe(label="sweep results", interactive=False)
+                with gr.Tab("Sweep", id="sweep") as sweep_tab:
+                    sweeps = SweepTab(self)
+                    sweeps.build(first)
                 with gr.Tab("Compare & download", id="compare"):
                     runs_table = gr.Dataframe(self.service.history.table(viewer=""), elem_id="runs-table",
                                               label="runs, newest first (sort by a column header; filter to search)",
@@ -632,13 +595,7 @@ class Dashboard:
             gr.on([mask_kind.input, table_choice.input], self.on_view, [run_state, mask_kind, table_choice],
                   self.run_targets[:-1], api_visibility="private", **QUICK)
 
-            sweep_method.change(self.sweep_params, sweep_method, [sweep_param, sweep_values],
-                                api_visibility="private", **QUICK)
-            sweep_param.input(self.on_sweep_param, [sweep_method, sweep_param], sweep_values,
-                              api_visibility="private", **QUICK)
-            sweep_btn.click(self.on_sweep, [zoo_state, sweep_method, sweep_param, sweep_values, tasks],
-                            [sweep_plot, sweep_table, sweep_md], api_name="sweep", show_progress_on=sweep_md, **WORK)
-            sweep_cancel.click(self.on_cancel, None, sweep_md, api_visibility="private", **QUICK)
+            sweeps.wire(demo, sweep_tab, tabs, zoo_state, method, tasks, status, panel_inputs)
 
             history_targets = [runs_table, cmp_runs, dl_run, edit_run]
             refresh.click(self.on_history, show_deleted, history_targets, api_name="history", **QUICK)

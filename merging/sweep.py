@@ -2,12 +2,14 @@
 
 ``sweep(zoo, space, method, grid={"k": [10, 20], "lam": [0.5, 1.0]}, params=..., split="val")`` returns one row
 per (point, task) with the point's values, accuracy and normalized accuracy (by the fine-tuned models on the
-same split).  Points run in-process by default, or as Ray tasks (``runner=RayRunner(address)``): the space's θ0
-and stack go into Ray's object store once (zero-copy numpy arrays) and each task rebuilds the space from them and
-loads the zoo from its path, so the zoo folder must be readable on every node.  Both runners give the same
-table.  ``evaluator`` (a :class:`merging.plugin_eval.PluginEvaluator`, in-process only) replaces the zoo's heads
-and data, and ``zoo`` may then be None.  :func:`best_point` picks the point with the highest mean normalized
-accuracy (ties: the first in grid order) and says whether a value lies on the grid's edge.
+same split); :func:`check_points` validates every point before anything runs.  Points run in-process by default
+(``InProcess(evaluator, context)`` reuses an evaluator and gives data-driven methods their data), or as Ray tasks
+(``runner=RayRunner(address)``): the space's θ0 and stack go into Ray's object store once (zero-copy numpy arrays)
+and each task rebuilds the space from them and loads the zoo from its path, so the zoo folder must be readable on
+every node.  Both runners give the same table.  ``evaluator`` (a :class:`merging.plugin_eval.PluginEvaluator`,
+in-process only) replaces the zoo's heads and data, and ``zoo`` may then be None.  :func:`best_point` picks the
+point with the highest mean normalized accuracy (ties: the first in grid order) and says whether a value lies on
+the grid's edge.
 """
 from __future__ import annotations
 
@@ -28,27 +30,36 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def _evaluate_point(zoo, space, method: str, params: Mapping, modifiers, split: str, reference, evaluator):
+def _evaluate_point(zoo, space, method: str, params: Mapping, modifiers, split: str, reference, evaluator,
+                    context=None, progress=None):
     from .evaluation import evaluate_result
     from .registry import run_merge
 
-    result = run_merge(space, method, dict(params), modifiers=modifiers)
-    return evaluate_result(zoo, space, result, split=split, reference=reference, evaluator=evaluator)
+    progress = as_progress(progress)
+    result = run_merge(space, method, dict(params), progress.sub(0.0, 0.3), context, modifiers)
+    return evaluate_result(zoo, space, result, split=split, reference=reference, evaluator=evaluator,
+                           progress=progress.sub(0.3, 1.0))
 
 
 class InProcess:
-    """Run the points one after another in this process (the default)."""
+    """Run the points one after another in this process (the default).  ``evaluator``: an
+    :class:`~merging.evaluation.Evaluator` to reuse (default: a new one); ``context``: the evaluation context a
+    data-driven method learns from (CALM, AdaMerging, PCB + ES)."""
+
+    def __init__(self, evaluator=None, context=None):
+        self.evaluator, self.context = evaluator, context
 
     def map(self, zoo, space, method, points, base, modifiers, split, reference, progress, evaluator=None):
         from .evaluation import Evaluator
 
-        evaluator = evaluator or Evaluator(zoo, device=space.device)
+        evaluator = evaluator or self.evaluator or Evaluator(zoo, device=space.device)
         tables = []
         for i, point in enumerate(points):
             values = ", ".join(f"{k}={v}" for k, v in point.items())
-            progress(i / len(points), f"point {i + 1}/{len(points)}: {values}")
+            step = progress.sub(i / len(points), (i + 1) / len(points))
+            step(0.0, f"point {i + 1}/{len(points)}: {values}")
             tables.append(_evaluate_point(zoo, space, method, {**base, **point}, modifiers, split, reference,
-                                          evaluator))
+                                          evaluator, self.context, step))
         return tables
 
 
@@ -92,23 +103,38 @@ def _ray_point(parts, zoo_path, method, params, modifiers, split, reference):
     return _evaluate_point(zoo, space, method, params, modifiers, split, reference, Evaluator(zoo, device="cpu"))
 
 
+def check_points(spec, grid: Mapping[str, Sequence[Any]], params: Mapping | None, num_tasks: int) -> list[dict]:
+    """The grid's points, each validated with ``params`` against the method's spec (``spec``: a
+    :class:`merging.registry.MergeMethod`) before anything runs; a swept parameter must apply (not one that
+    ``when`` switches off given the other values)."""
+    from .params import ParameterError, applicable, resolve_params
+
+    points = grid_points(grid)
+    for point in points:
+        values = resolve_params(spec.params, {**(params or {}), **point}, num_tasks)
+        ignored = [name for name in point if name not in applicable(spec.params, values)]
+        if ignored:
+            other, value = spec.param(ignored[0]).when
+            raise ParameterError(f"{ignored[0]}: {spec.title} uses it only with {other}={value}")
+    return points
+
+
 def sweep(zoo, space, method: str, grid: Mapping[str, Sequence[Any]], params: Mapping | None = None,
-          modifiers: Sequence = (), split: str = "val", runner=None, progress=None, evaluator=None) -> pd.DataFrame:
-    """One row per (grid point, task): the swept values, task, accuracy, normalized; ``params`` fixes the rest."""
+          modifiers: Sequence = (), split: str = "val", runner=None, progress=None, evaluator=None,
+          reference: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per (grid point, task): the swept values, task, accuracy, normalized; ``params`` fixes the rest.
+    ``reference``: the fine-tuned models' ``split`` accuracy per task (default: evaluated here)."""
     from .evaluation import evaluate
-    from .params import resolve_params
     from .registry import get_method
 
     if split == "test":
         raise ValueError("sweeps choose hyperparameters on held-out data; split='test' is not allowed")
     spec = get_method(method)
-    points = grid_points(grid)
-    for point in points:  # every point is valid before anything runs
-        resolve_params(spec.params, {**(params or {}), **point}, space.T)
+    points = check_points(spec, grid, params, space.T)
     progress = as_progress(progress)
-    if evaluator is not None:
+    if reference is None and evaluator is not None:
         reference = dict(zip(space.task_names, evaluator.finetuned(space, space.task_names, split)))
-    else:
+    elif reference is None:
         reference = dict(zip(space.task_names, evaluate(zoo, zoo.finetuned_state, space.task_names, split,
                                                         device=space.device)["accuracy"]))
     tables = (runner or InProcess()).map(zoo, space, spec.name, points, dict(params or {}), list(modifiers),

@@ -12,6 +12,7 @@ import pytest
 
 from ck_tiny_zoo import make_tiny_zoo
 from dashboard_app import SLOW, SLOW_METHOD, running_app
+from dashboard.sweeps import values_text
 from merging.registry import METHODS, get_method
 
 pytestmark = pytest.mark.browser
@@ -217,23 +218,48 @@ def test_compare_runs_and_annotate_one(page, app):
     assert "my <b>best</b> run" in page.locator("#runs-table").inner_text()  # shown literally
 
 
-def test_sweep_over_consensus_k(page):
+def _pick(page, elem_id: str, option: str, tries: int = 5) -> None:
+    """Pick ``option`` in a dropdown whose choices another event may still be replacing (retried)."""
+    for _ in range(tries):
+        page.locator(f"#{elem_id} input").click()
+        page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+        page.wait_for_timeout(800)
+        if page.locator(f"#{elem_id} input").input_value() == option:
+            return
+    raise AssertionError(f"{elem_id}: could not pick {option!r}")
+
+
+def test_a_2d_sweep_draws_a_heatmap_of_the_merge_settings_and_applies_the_best(page, app):
+    _choose_method(page, "TIES-Merging")  # the Sweep tab follows the Merge tab's method and settings
     page.get_by_role("tab", name="Sweep").click()
-    page.locator("#sweep-method input").click()
-    page.locator("#sweep-method").get_by_role("option", name="Consensus Merging", exact=True).click()
-    for _ in range(5):  # the method's change event may land after the pick and reset the parameter to λ
-        page.locator("#sweep-param input").click()
-        page.locator("#sweep-param").get_by_role("option", name="k", exact=True).click()
-        page.wait_for_timeout(1000)
-        if page.locator("#sweep-param input").input_value() == "k":
-            break
-    page.fill("#sweep-values textarea, #sweep-values input", "0, 1, 2, 3")
+    page.wait_for_function("document.querySelector('#sweep-settings').innerText.includes('TIES-Merging')")
+    ties = get_method("ties")
+    for picker, option, values, param, typed in (("sweep-param", "k", "sweep-values", "k", "10, 40, 80"),
+                                                 ("sweep-param2", "λ", "sweep-values2", "lam", "0.5, 1, 1.5")):
+        _pick(page, picker, option)
+        box = f"#{values} textarea, #{values} input"
+        paper = values_text(ties.param(param).grid)  # picking a parameter fills in the paper's grid …
+        page.wait_for_function(f"document.querySelector({box!r}).value === {paper!r}")
+        page.fill(box, typed)  # … which the test then replaces
+    page.locator("#sweep-values2 textarea, #sweep-values2 input").first.press("Tab")
+    page.wait_for_function("document.querySelector('#sweep-settings').innerText.includes("
+                           "'Sweeping k over 10, 40, 80 × λ over 0.5, 1, 1.5 for TIES-Merging with merge=mean')")
     page.click("#sweep-btn")
-    page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best k')", timeout=2 * WAIT)
-    # the drawn figure (on this tiny zoo every k ≤ T may score the same: a flat line has no height)
-    page.wait_for_function("(p => p !== null && p.data !== undefined && p.data.length > 0)"
+    page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best:')", timeout=3 * WAIT)
+    page.wait_for_function("(p => p !== null && p.data !== undefined && p.data[0].type === 'heatmap')"
                            "(document.querySelector('#plot-sweep .js-plotly-plot'))")
-    _shot(page, "08-sweep")
+    assert _rendered(page, "sweep") >= 1
+    note = page.inner_text("#sweep-note")
+    assert "tasks task0, task1, task2" in note and "θ0 (pretrained)" in note
+    page.locator("#plot-sweep").scroll_into_view_if_needed()
+    _shot(page, "08-sweep-heatmap")
+    record = app[1].dashboard.service.sweeps.records()[0]
+    best = record.best()[1].point
+    page.click("#sweep-apply")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Applied the best point')")
+    assert page.locator("#method input").input_value() == "TIES-Merging"
+    assert float(page.locator("#p-ties-k input").first.input_value()) == best["k"]
+    assert float(page.locator("#p-ties-lam input").first.input_value()) == best["lam"]
 
 
 def _toast(page, text: str):

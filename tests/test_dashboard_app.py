@@ -130,13 +130,59 @@ def test_cancel_stops_a_running_merge(app):
 
 def test_cancel_stops_a_real_sweep(app):
     client, *_ = _loaded(app)
-    values = ", ".join(str(k % 4) for k in range(200))  # 200 consensus merges + evaluations
-    pending = client.submit("consensus", "k", values, [], api_name="/sweep")
-    job = _wait_running(app[1], "sweep consensus k")
+    values = ", ".join(f"{i / 100:g}" for i in range(1, 201))  # 200 merges + evaluations
+    before = len(app[1].dashboard.service.sweeps.records())
+    pending = client.submit(["task_arithmetic"], "{}", "lam", values, "", "", [], "accuracy", api_name="/sweep")
+    job = _wait_running(app[1], "sweep task_arithmetic lam")
     client.predict(api_name="/cancel")
-    plot, table, note = pending.result(timeout=30)
+    plot, table, note, stored = pending.result(timeout=30)
     assert "Sweep cancelled" in note and job.state == "cancelled"
-    assert job.fraction < 0.5
+    assert job.fraction < 0.5 and len(app[1].dashboard.service.sweeps.records()) == before
+
+
+def test_2d_sweep_with_the_merge_settings_heatmap_history_and_apply_best(app, zoo_dir):
+    from merging import run_merge
+    from merging.evaluation import evaluate_result
+    from merging.zoo import load_zoo
+
+    demo = app[1]
+    offered = next(c for c in demo.config["components"] if c["props"].get("elem_id") == "sweep-methods")
+    names = [value for _, value in offered["props"]["choices"]]
+    assert "ties" in names and "averaging" not in names and "emr" not in names  # nothing to sweep
+    client, *_ = _loaded(app)
+    settings = json.dumps({"ties": {"merge": "sum", "k": 99}})  # k is swept: its Merge-tab value is not used
+    plot, table, note, stored = client.predict(["ties"], settings, "k", "20, 60", "lam", "0.5, 1", [], "accuracy",
+                                               api_name="/sweep")
+    assert "Sweeping k over 20, 60 × λ over 0.5, 1 for **TIES-Merging** with merge=sum · tasks task0, task1, " \
+           "task2 · validation split" in note
+    record = demo.dashboard.service.sweeps.records()[0]
+    assert record.grid == {"k": [20.0, 60.0], "lam": [0.5, 1.0]} and record.settings["ties"] == {"merge": "sum"}
+    assert record.owner.startswith("session:") and any(label.startswith(f"sweep {record.id} ")
+                                                       for label, _ in stored["choices"])
+    # the stored numbers are those of a merge made with the Merge tab's settings
+    zoo = load_zoo(zoo_dir)
+    space = zoo.build_space(device="cpu")
+    direct = evaluate_result(zoo, space, run_merge(space, "ties", {"k": 60.0, "lam": 0.5, "merge": "sum"}),
+                             split="val")
+    rows = record.table()
+    swept = rows[(rows["k"] == 60.0) & (rows["lam"] == 0.5)]
+    assert list(swept["accuracy"]) == list(direct["accuracy"])
+    heat = _traces(plot)[0]
+    assert heat["type"] == "heatmap" and heat["x"] == ["20", "60"] and heat["y"] == ["0.5", "1"]
+    means = rows.groupby(["lam", "k"])["accuracy"].mean()
+    assert heat["z"] == [pytest.approx([100 * means[(lam, k)] for k in (20.0, 60.0)]) for lam in (0.5, 1.0)]
+    assert [row[1:3] for row in table["data"]] == [[20, 0.5], [20, 1], [60, 0.5], [60, 1]]
+    # another session neither sees nor reopens it
+    other = _client(app)
+    with pytest.raises(AppError, match=f"sweep {record.id} is not in the history"):
+        other.predict([str(record.id)], "accuracy", api_name="/sweep_show")
+    # apply best: the Merge tab gets TIES with the best k and λ (and the settings held fixed)
+    out = client.predict(api_name="/sweep_apply")
+    best = record.best()[1].point
+    components = [c for p in demo.dashboard.panels.values() for c in p.components()]
+    ties = {w.param.name: out[2 + components.index(w.value)] for w in demo.dashboard.panels["ties"].widgets}
+    assert out[0] == "ties" and ties == {"k": best["k"], "lam": best["lam"], "merge": "sum"}
+    assert f"Applied the best point of sweep {record.id}" in out[-1]
 
 
 def test_cancel_in_one_session_leaves_others_alone(app):

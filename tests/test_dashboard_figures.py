@@ -120,15 +120,6 @@ def test_normalized_accuracy_empty_without_individual():
     assert figures.normalized_accuracy(ACCURACY[ACCURACY["model"] != "individual"]).empty
 
 
-def test_sweep_lines_mean_over_tasks_and_best_marked():
-    sweep = pd.DataFrame({"method": "task_arithmetic", "param": "lam", "value": [0.1, 0.1, 0.5, 0.5, 0.9, 0.9],
-                          "task": ["x", "y"] * 3, "accuracy": [0.2, 0.4, 0.7, 0.5, 0.6, 0.4]})
-    line, best = figures.sweep_lines(sweep).data
-    np.testing.assert_allclose(line.x, [0.1, 0.5, 0.9])
-    np.testing.assert_allclose(line.y, [30, 60, 50])
-    assert list(best.x) == [0.5] and best.y[0] == pytest.approx(60)
-
-
 def test_sign_conflicts_per_layer(stats):
     index, _ = stats
     flags = torch.zeros(16, dtype=torch.bool)

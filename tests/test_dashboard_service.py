@@ -131,22 +131,31 @@ def test_bad_input_is_refused_and_nothing_recorded(service, entry):
 
 
 def test_sweep_over_consensus_k_starts_at_task_arithmetic_and_refuses_k_above_T(service, entry):
-    table = service.sweep(entry.id, "consensus", "k", [0, 3])
-    assert set(table["split"]) == {"val"} and len(table) == 2 * 3
-    # k = 0 keeps every weight: Consensus TA is Task Arithmetic with the same λ
-    ta = service.sweep(entry.id, "task_arithmetic", "lam", [0.3]).set_index("task")["accuracy"]
-    at_zero = table[table["value"] == 0].set_index("task")["accuracy"]
+    record = service.sweep(entry.id, ["consensus"], {"k": [0, 3]}, {"consensus": {"lam": 0.3}}, owner="alice")
+    table = record.table()
+    assert record.split == "val" and len(table) == 2 * 3 and record.settings["consensus"]["lam"] == 0.3
+    # k = 0 keeps every weight: Consensus TA is Task Arithmetic with the same (held fixed) λ
+    ta = service.sweep(entry.id, ["task_arithmetic"], {"lam": [0.3]}).table().set_index("task")["accuracy"]
+    at_zero = table[table["k"] == 0].set_index("task")["accuracy"]
     assert list(at_zero[ta.index]) == pytest.approx(list(ta))
     assert table["normalized"].notna().all()
+    # θ0 and the fine-tuned models on the same split, as the references
+    pre = evaluate(entry.zoo, None, record.tasks, "val", device="cpu").set_index("task")["accuracy"]
+    assert record.references["pretrained"] == pytest.approx(pre.to_dict())
+    assert service.sweeps.get(record.id, "alice").table().equals(table)
+    with pytest.raises(KeyError):
+        service.sweeps.get(record.id, "bob")  # another session's sweep
     with pytest.raises(ParameterError, match=r"^k: 4 is above the number of merged tasks \(3\)"):
-        service.sweep(entry.id, "consensus", "k", [4])
-    with pytest.raises(UserError, match="no parameter 'q'"):
-        service.sweep(entry.id, "consensus", "q")
+        service.sweep(entry.id, ["consensus"], {"k": [4]})
+    with pytest.raises(UserError, match="no numeric parameter 'q'"):
+        service.sweep(entry.id, ["consensus"], {"q": [1]})
+    with pytest.raises(UserError, match="a 2-D grid sweeps one method"):
+        service.sweep(entry.id, ["ties", "dare"], {"k": [10], "lam": [1.0]})
 
 
 def test_sweep_defaults_to_the_paper_grid(service, entry):
-    table = service.sweep(entry.id, "task_arithmetic", "lam")
-    assert sorted(set(table["value"])) == pytest.approx([0.1 * i for i in range(1, 11)])
+    table = service.sweep(entry.id, ["task_arithmetic"], {"lam": None}).table()
+    assert sorted(set(table["lam"])) == pytest.approx([0.1 * i for i in range(1, 11)])
 
 
 def test_exports_are_atomic_files_in_the_session_folder(service, entry, zoo_dir):

@@ -43,9 +43,9 @@ def test_no_accuracy_says_so():
 
 
 def test_sweep_finding_names_the_best_value_and_the_edge():
-    table = pd.DataFrame({"value": [0.1, 0.1, 0.5, 0.5, 1.0, 1.0], "task": ["a", "b"] * 3,
+    table = pd.DataFrame({"lam": [0.1, 0.1, 0.5, 0.5, 1.0, 1.0], "task": ["a", "b"] * 3,
                           "accuracy": [0.5, 0.6, 0.8, 0.9, 0.6, 0.6], "normalized": [0] * 6})
     text, best = guide.sweep_finding(table)
     assert "λ = 0.5" in text and best == pytest.approx(85.0) and "edge" not in text
-    text, _ = guide.sweep_finding(table[table["value"] < 0.6])
+    text, _ = guide.sweep_finding(table[table["lam"] < 0.6])
     assert "grid's edge" in text
