@@ -87,6 +87,27 @@ def test_build_is_reproducible_bit_for_bit(tiny_zoo, tmp_path):
     assert first == second and len(first) == 2 + 8 + 8 * (TINY.n_val + TINY.n_test)  # manifest, θ0, ft, PNGs
 
 
+def test_build_pins_its_thread_count(tmp_path):
+    """The bytes depend on torch's CPU thread count (batches large enough to be split across threads), so the
+    build sets its own and restores the caller's."""
+    config = replace(TINY, n_pretrain=64, n_train=64, n_val=4, n_test=4,
+                     pretrain=replace(TINY.pretrain, steps=6, batch_size=64),
+                     finetune=replace(TINY.finetune, steps=4, batch_size=64))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        build(tmp_path / "one", config, "cpu", **quiet)
+        torch.set_num_threads(2)
+        build(tmp_path / "ambient-two", config, "cpu", **quiet)
+        assert torch.get_num_threads() == 2
+        build(tmp_path / "pinned-two", replace(config, threads=2), "cpu", **quiet)
+    finally:
+        torch.set_num_threads(before)
+    one = digests(tmp_path / "one")
+    assert digests(tmp_path / "ambient-two") == one
+    assert digests(tmp_path / "pinned-two")["pretrained.safetensors"] != one["pretrained.safetensors"]
+
+
 def test_built_zoo_records_what_its_evaluation_measures(tiny_zoo):
     zoo = load_zoo(tiny_zoo)
     assert zoo.task_names == list(demo_tasks.TASKS)
@@ -135,7 +156,7 @@ def test_failed_build_leaves_the_existing_zoo_untouched(tiny_zoo, tmp_path, monk
 
 
 def test_cli_builds_and_verifies(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(zoo_cli, "BuildConfig", lambda seed: replace(TINY, seed=seed))
+    monkeypatch.setattr(zoo_cli, "BuildConfig", lambda seed, threads: replace(TINY, seed=seed, threads=threads))
     out = tmp_path / "zoo"
     assert zoo_cli.main(["build", "--out", str(out), "--device", "cpu"]) == 0
     assert zoo_cli.main(["build", "--out", str(out), "--device", "cpu", "--verify"]) == 0

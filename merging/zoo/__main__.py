@@ -1,4 +1,4 @@
-"""``python -m merging.zoo build [--out DIR] [--device auto|cpu|cuda] [--seed N] [--verify]``: regenerate the
+"""``python -m merging.zoo build [--out DIR] [--device auto|cpu|cuda] [--seed N] [--threads N] [--verify]``: regenerate the
 built-in demo zoo from seeds (see :mod:`merging.zoo.demo.build`).  ``--verify`` builds into a temporary folder and
 compares every file's bytes with ``--out`` instead of replacing it."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .demo.build import DEFAULT_OUT, BuildConfig, build, digests
+from .demo.build import BUILD_THREADS, DEFAULT_OUT, BuildConfig, build, digests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--out", default=str(DEFAULT_OUT), help=f"zoo folder (default {DEFAULT_OUT})")
     cmd.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--threads", type=int, default=BUILD_THREADS,
+                     help="torch CPU threads (default %(default)s; the bytes depend on it, so --verify needs the same)")
     cmd.add_argument("--verify", action="store_true",
                      help="build into a temporary folder and compare its files with --out byte for byte")
     args = parser.parse_args(argv)
@@ -25,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     def show(fraction: float, stage: str) -> None:
         print(f"\r[{fraction:6.1%}] {stage:<60}", end="", file=sys.stderr, flush=True)
 
-    config = BuildConfig(seed=args.seed)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    config = BuildConfig(seed=args.seed, threads=args.threads)
     try:
         if not args.verify:
             times = build(args.out, config, args.device, show, log=lambda m: print(f"\n{m}", file=sys.stderr))

@@ -7,7 +7,8 @@ image tower per task through its frozen head, save θ0 (both towers) and the fin
 open_clip safetensors, and record the pretrained and fine-tuned accuracies that the zoo's own evaluation code
 measures on the exported splits.  The new
 zoo is assembled in a temporary sibling folder and swapped in only when complete.  Same seed, hardware class
-(CPU or a given GPU model) and library versions → the same bytes.
+(CPU or a given GPU model), library versions and CPU thread count (``BuildConfig.threads``: torch's CPU kernels
+split reductions by thread, so 1 and 2 threads differ in the last bits) → the same bytes.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .train import ARCHITECTURE, FINETUNE, PRETRAIN, Schedule, finetune, pretrai
 
 DEFAULT_OUT = Path(__file__).resolve().parents[3] / "assets" / "demo-zoo"
 ZOO_NAME = "mergescope demo zoo"
+BUILD_THREADS = 1  # torch's intra-op CPU threads during a build (part of what makes the bytes reproducible)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class BuildConfig:
     n_test: int = 300  # per task, shipped (reported accuracies)
     pretrain: Schedule = PRETRAIN
     finetune: Schedule = FINETUNE
+    threads: int = BUILD_THREADS
 
 
 def _fp16_round(state: dict) -> dict:
@@ -57,8 +60,9 @@ def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfi
 
     out, device, progress = Path(out), pick_device(device), as_progress(progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    deterministic = torch.are_deterministic_algorithms_enabled()
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(config.threads)
     times, start = {}, time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
@@ -116,6 +120,7 @@ def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfi
         _swap_in(tmp, out)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
         if tmp.exists():
             shutil.rmtree(tmp)
     progress(1.0, "demo zoo built")
