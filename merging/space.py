@@ -130,6 +130,10 @@ class TaskVectorSpace:
         """Task vector t as float32 (a view when the stack is float32 — do not modify it in place)."""
         return self.stack[self.rows[t]].to(torch.float32)
 
+    def tau_chunk(self, t: int, start: int, stop: int) -> torch.Tensor:
+        """Entries [start, stop) of task vector t as float32 (a view when the stack is float32)."""
+        return self.stack[self.rows[t], start:stop].to(torch.float32)
+
     def sum_tau(self) -> torch.Tensor:
         """Σt τt as a new float32 (P,) tensor (rows added in task order; on CPU over cache-sized chunks)."""
         if use_numpy(self.stack):
