@@ -29,17 +29,39 @@ def map_chunks(numel: int, body: Callable[[int, int], R], chunk: int | None = No
 
 
 def map_items(items: list[tuple], body: Callable[..., R]) -> list[R]:
-    """``[body(*item) for item in items]`` in order, items interleaved over :func:`threads` threads."""
+    """``[body(*item) for item in items]`` in order, items interleaved over :func:`threads` threads: the calling
+    thread and the workers of one process-wide pool (starting threads per call costs more than a pass over
+    memory on a loaded machine).  Called from inside a body it runs serially."""
     n = threads()
-    if n == 1 or len(items) <= 1:
+    if n == 1 or len(items) <= 1 or getattr(_LOCAL, "inside", False):
         return [body(*item) for item in items]
+
+    def run(part: list[tuple]) -> list[R]:
+        _LOCAL.inside = True
+        try:
+            return [body(*item) for item in part]
+        finally:
+            _LOCAL.inside = False
+
     parts = [items[i::n] for i in range(n)]
-    with ThreadPoolExecutor(n) as pool:
-        done = list(pool.map(lambda part: [body(*item) for item in part], parts))
+    futures = [_pool(n - 1).submit(run, part) for part in parts[1:]]
+    done = [run(parts[0])] + [future.result() for future in futures]
     out: list[R] = [None] * len(items)  # type: ignore[list-item]
     for i in range(n):
         out[i::n] = done[i]
     return out
+
+
+_LOCAL = threading.local()
+_POOL: dict = {}  # worker count → the process-wide pool
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if workers not in _POOL:
+            _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="mergescope-chunks")
+        return _POOL[workers]
 
 
 NUMPY_KERNELS = True  # tests turn this off to run the torch (GPU) code paths on CPU
@@ -58,9 +80,6 @@ def map_ranges(numel: int, body: Callable[[int, int], R], device: torch.device) 
     if NUMPY_KERNELS and device.type == "cpu":
         return map_chunks(numel, body)
     return [body(0, numel)]
-
-
-_LOCAL = threading.local()
 
 
 def scratch(like: torch.Tensor, slot: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
