@@ -103,9 +103,9 @@ class TaskVectorSpace:
             state = item() if callable(item) else item
             what = named(t + 1, f"fine-tuned checkpoint for task {names[t]!r}")
             check_compatible(pretrained, state, what)
-            for e in index.entries:
-                stack[t, e.slice] = (state[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32)
-                                     - theta0[e.slice]).to(dtype)
+            for e in index.entries:  # τt straight into the stack (rounded to its dtype): no temporary
+                torch.sub(state[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32), theta0[e.slice],
+                          out=stack[t, e.slice])
             del state
             _check_finite(stack[t], index, what)
             if disk is not None:
