@@ -70,14 +70,17 @@ def _disjoint_merge(vectors, thresholds, fill: int, merge: str, a: int, b: int, 
     torch.sign(total, out=gamma).masked_fill_(torch.eq(gamma, 0, out=flag), fill)
     total.zero_()
     count = scratch(total, 0, torch.uint8 if vectors.T < 256 else torch.int32).zero_() if merge == "mean" else None
-    work, magnitude = scratch(total, 1), scratch(total, 2)
-    for t, threshold in enumerate(thresholds):
-        tau = vectors.tau_chunk(t, a, b)
-        torch.mul(tau, gamma, out=work).masked_fill_(torch.lt(torch.abs(tau, out=magnitude), threshold, out=flag), 0)
-        conflicts |= torch.lt(work, 0, out=flag)
+    work = scratch(total, 1)
+    for t, threshold in enumerate(thresholds):  # |γ| = 1 where τ̂t can be nonzero, so kept ⇔ |w| ≥ threshold
+        torch.mul(vectors.tau_chunk(t, a, b), gamma, out=work)
+        if float(threshold) > 0:
+            conflicts |= torch.le(work, -threshold, out=flag)  # kept, against γ
+        else:
+            conflicts |= torch.lt(work, 0, out=flag)
+        work.masked_fill_(torch.lt(work, threshold, out=flag), 0)  # kept and agreeing: w ≥ threshold, w > 0
         if count is not None:
             count += torch.gt(work, 0, out=flag)
-        total += work.clamp_min_(0)
+        total += work
     total.mul_(gamma)
     if count is not None:
         total /= count.clamp_min_(1)
