@@ -100,12 +100,6 @@ class MaskSet:
             return torch.from_numpy(bits[:self.numel]).view(torch.bool)
         return unpack_bits(self.packed[t], self.numel, out)
 
-    def get_chunk(self, t: int, start: int, stop: int) -> torch.Tensor:
-        """Bits [start, stop) of mask t as bool; ``start`` is a multiple of 8."""
-        if start % 8:
-            raise ValueError("chunks start on a byte boundary")
-        return unpack_bits(self.packed[t, start // 8:(stop + 7) // 8], stop - start)
-
     def buffer(self) -> torch.Tensor:
         return torch.empty(self.packed.shape[1] * 8, dtype=torch.uint8, device=self.packed.device)
 

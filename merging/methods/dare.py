@@ -28,10 +28,10 @@ from .ties import K_PARAM, MERGE_PARAM, ties_vector
 
 
 class DroppedVectors:
-    """A view of a task-vector space whose ``tau(t)`` (and ``tau_chunk``) is the DARE-dropped, rescaled τ̃t."""
+    """A view of a task-vector space whose ``tau(t)`` is the DARE-dropped, rescaled τ̃t."""
 
     def __init__(self, space, p: float, seed: int, rescale: str, generator: str = "philox"):
-        self.space, self.p = space, p
+        self.space, self.p, self.rescale = space, p, rescale
         self.T, self.P, self.device, self.task_names = space.T, space.P, space.device, space.task_names
         self.workspace = space.workspace
         self.keeps = MaskSet.empty(space.task_names, space.P, space.device, "dare_keep")
@@ -41,21 +41,13 @@ class DroppedVectors:
             else:
                 draw = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + t)
                 self.keeps.set(t, torch.rand(self.P, generator=draw, device=self.device) >= p)
-        self.scales = [self._l1_scale(t) for t in range(space.T)] if rescale == "l1" else None
-
-    def _l1_scale(self, t: int) -> torch.Tensor | None:
-        """‖τt‖₁ / ‖kept‖₁ from whole-vector sums (None when nothing is kept)."""
-        tau = self.space.tau(t)
-        norm = torch.where(self.keeps.get(t), tau, 0.0).abs().sum()
-        return tau.abs().sum() / norm if norm > 0 else None
 
     def tau(self, t: int) -> torch.Tensor:
-        return self.tau_chunk(t, 0, self.P)
-
-    def tau_chunk(self, t: int, start: int, stop: int) -> torch.Tensor:
-        kept = torch.where(self.keeps.get_chunk(t, start, stop), self.space.tau_chunk(t, start, stop), 0.0)
-        if self.scales is not None:
-            return kept * self.scales[t] if self.scales[t] is not None else kept
+        tau = self.space.tau(t)
+        kept = torch.where(self.keeps.get(t), tau, 0.0)
+        if self.rescale == "l1":
+            norm = kept.abs().sum()
+            return kept * (tau.abs().sum() / norm) if norm > 0 else kept
         return kept / (1.0 - self.p)
 
 

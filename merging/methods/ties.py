@@ -3,13 +3,14 @@
 1. Trim: per task over the whole model keep |τt| ≥ the k-th smallest |τt|, k = P − ⌊P·K/100⌋ → τ̂t.
 2. Elect: γ = sign(Σt τ̂t); where γ = 0 use the majority sign sign(Σ γ).
 3. Disjoint merge over tasks whose τ̂t is nonzero with sign γ: dis-mean = sum / max(1, count), dis-sum = sum.
-θ = θ0 + λ τm.  Runs in O(P) work space (three reads of the stack), trims kept as bit masks.
+θ = θ0 + λ τm.  Runs in O(P) work space: two passes over the tasks, trims kept as bit masks.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ..chunks import map_ranges, scratch
+from ..chunks import map_chunks, use_numpy
 from ..maskset import MaskSet
 from ..maskstats import per_layer_rate
 from ..params import Param
@@ -25,65 +26,120 @@ MERGE_PARAM = Param("merge", str, "mean", "disjoint merge: mean (dis-mean) or su
 def ties_vector(vectors, k: float, merge: str, progress):
     """TIES-merged τm (unscaled), trim masks, per-element sign-conflict flags and the trim thresholds.
 
-    ``vectors`` is anything with ``T``, ``P``, ``device``, ``task_names``, ``tau_chunk(t, start, stop)`` and
-    ``workspace()`` (a task-vector space or a DARE-dropped view of one).  Three reads of the stack: |τt| into the
-    workspace for each task's threshold, then two passes over the vector that take every task per chunk (trim and
-    Σt τ̂t; sign election and disjoint merge), so the sums, signs and counts stay in cache.  Beyond the stack it
-    holds the workspace, the result, the packed trims, the conflict flags and per-thread chunk buffers."""
+    ``vectors`` is anything with ``T``, ``P``, ``device``, ``task_names``, ``tau(t)`` and ``workspace()`` (a
+    task-vector space or a DARE-dropped view of one).  Beyond the stack it holds one float32 workspace, the
+    result, the packed trims and byte-sized sign/count/conflict arrays; on CPU the passes run chunked (numpy)."""
     T, P, device = vectors.T, vectors.P, vectors.device
     trims = MaskSet.empty(vectors.task_names, P, device, "ties_trim")
+    total = torch.zeros(P, dtype=torch.float32, device=device)  # Σt τ̂t first, then the disjoint sum
     magnitude = vectors.workspace()
-    over = lambda body: map_ranges(P, body, device)  # noqa: E731
     thresholds = []
     for t in range(T):
-        progress(t / (T + 2), f"trim threshold {vectors.task_names[t]}")
-        over(lambda a, b: torch.abs(vectors.tau_chunk(t, a, b), out=magnitude[a:b]))
-        thresholds.append(top_fraction_threshold(magnitude, k))
-    total = torch.empty(P, dtype=torch.float32, device=device)  # Σt τ̂t first, then the merged vector
-    progress(T / (T + 2), "trim and elect signs")
-    majority = sum(over(lambda a, b: _trim(vectors, thresholds, trims, a, b, total[a:b])))
-    conflicts = torch.zeros(P, dtype=torch.bool, device=device)
-    progress((T + 1) / (T + 2), "disjoint merge")
-    fill = (majority > 0) - (majority < 0)
-    over(lambda a, b: _disjoint_merge(vectors, thresholds, fill, merge, a, b, total[a:b], conflicts[a:b]))
-    return total, trims, conflicts, [float(threshold) for threshold in thresholds]
-
-
-def _trim(vectors, thresholds, trims: MaskSet, a: int, b: int, elected: torch.Tensor) -> int:
-    """On [a, b): keep = |τt| ≥ threshold_t → trim mask t; elected = Σt τt·keep; returns #(elected > 0) −
-    #(elected < 0), this range's part of the majority sign."""
-    elected.zero_()
-    magnitude, keep = scratch(elected, 0), scratch(elected, 0, torch.bool)
-    for t, threshold in enumerate(thresholds):
-        tau = vectors.tau_chunk(t, a, b)
-        torch.ge(torch.abs(tau, out=magnitude), threshold, out=keep)
-        trims.set_chunk(t, a, keep)
-        elected.addcmul_(tau, keep)
-    return int(torch.count_nonzero(elected > 0)) - int(torch.count_nonzero(elected < 0))
-
-
-def _disjoint_merge(vectors, thresholds, fill: int, merge: str, a: int, b: int, total: torch.Tensor,
-                    conflicts: torch.Tensor) -> None:
-    """On [a, b), with ``total`` = Σt τ̂t: γ = sign(total) (0 → ``fill``); over the tasks w = γ·τ̂t:
-    conflicts |= w < 0, count += w > 0, sum += max(w, 0); total ← γ·sum (/ max(1, count) for dis-mean)."""
-    gamma, flag = scratch(total, 0), scratch(total, 0, torch.bool)
-    torch.sign(total, out=gamma).masked_fill_(torch.eq(gamma, 0, out=flag), fill)
+        progress(t / (2 * T), f"trim {vectors.task_names[t]}")
+        tau = vectors.tau(t)
+        _magnitude(tau, magnitude)
+        threshold = top_fraction_threshold(magnitude, k)
+        _trim(tau, magnitude, threshold, trims, t, total)
+        thresholds.append(float(threshold))
+    gamma = _elect(total)
     total.zero_()
-    count = scratch(total, 0, torch.uint8 if vectors.T < 256 else torch.int32).zero_() if merge == "mean" else None
-    work = scratch(total, 1)
-    for t, threshold in enumerate(thresholds):  # |γ| = 1 where τ̂t can be nonzero, so kept ⇔ |w| ≥ threshold
-        torch.mul(vectors.tau_chunk(t, a, b), gamma, out=work)
-        if float(threshold) > 0:
-            conflicts |= torch.le(work, -threshold, out=flag)  # kept, against γ
-        else:
-            conflicts |= torch.lt(work, 0, out=flag)
-        work.masked_fill_(torch.lt(work, threshold, out=flag), 0)  # kept and agreeing: w ≥ threshold, w > 0
+    count = torch.zeros(P, dtype=torch.uint8 if T < 256 else torch.int32, device=device) if merge == "mean" \
+        else None
+    conflicts = torch.zeros(P, dtype=torch.bool, device=device)
+    for t in range(T):
+        progress((T + t) / (2 * T), f"disjoint merge {vectors.task_names[t]}")
+        _disjoint_add(vectors.tau(t), gamma, trims, t, conflicts, count, total)
+    _signed_mean(total, gamma, count)
+    return total, trims, conflicts, thresholds
+
+
+def _signed_mean(total: torch.Tensor, gamma: torch.Tensor, count: torch.Tensor | None) -> None:
+    """total ← γ·total (/ max(1, count) for dis-mean), in place (chunked on CPU: no P-sized temporaries)."""
+    if not use_numpy(total):
+        total *= gamma
         if count is not None:
-            count += torch.gt(work, 0, out=flag)
-        total += work
-    total.mul_(gamma)
-    if count is not None:
-        total /= count.clamp_min_(1)
+            total /= count.clamp_min_(1)
+        return
+    tot, sign, cnt = total.numpy(), gamma.numpy(), None if count is None else count.numpy()
+
+    def body(a: int, b: int) -> None:
+        tot[a:b] *= sign[a:b]
+        if cnt is not None:
+            tot[a:b] /= np.maximum(cnt[a:b], 1)
+
+    map_chunks(tot.size, body)
+
+
+def _elect(total: torch.Tensor) -> torch.Tensor:
+    """γ = sign(Σt τ̂t) as int8, zeros replaced by the majority sign sign(Σ γ)."""
+    if not use_numpy(total):
+        gamma = torch.sign(total).to(torch.int8)
+        majority = int(torch.count_nonzero(gamma > 0)) - int(torch.count_nonzero(gamma < 0))
+        gamma.masked_fill_(gamma == 0, (majority > 0) - (majority < 0))
+        return gamma
+    gamma = torch.empty(total.shape, dtype=torch.int8)
+    src, dst = total.numpy(), gamma.numpy()
+
+    def sign(a: int, b: int) -> int:
+        np.sign(src[a:b], out=dst[a:b], casting="unsafe")
+        return int(np.count_nonzero(dst[a:b] > 0)) - int(np.count_nonzero(dst[a:b] < 0))
+
+    majority = sum(map_chunks(src.size, sign))
+    fill = np.int8((majority > 0) - (majority < 0))
+    map_chunks(src.size, lambda a, b: np.copyto(dst[a:b], fill, where=dst[a:b] == 0))
+    return gamma
+
+
+def _magnitude(tau: torch.Tensor, out: torch.Tensor) -> None:
+    if use_numpy(tau):
+        src, dst = tau.numpy(), out.numpy()
+        map_chunks(src.size, lambda a, b: np.abs(src[a:b], out=dst[a:b]))
+    else:
+        torch.abs(tau, out=out)
+
+
+def _trim(tau, magnitude, threshold, trims: MaskSet, t: int, elected: torch.Tensor) -> None:
+    """keep = |τt| ≥ threshold → trim mask t; elected += τt·keep."""
+    if not use_numpy(tau):
+        keep = magnitude >= threshold
+        trims.set(t, keep)
+        elected.addcmul_(tau, keep)
+        return
+    src, mag, acc, row, thr = tau.numpy(), magnitude.numpy(), elected.numpy(), trims.packed[t].numpy(), \
+        np.float32(threshold)
+
+    def body(a: int, b: int) -> None:
+        keep = mag[a:b] >= thr
+        row[a // 8:(b + 7) // 8] = np.packbits(keep)
+        acc[a:b] += src[a:b] * keep  # (ufunc where= is far slower)
+
+    map_chunks(src.size, body)
+
+
+def _disjoint_add(tau, gamma, trims: MaskSet, t: int, conflicts, count, total) -> None:
+    """w = γ·τ̂t; conflicts |= w < 0; count += w > 0; total += max(w, 0)."""
+    if not use_numpy(tau):
+        work = tau * gamma
+        work.mul_(trims.get(t))
+        conflicts |= work < 0
+        if count is not None:
+            count += work > 0
+        total += work.clamp_min_(0)
+        return
+    src, sign, row, conf, tot = tau.numpy(), gamma.numpy(), trims.packed[t].numpy(), conflicts.numpy(), \
+        total.numpy()
+    cnt = count.numpy() if count is not None else None
+
+    def body(a: int, b: int) -> None:
+        w = src[a:b] * sign[a:b]
+        w *= np.unpackbits(row[a // 8:(b + 7) // 8], count=b - a).view(bool)
+        conf[a:b] |= w < 0
+        if cnt is not None:
+            cnt[a:b] += w > 0
+        np.maximum(w, 0, out=w)
+        tot[a:b] += w
+
+    map_chunks(src.size, body)
 
 
 def run(space, params, progress, context=None) -> MergeResult:
