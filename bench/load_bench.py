@@ -8,7 +8,9 @@ memory-mapped loads are not flattered):
 * Hugging Face CLIPVisionModel safetensors: ``load_file`` (no conversion) vs ``load_checkpoint`` (→ open_clip keys);
 * task_vectors pickled ``ImageEncoder``: ``torch.load(weights_only=False)`` (runs code from the file: the unsafe
   reference) vs ``load_checkpoint`` (restricted unpickler);
-* header-only validation (``inspect_checkpoint``) of the safetensors file.
+* header-only validation (``inspect_checkpoint``) of the safetensors file;
+* building a task-vector space from ``--tasks`` visual safetensors files (random fine-tunes): plain ``load_file``
+  + flatten + subtract vs ``load_checkpoint`` + ``TaskVectorSpace.build`` (key checks, finiteness check).
 
     python bench/load_bench.py [--repeats 3]
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from merging import TaskVectorSpace  # noqa: E402  (before torch: turns on huge pages)
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -63,9 +66,35 @@ def pickled_encoder_class():
     return ImageEncoder
 
 
+def space_case(tmp: Path, visual: dict, tasks: int, repeats: int) -> None:
+    """Space build from safetensors files vs plain load + subtract, side by side."""
+    files = [tmp / f"visual{t}.safetensors" for t in range(tasks + 1)]
+    for t, path in enumerate(files):
+        save_file({k: (v + 1e-3 * t * torch.randn_like(v) if v.is_floating_point() else v).contiguous()
+                   for k, v in visual.items()}, str(path))
+
+    def flat(path: Path) -> torch.Tensor:
+        return torch.cat([v.reshape(-1).float() for v in load_file(str(path)).values() if v.is_floating_point()])
+
+    def plain() -> None:
+        theta0 = flat(files[0])
+        stack = torch.empty((tasks, theta0.numel()))
+        for t, path in enumerate(files[1:]):
+            torch.sub(flat(path), theta0, out=stack[t])
+
+    def ours() -> None:
+        TaskVectorSpace.build(load_checkpoint(files[0]).visual,
+                              [lambda path=path: load_checkpoint(path).visual for path in files[1:]], device="cpu")
+
+    plain(), ours()
+    a, b = median_time(plain, repeats), median_time(ours, repeats)
+    print(f"  {f'space build, {tasks} tasks':36s} {a:8.3f}s {b:10.3f}s {b / a:6.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=4, help="fine-tuned files in the space-build case")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = build_clip(Architecture("ViT-B-32-quickgelu"))
@@ -97,6 +126,7 @@ def main() -> None:
             plain(), ours()  # warm the page cache
             a, b = median_time(plain, args.repeats), median_time(ours, args.repeats)
             print(f"  {name:36s} {a:8.3f}s {b:10.3f}s {b / a:6.2f}x")
+        space_case(tmp, visual, args.tasks, args.repeats)
         header = median_time(lambda: inspect_checkpoint(tmp / "full.safetensors"), args.repeats)
         print(f"  header-only validation (inspect_checkpoint, safetensors): {header * 1000:.1f} ms")
 

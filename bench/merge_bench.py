@@ -10,8 +10,9 @@ LiNeS is timed alone (its α from the norms included), applied to a Task Arithme
 
 Each row also gives the engine's time as a multiple of F, one read of the (T, P) float32 stack (torch.sum,
 median), and of the method's own floor: the fewest full reads of the stack it needs × F (TA and averaging 1,
-TALL, Consensus and EMR 2, TIES 3, PCB 4, DARE 1 plus its draws, LiNeS 1 (Σt τt for its α); mask statistics
-read only the packed masks, timed the same way).
+TALL, Consensus and EMR 2, TIES 3, PCB 4 plus one exp and one tanh of every entry (timed in the same run, chunked
+into one reused buffer), DARE 1 plus its draws, LiNeS 1 (Σt τt for its α); mask statistics read only the packed
+masks, timed the same way).
 
 CPU peak memory is the process's peak resident set (VmHWM, reset before each call); on CUDA it is
 torch.cuda.max_memory_allocated.  Both are reported as a multiple of the (T, P) stack's size.
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import reference as ref  # noqa: E402
 from merging import TaskVectorSpace, get_modifier, run_merge  # noqa: E402
+from merging.chunks import map_ranges  # noqa: E402
 from merging.device import pick_device  # noqa: E402
 from merging.maskstats import mask_statistics  # noqa: E402
 from merging.param_index import ParamIndex  # noqa: E402
@@ -87,6 +89,14 @@ def random_space(index: ParamIndex, T: int, device: torch.device) -> TaskVectorS
         stack[t].normal_(generator=g).mul_(1e-3)
         stack[t, : index.numel // 100] = 0.0
     return TaskVectorSpace(index, {"__order__": index.names()}, theta0, stack, [f"task{t}" for t in range(T)])
+
+
+def exp_tanh(taus: torch.Tensor) -> None:
+    """One torch.exp and one torch.tanh of every entry of the stack (PCB's transcendental floor)."""
+    out = torch.empty(taus.shape[1], device=taus.device)
+    for tau in taus:
+        map_ranges(tau.numel(), lambda a, b: (torch.exp(tau[a:b], out=out[a:b]), torch.tanh(tau[a:b], out=out[a:b])),
+                   taus.device)
 
 
 def _rss_peak_reset() -> None:
@@ -156,6 +166,8 @@ def main() -> None:
                     fast = lambda: run_merge(space, name, params)  # noqa: E731
                     plain = lambda: reference(space.theta0, taus, T)  # noqa: E731
                     floor = FLOOR_READS[name] * one_read
+                    if name == "pcb":
+                        floor += measure(lambda: exp_tanh(taus), device, 3)[0]
                 fast()  # warm-up (workspace, allocator, thread pool)
                 seconds, peak = measure(fast, device, args.repeats)
                 row = f"| {model} | {T} | {name} | {seconds:.3f} | {seconds / one_read:.1f} | {seconds / floor:.1f} | "

@@ -74,12 +74,21 @@ class MaskSet:
     def set(self, t: int, mask: torch.Tensor) -> None:
         if mask.numel() != self.numel:
             raise ValueError(f"mask has {mask.numel()} elements, expected {self.numel}")
+        self.set_chunk(t, 0, mask)
+
+    def set_chunk(self, t: int, start: int, mask: torch.Tensor) -> None:
+        """Bits [start, start + mask.numel()) of mask t; ``start`` is a multiple of 8 and so is the chunk's length
+        unless it ends the mask."""
+        stop = start + mask.numel()
+        if start % 8 or stop > self.numel or (stop < self.numel and mask.numel() % 8):
+            raise ValueError(f"a chunk of {mask.numel()} bits at {start} is not byte-aligned in {self.numel}")
         mask = mask.reshape(-1).to(self.packed.device).contiguous()
+        row = self.packed[t, start // 8:(stop + 7) // 8]
         if use_numpy(mask):
-            bits, row = mask.numpy(), self.packed[t].numpy()
-            map_chunks(self.numel, lambda a, b: np.copyto(row[a // 8:(b + 7) // 8], np.packbits(bits[a:b])))
+            bits, out = mask.numpy(), row.numpy()
+            map_chunks(bits.size, lambda a, b: np.copyto(out[a // 8:(b + 7) // 8], np.packbits(bits[a:b])))
         else:
-            pack_bits(mask, out=self.packed[t])
+            pack_bits(mask, out=row)
 
     def get(self, t: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Mask t as (P,) bool; pass a reusable uint8 buffer of ``8·⌈P/8⌉`` elements as ``out``."""

@@ -36,7 +36,8 @@ def _select(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor
     if n <= SMALL:
         return torch.kthvalue(x, k).values
     idx = torch.randint(n, (SAMPLE,), device=x.device, generator=generator)
-    sample = torch.sort(x[idx]).values
+    sample = x[idx]
+    sample = torch.from_numpy(np.sort(sample.numpy())) if use_numpy(sample) else torch.sort(sample).values
     p = k / n
     centre = p * (SAMPLE - 1)
     half = _Z * math.sqrt(SAMPLE * p * (1 - p)) + 16

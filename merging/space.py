@@ -113,9 +113,9 @@ class TaskVectorSpace:
             state = item() if callable(item) else item
             what = named(t + 1, f"fine-tuned checkpoint for task {names[t]!r}")
             check_compatible(pretrained, state, what)
-            for e in index.entries:
-                stack[t, e.slice] = (state[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32)
-                                     - theta0[e.slice]).to(dtype)
+            for e in index.entries:  # τt straight into the stack (rounded to its dtype): no temporary
+                torch.sub(state[e.name].detach().reshape(-1).to(device=device, dtype=torch.float32), theta0[e.slice],
+                          out=stack[t, e.slice])
             del state
             _check_finite(stack[t], index, what)
             if disk is not None:
@@ -139,6 +139,10 @@ class TaskVectorSpace:
     def tau(self, t: int) -> torch.Tensor:
         """Task vector t as float32 (a view when the stack is float32 — do not modify it in place)."""
         return self.stack[self.rows[t]].to(torch.float32)
+
+    def tau_chunk(self, t: int, start: int, stop: int) -> torch.Tensor:
+        """Entries [start, stop) of task vector t as float32 (a view when the stack is float32)."""
+        return self.stack[self.rows[t], start:stop].to(torch.float32)
 
     def sum_tau(self) -> torch.Tensor:
         """Σt τt as a new float32 (P,) tensor (rows added in task order; on CPU over cache-sized chunks)."""

@@ -91,7 +91,7 @@ def pcb(theta0, taus, r, q, lams):
         beta = torch.exp(T * norm ** 2) * torch.tanh(tau * direction)
         floor = _sorted_at(beta, int(P * (1 - r)))
         score = (torch.maximum(beta, floor) - floor) / (beta.max() - floor)
-        numerator = numerator + lams[t] * score * torch.sign(tau) * a
+        numerator = numerator + lams[t] * (score * torch.sign(tau) * a)
         denominator = denominator + score
         kept.append(score > 0)
     return theta0 + numerator / denominator.clamp(min=1e-12), torch.stack(kept)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..chunks import map_ranges, scratch
 from ..maskset import MaskSet
 from ..params import Param
 from ..registry import MergeMethod, MergeResult, register
@@ -29,59 +30,88 @@ def _order_stat(x: torch.Tensor, position: int) -> torch.Tensor:
     return kth_smallest(x, min(max(position, 0), x.numel() - 1) + 1)
 
 
-def _bounds(tau: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
-    magnitude = tau.abs()
-    n = magnitude.numel()
-    return _order_stat(magnitude, int(n * q)), _order_stat(magnitude, int(n * (1 - q) - 1))
+class _Clip:
+    """Task t's clip bounds [low, high] (order statistics of |τt|, computed once) and the per-chunk a_t, Norm(a_t)."""
+
+    def __init__(self, magnitude: torch.Tensor, q: float):
+        n = magnitude.numel()
+        self.low, self.high = _order_stat(magnitude, int(n * q)), _order_stat(magnitude, int(n * (1 - q) - 1))
+        self.span = self.high - self.low
+        self.spread = bool(self.span > 0)
+
+    def clipped(self, tau: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """a_t = clamp(|τt|, low, high) into ``out``."""
+        return torch.abs(tau, out=out).clamp_(self.low, self.high)
+
+    def norm(self, tau: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Norm(a_t) = (a_t − low) / (high − low) into ``out`` (0 where high = low)."""
+        clipped = self.clipped(tau, out)
+        return clipped.sub_(self.low).div_(self.span) if self.spread else clipped.zero_()
 
 
-def _clipped(tau: torch.Tensor, q: float, bounds=None):
-    low, high = bounds if bounds is not None else _bounds(tau, q)
-    clipped = tau.abs().clamp_(low, high)
-    span = high - low
-    norm = (clipped - low) / span if span > 0 else torch.zeros_like(clipped)
-    return clipped, norm
-
-
-def balanced_terms(space, params, progress):
-    """Yield (t, s_t, s_t ⊙ τc,t) per task: the PCB score and the scored clipped task vector (steps 1–4)."""
-    T, q, r = space.T, params["clip_q"], params["r"]
-    bounds = []
-    direction = torch.zeros(space.P, dtype=torch.float32, device=space.device)
+def balanced_terms(space, params, progress, add) -> MaskSet:
+    """Steps 1–4: call ``add(t, a, b, s_t, s_t ⊙ τc,t)`` for every task t and range [a, b) of the vector (cache-sized
+    chunks on CPU, concurrently for different ranges; the whole vector on GPU; both give the same bits: the chunk
+    bodies are elementwise torch ops); returns PCB's keep masks 1{s_t > 0}.  Beyond the stack: direction, one
+    (P,) workspace (|τt|, then β_t) and per-thread chunk buffers."""
+    T, P, q, r = space.T, space.P, params["clip_q"], params["r"]
+    keeps = MaskSet.empty(space.task_names, P, space.device, "pcb_keep")
+    work = space.workspace()
+    over = lambda body: map_ranges(P, body, space.device)  # noqa: E731
+    tanh_sum = params["inter"] == "tanh_sum"
+    clips = []
+    direction = torch.zeros(P, dtype=torch.float32, device=space.device) if tanh_sum else None
     for t in range(T):
         progress(t / (2 * T), f"normalise {space.task_names[t]}")
         tau = space.tau(t)
-        bounds.append(_bounds(tau, q))
-        if params["inter"] == "tanh_sum":
-            direction += torch.sign(tau) * _clipped(tau, q, bounds[t])[1]
+        over(lambda a, b: torch.abs(tau[a:b], out=work[a:b]))
+        clip = _Clip(work, q)
+        clips.append(clip)
+        if tanh_sum:  # direction += sign(τt) · Norm(a_t)
+            over(lambda a, b: direction[a:b].add_(torch.sign(tau[a:b], out=scratch(work[a:b], 0))
+                                                  .mul_(clip.norm(tau[a:b], work[a:b]))))
     for t in range(T):
         progress((T + t) / (2 * T), f"balance and drop {space.task_names[t]}")
-        tau = space.tau(t)
-        clipped, norm = _clipped(tau, q, bounds[t])
-        if params["inter"] == "tanh_sum":
-            inter = torch.tanh(tau * direction)
-        else:
-            signed = torch.sign(tau) * norm
-            inter = torch.zeros_like(signed)
-            for j in range(T):
-                other = space.tau(j)
-                inter += torch.tanh(signed * torch.sign(other) * _clipped(other, q, bounds[j])[1])
-        beta = torch.exp(T * norm.square_()) * inter
-        floor = _order_stat(beta, int(space.P * (1 - r)))
-        top = beta.max()
-        score = (beta.clamp_(min=floor) - floor) / (top - floor) if top > floor else torch.zeros_like(beta)
-        yield t, score, score * torch.sign(tau) * clipped
+        tau, clip = space.tau(t), clips[t]
+
+        def beta(a: int, b: int) -> torch.Tensor:  # β_t = exp(T · Norm(a_t)²) ⊙ inter_t into work; its maximum
+            norm = clip.norm(tau[a:b], work[a:b])
+            if tanh_sum:
+                inter = torch.mul(tau[a:b], direction[a:b], out=scratch(norm, 0)).tanh_()
+            else:
+                signed = torch.sign(tau[a:b], out=scratch(norm, 1)).mul_(norm)
+                inter = scratch(norm, 0).zero_()
+                for j, clip_j in enumerate(clips):
+                    other = space.tau_chunk(j, a, b)
+                    term = torch.sign(other, out=scratch(norm, 2)).mul_(signed)
+                    inter += term.mul_(clip_j.norm(other, scratch(norm, 3))).tanh_()
+            return norm.square_().mul_(T).exp_().mul_(inter).max()
+
+        top = torch.stack(over(beta)).max()
+        floor = _order_stat(work, int(P * (1 - r)))
+        scale = top - floor if bool(top > floor) else None
+
+        def score(a: int, b: int) -> None:  # s_t = Norm(max(β_t, floor)) in place; s_t ⊙ sign(τt) ⊙ a_t
+            s = work[a:b].clamp_(min=floor).sub_(floor).div_(scale) if scale is not None else work[a:b].zero_()
+            keeps.set_chunk(t, a, s > 0)
+            scored = torch.sign(tau[a:b], out=scratch(s, 0)).mul_(s).mul_(clip.clipped(tau[a:b], scratch(s, 1)))
+            add(t, a, b, s, scored)
+
+        over(score)
+    return keeps
 
 
 def run(space, params, progress, context=None) -> MergeResult:
     numerator = torch.zeros(space.P, dtype=torch.float32, device=space.device)
     denominator = torch.zeros_like(numerator)
-    keeps = MaskSet.empty(space.task_names, space.P, space.device, "pcb_keep")
-    for t, score, scored in balanced_terms(space, params, progress):
-        keeps.set(t, score > 0)
-        numerator += params["lam"][t] * scored
-        denominator += score
-    return MergeResult("pcb", params, numerator / denominator.clamp_min(1e-12), masks={"pcb_keep": keeps})
+
+    def add(t: int, a: int, b: int, score: torch.Tensor, scored: torch.Tensor) -> None:
+        numerator[a:b] += scored.mul_(params["lam"][t])
+        denominator[a:b] += score
+
+    keeps = balanced_terms(space, params, progress, add)
+    map_ranges(space.P, lambda a, b: numerator[a:b].div_(denominator[a:b].clamp_min_(1e-12)), space.device)
+    return MergeResult("pcb", params, numerator, masks={"pcb_keep": keeps})
 
 
 METHOD = register(MergeMethod(

@@ -93,11 +93,12 @@ def scored_terms(space, params, progress) -> tuple[torch.Tensor, MaskSet]:
     """(T, P) float32 terms s_t ⊙ τc,t / max(Σt s_t, 1e-12) and PCB's keep masks."""
     terms = torch.empty((space.T, space.P), dtype=torch.float32, device=space.device)
     denominator = torch.zeros(space.P, dtype=torch.float32, device=space.device)
-    keeps = MaskSet.empty(space.task_names, space.P, space.device, "pcb_keep")
-    for t, score, scored in pcb.balanced_terms(space, params, progress):
-        keeps.set(t, score > 0)
-        terms[t] = scored
-        denominator += score
+
+    def add(t: int, a: int, b: int, score: torch.Tensor, scored: torch.Tensor) -> None:
+        terms[t, a:b] = scored
+        denominator[a:b] += score
+
+    keeps = pcb.balanced_terms(space, params, progress, add)
     terms /= denominator.clamp_min_(1e-12)
     return terms, keeps
 
