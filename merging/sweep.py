@@ -36,18 +36,21 @@ def _evaluate_point(zoo, space, method: str, params: Mapping, modifiers, split: 
 
 
 class InProcess:
-    """Run the points one after another in this process (the default)."""
+    """Run the points one after another in this process (the default), through
+    :func:`merging.registry.run_grid` (a method with a grid function shares work between points)."""
 
     def map(self, zoo, space, method, points, base, modifiers, split, reference, progress):
-        from .evaluation import Evaluator
+        from .evaluation import Evaluator, evaluate_result
+        from .registry import run_grid
 
         evaluator = Evaluator(zoo, device=space.device)
+        results = run_grid(space, method, [{**base, **point} for point in points], progress.sub(0.0, 1 / len(points)),
+                           modifiers=modifiers)
         tables = []
-        for i, point in enumerate(points):
+        for i, (point, result) in enumerate(zip(points, results)):
             values = ", ".join(f"{k}={v}" for k, v in point.items())
             progress(i / len(points), f"point {i + 1}/{len(points)}: {values}")
-            tables.append(_evaluate_point(zoo, space, method, {**base, **point}, modifiers, split, reference,
-                                          evaluator))
+            tables.append(evaluate_result(zoo, space, result, split=split, reference=reference, evaluator=evaluator))
         return tables
 
 

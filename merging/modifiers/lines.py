@@ -35,9 +35,10 @@ PARAMS = (
     Param("mode", str, "multi-task", "multi-task: α = ‖Σt τt‖₁/‖δ‖₁/T, β given; single-task: α = alpha, "
           "β = 1 − alpha; manual: α = alpha, β = beta", choices=("multi-task", "single-task", "manual")),
     Param("alpha", float, 1.0, "α: scale outside the blocks and of block 0 (single-task and manual modes)",
-          low=0.0, high=10.0, step=0.05, grid=SINGLE_TASK_GRID),
+          low=0.0, high=10.0, step=0.05, grid=SINGLE_TASK_GRID, when=("mode", ("single-task", "manual"))),
     Param("beta", float, 0.5, "β: block l of L is scaled by α + β·l/(L − 1) (multi-task and manual modes; "
-          "official grid 0.1…1.0, 0.1…1.5 for TIES)", low=-10.0, high=10.0, step=0.05, grid=BETA_GRID),
+          "official grid 0.1…1.0, 0.1…1.5 for TIES)", low=-10.0, high=10.0, step=0.05, grid=BETA_GRID,
+          when=("mode", ("multi-task", "manual"))),
 )
 
 
