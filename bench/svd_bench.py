@@ -1,20 +1,23 @@
-"""SVD-family benchmark: TSV-M, Iso-C, Iso-CTS, CART and WUDI on ViT-sized random task vectors, each timed against
-its plain reference (tests/svd_reference.py: one loop over keys, ``torch.linalg.svd`` per task matrix in float32,
-zero-padded stacks, autograd WUDI) in the same run, with peak memory and the largest difference.  Markdown table,
-medians over --repeats (the reference runs --reference-repeats times).
+"""Benchmark of the 2025 methods — TSV-M, Iso-C, Iso-CTS, CART, WUDI (the SVD family), EMR-Merging and the LiNeS
+modifier — on ViT-sized random task vectors, each against its plain reference in the same run: the engine and
+the reference alternate call by call (so a change of machine load hits both), medians over --repeats, peak memory
+and the largest difference.  References: tests/svd_reference.py (one loop over keys, ``torch.linalg.svd`` per
+task matrix in float32, zero-padded stacks, autograd WUDI with ``torch.optim.Adam``) and tests/reference.py
+(EMR's per-tensor loop with dense masks; LiNeS per key with the official ``.abs().sum()`` α).
 
-    python bench/svd_bench.py                                # ViT-B/32 visual (87,849,216 params), T = 8, CPU
-    python bench/svd_bench.py --device cuda --tasks 8 14 20
-    python bench/svd_bench.py --blocks 2 --wudi-iterations 10   # a slow CPU: 2 of 12 blocks, WUDI extrapolated
+    python bench/svd_bench.py                                      # ViT-B/32 visual (87,849,216 params), T = 8
+    python bench/svd_bench.py --blocks 1 --methods tsvm iso_c iso_cts cart wudi   # a slow CPU: 1 of 12 blocks
+    python bench/svd_bench.py --device cuda                        # the GPU run (default device: cuda when present)
 
 ``--blocks N`` keeps the stem, the head and the first N residual blocks (the per-matrix work is the same in every
-block, so ×12/N extrapolates).  WUDI's Adam loop costs the same per iteration: with ``--wudi-iterations i`` below
-300 the engine and the reference are also timed at 0 iterations (setup and tables) and the table shows
-t(0) + (t(i) − t(0)) · 300 / i, marked "extrapolated".  ``diff`` = max |Δ − Δref| / max |Δref|.
+block, so a whole model costs about ×12/N).  WUDI runs ``--wudi-iterations`` Adam steps (default 300, the
+official count) in both the engine and the reference.  LiNeS (β = 0.5, multi-task α) is applied to a Task
+Arithmetic merge at λ = 1 made before the timing.  ``diff`` = max |Δ − Δref| / max |Δref| (EMR: of τuni).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,22 +27,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import reference  # noqa: E402
 import svd_reference as ref  # noqa: E402
-from merge_bench import _rss, measure, random_space, visual_index  # noqa: E402
+from merge_bench import _lines, _rss, measure, random_space, visual_index  # noqa: E402
 from merging import run_merge  # noqa: E402
 from merging.device import pick_device  # noqa: E402
 from merging.methods.cart import official_defaults  # noqa: E402
 from merging.param_index import ParamEntry, ParamIndex  # noqa: E402
 
 F32 = torch.float32
-METHODS = {  # method → reference(index, taus, T, iterations)
-    "tsvm": lambda ix, taus, T, it: ref.tsvm(ix, taus, 1.0, F32),
-    "iso_c": lambda ix, taus, T, it: ref.iso_c(ix, taus, 1.0, F32),
-    "iso_cts": lambda ix, taus, T, it: ref.iso_cts(ix, taus, 1.0, 0.8, F32),
-    "cart": lambda ix, taus, T, it: ref.cart(ix, taus, *official_defaults(T), F32),
-    "wudi": lambda ix, taus, T, it: ref.wudi(ix, taus, it, 1e-5, "official", F32),
-}
 OFFICIAL_ITERATIONS = 300
+SVD_REFERENCES = {  # method → reference(space, args), float32 as the official codes
+    "tsvm": lambda sp, a: ref.tsvm(sp.index, sp.stack, 1.0, F32),
+    "iso_c": lambda sp, a: ref.iso_c(sp.index, sp.stack, 1.0, F32),
+    "iso_cts": lambda sp, a: ref.iso_cts(sp.index, sp.stack, 1.0, 0.8, F32),
+    "cart": lambda sp, a: ref.cart(sp.index, sp.stack, *official_defaults(sp.T), F32),
+    "wudi": lambda sp, a: ref.wudi(sp.index, sp.stack, a.wudi_iterations, 1e-5, "official", F32),
+}
+
+
+def _svd_case(name):
+    def case(space, args):
+        params = {"tables": not args.no_tables, **({"iterations": args.wudi_iterations} if name == "wudi" else {})}
+        return (lambda: run_merge(space, name, params).delta, lambda: SVD_REFERENCES[name](space, args))
+    return case
+
+
+CASES = {  # name → (space, args) → (engine call, reference call), each returning the flat Δ
+    **{name: _svd_case(name) for name in SVD_REFERENCES},
+    "emr": lambda sp, a: (lambda: run_merge(sp, "emr").delta, lambda: reference.emr(sp.stack, sp.index)[0]),
+    "lines": lambda sp, a: _lines(sp),
+}
 
 
 def first_blocks(index: ParamIndex, blocks: int | None) -> ParamIndex:
@@ -54,37 +72,43 @@ def first_blocks(index: ParamIndex, blocks: int | None) -> ParamIndex:
     return ParamIndex(entries)
 
 
-def timed(fn, device, repeats):
-    holder = {}
-
-    def call():
-        holder.pop("out", None)  # free the previous repeat's output before the next one
-        holder["out"] = fn()
-        return holder["out"]
-    seconds, peak = measure(call, device, repeats)
-    return seconds, peak, holder.pop("out")
+def side_by_side(engine, plain, device, repeats):
+    """Engine and reference called alternately, ``repeats`` times each, every output freed before the next call
+    except the last engine output (kept for the diff; its bytes are not counted in the reference's peak):
+    [(median seconds, peak bytes, last output)] for the engine and the reference."""
+    times, peaks, fast = ([], []), [0, 0], None
+    for i in range(repeats):
+        for j, fn in enumerate((engine, plain)):
+            if j == 0:
+                fast = None
+            held = fast.numel() * fast.element_size() if fast is not None else 0
+            out = {}
+            seconds, peak = measure(lambda: out.setdefault("delta", fn()), device, 1)
+            times[j].append(seconds)
+            peaks[j] = max(peaks[j], peak - held)
+            if j == 0:
+                fast = out.pop("delta")
+            elif i == repeats - 1:
+                slow = out.pop("delta")
+            out.clear()
+    return [(statistics.median(times[0]), peaks[0], fast), (statistics.median(times[1]), peaks[1], slow)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ViT-B-32"])
     parser.add_argument("--tasks", nargs="+", type=int, default=[8])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--methods", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--blocks", type=int, help="keep only the first N residual blocks (default: all)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--reference-repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="calls of the engine and of the reference each")
     parser.add_argument("--wudi-iterations", type=int, default=OFFICIAL_ITERATIONS,
-                        help="engine WUDI iterations actually run (extrapolated to 300 when fewer)")
-    parser.add_argument("--reference-wudi-iterations", type=int, default=None,
-                        help="reference WUDI iterations actually run (default: --wudi-iterations)")
-    parser.add_argument("--no-reference", action="store_true", help="time the engine only")
+                        help="WUDI's Adam steps, in the engine and in the reference")
     parser.add_argument("--no-tables", action="store_true", help="merge without the figures' tables")
     args = parser.parse_args()
     device = pick_device(args.device)
-    ref_iterations = args.reference_wudi_iterations or args.wudi_iterations
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device: {device} ({what}), torch {torch.__version__}")
+    print(f"device: {device} ({what}), torch {torch.__version__}, medians of {args.repeats} alternating calls")
     print("| model | blocks | P | T | method | engine s | reference s | speed-up | engine peak / stack | "
           "reference peak / stack | diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -106,36 +130,14 @@ def main() -> None:
                 return f"{(stack_bytes + peak - base) / stack_bytes:.2f}"
 
             for name in args.methods:
-                wudi = name == "wudi"
-
-                def engine(iterations=args.wudi_iterations):
-                    params = {"iterations": iterations} if wudi else {}
-                    return run_merge(space, name, {**params, "tables": not args.no_tables}).delta
-
-                def plain(iterations=ref_iterations):
-                    return METHODS[name](space.index, space.stack, T, iterations)
-                seconds, peak, fast = timed(engine, device, args.repeats)
-                note = ""
-                if wudi and args.wudi_iterations < OFFICIAL_ITERATIONS:
-                    zero = timed(lambda: engine(0), device, 1)[0]
-                    seconds = zero + (seconds - zero) * OFFICIAL_ITERATIONS / args.wudi_iterations
-                    note = f" (extrapolated from {args.wudi_iterations} iterations)"
-                row = f"| {model} | {blocks} | {space.P:,} | {T} | {name}{note} | {seconds:.1f} | "
-                if args.no_reference:
-                    print(row + f"– | – | {ratio(peak)} | – | – |", flush=True)
-                    continue
-                ref_seconds, ref_peak, slow = timed(plain, device, args.reference_repeats)
-                if wudi and ref_iterations < OFFICIAL_ITERATIONS:
-                    zero = timed(lambda: plain(0), device, 1)[0]
-                    ref_seconds = zero + (ref_seconds - zero) * OFFICIAL_ITERATIONS / ref_iterations
-                    row += f"{ref_seconds:.1f} (extrapolated from {ref_iterations}) | "
-                else:
-                    row += f"{ref_seconds:.1f} | "
-                comparable = not wudi or args.wudi_iterations == ref_iterations
-                diff = ((fast - slow).abs().max() / slow.abs().max()).item() if comparable else float("nan")
-                print(row + f"{ref_seconds / seconds:.1f}× | {ratio(peak)} | {ratio(ref_peak)} | "
-                      f"{'–' if diff != diff else f'{diff:.1e}'} |", flush=True)
-                del fast, slow
+                engine, plain = CASES[name](space, args)
+                (fast_s, fast_peak, fast), (ref_s, ref_peak, slow) = side_by_side(engine, plain, device,
+                                                                                  args.repeats)
+                label = f"{name} ({args.wudi_iterations} Adam steps)" if name == "wudi" else name
+                diff = ((fast - slow.to(fast.dtype)).abs().max() / slow.abs().max()).item()
+                print(f"| {model} | {blocks} | {space.P:,} | {T} | {label} | {fast_s:.2f} | {ref_s:.2f} | "
+                      f"{ref_s / fast_s:.1f}× | {ratio(fast_peak)} | {ratio(ref_peak)} | {diff:.1e} |", flush=True)
+                del fast, slow, engine, plain
             del space
             if device.type == "cuda":
                 torch.cuda.empty_cache()

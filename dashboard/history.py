@@ -26,14 +26,15 @@ CREATE TABLE IF NOT EXISTS runs (
     normalized TEXT NOT NULL, mean_accuracy REAL, mean_normalized REAL, statistics TEXT NOT NULL,
     seconds REAL NOT NULL, eval_seconds REAL NOT NULL, device TEXT NOT NULL, zoo_path TEXT NOT NULL DEFAULT '',
     owner TEXT NOT NULL DEFAULT '', name TEXT NOT NULL DEFAULT '', tags TEXT NOT NULL DEFAULT '[]',
-    notes TEXT NOT NULL DEFAULT '', deleted REAL);
+    notes TEXT NOT NULL DEFAULT '', deleted REAL, modifiers TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS baselines (
     zoo_hash TEXT NOT NULL, split TEXT NOT NULL, model TEXT NOT NULL, accuracy TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (zoo_hash, split, model));
 """
-JSON_FIELDS = ("params", "tasks", "accuracy", "normalized", "statistics", "tags")
+JSON_FIELDS = ("params", "tasks", "accuracy", "normalized", "statistics", "tags", "modifiers")
 ADDED_COLUMNS = {"owner": "TEXT NOT NULL DEFAULT ''", "name": "TEXT NOT NULL DEFAULT ''",  # older history files
-                 "tags": "TEXT NOT NULL DEFAULT '[]'", "notes": "TEXT NOT NULL DEFAULT ''", "deleted": "REAL"}
+                 "tags": "TEXT NOT NULL DEFAULT '[]'", "notes": "TEXT NOT NULL DEFAULT ''", "deleted": "REAL",
+                 "modifiers": "TEXT NOT NULL DEFAULT '[]'"}
 MAX_TEXT = {"name": 80, "notes": 4000, "tag": 40, "tags": 20}
 PRIVATE_FIELDS = ("owner",)  # never exported or shown
 
@@ -82,6 +83,7 @@ class RunRecord:
     tags: list[str] = field(default_factory=list)
     notes: str = ""
     deleted: float | None = None  # when it was deleted (soft: restore() undoes it)
+    modifiers: list[dict] = field(default_factory=list)  # [{"name": "lines", "params": {...}}], applied in order
     id: int | None = None
     created: float = field(default_factory=time.time)
 
@@ -96,10 +98,16 @@ class RunRecord:
     def params_text(self) -> str:
         return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
 
+    def modifiers_text(self) -> str:
+        """"lines(mode=multi-task, beta=0.5)" per modifier, joined by " + " ("" without modifiers)."""
+        return " + ".join(f"{m['name']}({', '.join(f'{k}={_short(v)}' for k, v in m['params'].items())})"
+                          for m in self.modifiers)
+
     def label(self) -> str:
         """The run as pickers show it: "#33 ties k=20 λ=1 · 61.2 %" (its name, when it has one)."""
         what = self.name or " ".join([self.method, *(f"{'λ' if k == 'lam' else k}={_short(v)}"
-                                                     for k, v in self.params.items())])
+                                                     for k, v in self.params.items()),
+                                      *([f"+ {self.modifiers_text()}"] if self.modifiers else [])])
         score = f" · {100 * self.mean_accuracy:.1f} %" if self.mean_accuracy is not None else ""
         return f"#{self.id} {what}{score}"
 
@@ -178,7 +186,8 @@ class History:
         """One row per run (visible to ``viewer``), newest first: the runs table of the Compare tab (accuracy
         columns first after the run, so they stay in view on narrow screens)."""
         rows = [{"run": r.id, "avg acc %": _percent(r.mean_accuracy), "avg normalized %": _percent(r.mean_normalized),
-                 "method": r.method, "params": r.params_text(), "name": r.name, "tags": ", ".join(r.tags),
+                 "method": r.method, "params": r.params_text(), "modifiers": r.modifiers_text(), "name": r.name,
+                 "tags": ", ".join(r.tags),
                  "tasks": len(r.tasks), "zoo": r.zoo, "time": _time(r.created),
                  "merge s": round(r.seconds, 3), "eval s": round(r.eval_seconds, 3), "device": r.device}
                 for r in reversed(self.records(zoo_hash, viewer, deleted))]
@@ -236,8 +245,9 @@ class History:
             rows = baselines[baselines["task"].isin(tasks)]
             long += [{"task": row.task, "model": model, "accuracy": getattr(row, model)}
                      for row in rows.itertuples() for model in ("pretrained", "individual")]
-        names = list(dict.fromkeys(k for r in records for k in ["method", *r.params]))
-        values = {r.label(): {"method": r.method, **{k: _short(v) for k, v in r.params.items()}} for r in records}
+        names = list(dict.fromkeys(k for r in records for k in ["method", "modifiers", *r.params]))
+        values = {r.label(): {"method": r.method, "modifiers": r.modifiers_text() or "none",
+                              **{k: _short(v) for k, v in r.params.items()}} for r in records}
         differing = [n for n in names if len({str(v.get(n, "–")) for v in values.values()}) > 1]
         diff = pd.DataFrame({label: [v.get(n, "–") for n in differing] for label, v in values.items()},
                             index=pd.Index(differing, name="parameter"))
@@ -305,7 +315,8 @@ class History:
             elif target.suffix == ".csv":
                 wide = [{"run": r.id, "created": _time(r.created, iso=True), "name": r.name, "tags": ",".join(r.tags),
                          "zoo": r.zoo, "method": r.method,
-                         "params": json.dumps(plain(r.params)), "device": r.device, "merge_seconds": r.seconds,
+                         "params": json.dumps(plain(r.params)), "modifiers": json.dumps(plain(r.modifiers)),
+                         "device": r.device, "merge_seconds": r.seconds,
                          "eval_seconds": r.eval_seconds, "mean_accuracy": r.mean_accuracy,
                          "mean_normalized": r.mean_normalized, **{f"acc:{t}": v for t, v in r.accuracy.items()}}
                         for r in records]
@@ -315,7 +326,7 @@ class History:
         return target
 
 
-TABLE_COLUMNS = ["run", "avg acc %", "avg normalized %", "method", "params", "name", "tags", "tasks", "zoo", "time",
+TABLE_COLUMNS = ["run", "avg acc %", "avg normalized %", "method", "params", "modifiers", "name", "tags", "tasks", "zoo", "time",
                  "merge s", "eval s", "device"]
 
 

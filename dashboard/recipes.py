@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from merging.params import ParameterError, applicable, resolve_params
 from merging.recipe import RecipeError, file_sha256, load_recipe, make_recipe, write_recipe
-from merging.registry import UnknownMethodError, get_method
+from merging.registry import UnknownMethodError, get_method, resolve_modifiers
 
 from .service import UserError, safe_name
 
@@ -36,8 +36,10 @@ def export_recipe(service: "Service", run_id: int, viewer: str, folder: Path | N
     entry = service.entry_for(record, viewer, "download its recipe")
     spec = get_method(record.method)
     params = resolve_params(spec.params, record.params, len(record.tasks))  # every parameter, as the CLI writes
+    modifiers = [(m.name, values) for m, values in
+                 resolve_modifiers([(m["name"], m["params"]) for m in record.modifiers], len(record.tasks))]
     recipe = make_recipe(entry.zoo.root / "run.recipe.yaml", spec.name, params, record.tasks,
-                         checkpoint_files(entry, record.tasks), zoo=entry.path)
+                         checkpoint_files(entry, record.tasks), zoo=entry.path, modifiers=modifiers)
     target = Path(folder or service.session_dir(viewer) / "exports") / f"run{record.id}-{safe_name(spec.name)}{SUFFIX}"
     return write_recipe(target, recipe)
 
@@ -55,12 +57,14 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 
 @dataclass
 class Imported:
-    """An uploaded recipe as the Merge tab's settings (``params``: the parameters that apply, validated)."""
+    """An uploaded recipe as the Merge tab's settings (``params``: the parameters that apply, validated;
+    ``modifiers``: ``[{"name", "params"}]`` with each modifier's applicable parameters)."""
 
     method: str
     params: dict
     tasks: list[str]
     note: str
+    modifiers: list[dict]
 
 
 def import_recipe(service: "Service", path: str | Path, zoo_id: str, viewer: str) -> Imported:
@@ -73,10 +77,16 @@ def import_recipe(service: "Service", path: str | Path, zoo_id: str, viewer: str
     except (RecipeError, UnknownMethodError) as exc:
         raise UserError(f"recipe {name}: field 'method': {exc}" if isinstance(exc, UnknownMethodError)
                         else str(exc)) from None
-    if recipe.modifiers:
+    if len(recipe.modifiers) > 1:
         names = ", ".join(m for m, _ in recipe.modifiers)
-        raise UserError(f"recipe {name}: field 'modifiers': the dashboard applies no modifiers ({names}); run "
-                        f"this recipe with python -m merging merge --recipe")
+        raise UserError(f"recipe {name}: field 'modifiers': the dashboard applies one modifier, the recipe has "
+                        f"{len(recipe.modifiers)} ({names}); run it with python -m merging merge --recipe")
+    try:
+        modifiers = [{"name": m.name, "params": applicable(m.params, values)}
+                     for m, values in resolve_modifiers(recipe.modifiers, len(recipe.tasks))]
+    except (ParameterError, UnknownMethodError) as exc:
+        raise UserError(f"recipe {name}: field 'modifiers': {exc.args[0] if isinstance(exc, KeyError) else exc}"
+                        ) from None
     entry = service.zoo(zoo_id, viewer)
     missing = [t for t in recipe.tasks if t not in entry.zoo.task_names]
     if missing:
@@ -93,5 +103,6 @@ def import_recipe(service: "Service", path: str | Path, zoo_id: str, viewer: str
     note = ("the loaded zoo's checkpoints are the recipe's (sha256)" if same else
             "⚠️ the loaded zoo's checkpoints are not the ones the recipe was made with (sha256 differs): the "
             "merge will not reproduce it" if recorded else "the recipe records no checkpoint digests")
-    return Imported(spec.name, params, list(recipe.tasks), f"Recipe {name}: {spec.title} on "
-                    f"{len(recipe.tasks)} tasks; {note}.")
+    with_modifier = "".join(f" + {m['name']}" for m in modifiers)
+    return Imported(spec.name, params, list(recipe.tasks), f"Recipe {name}: {spec.title}{with_modifier} on "
+                    f"{len(recipe.tasks)} tasks; {note}.", modifiers)

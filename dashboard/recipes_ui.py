@@ -1,5 +1,5 @@
 """The dashboard's recipe controls: "Download recipe" for a run (Compare & download tab) and a recipe import in
-the Merge tab that sets the method, tasks and parameter widgets ("Set") or also starts the merge ("Set and
+the Merge tab that sets the method, modifier, tasks and parameter widgets ("Set") or also starts the merge ("Set and
 merge").  Thin glue over :mod:`dashboard.recipes`."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from .modifier_picker import NONE
 from .recipes import import_recipe
 from .widgets import per_task_table
 
@@ -14,14 +15,14 @@ if TYPE_CHECKING:
     from .ui import Dashboard
 
 
-def widget_values(dash: "Dashboard", method: str, params: dict, tasks: list[str]) -> list[Any]:
-    """Values for every panel component (``panel.components()`` order): the recipe's method gets its
-    parameters (a per-task list ticks "per task" and fills the table), every other panel is left as it is."""
+def panel_values(panels: dict, chosen: str, params: dict, tasks: list[str]) -> list[Any]:
+    """Values for every component of ``panels`` (``panel.components()`` order): the ``chosen`` panel gets
+    ``params`` (a per-task list ticks "per task" and fills the table), every other panel is left as it is."""
     values: list[Any] = []
-    for name, panel in dash.panels.items():
+    for name, panel in panels.items():
         for widget in panel.widgets:
             param = widget.param
-            if name != method:
+            if name != chosen:
                 values += [gr.skip()] * len(widget.components())
                 continue
             value = params.get(param.name, param.default)
@@ -31,6 +32,17 @@ def widget_values(dash: "Dashboard", method: str, params: dict, tasks: list[str]
             if widget.per_task is not None:
                 values += [per_task, per_task_table(param, tasks, value if per_task else None)]
     return values
+
+
+def widget_values(dash: "Dashboard", method: str, params: dict, tasks: list[str]) -> list[Any]:
+    """Values for every method panel's components: the recipe's method gets its parameters."""
+    return panel_values(dash.panels, method, params, tasks)
+
+
+def modifier_values(dash: "Dashboard", modifiers: list[dict]) -> list[Any]:
+    """Values for the modifier picker's components: its choice ("none" or the one modifier) and its fields."""
+    picked = modifiers[0] if modifiers else {"name": NONE, "params": {}}
+    return [picked["name"], *panel_values(dash.modifiers.panels, picked["name"], picked["params"], [])]
 
 
 class RecipesUI:
@@ -63,7 +75,8 @@ class RecipesUI:
         except ValueError as exc:
             raise error(exc) from None
         return [imported.method, imported.tasks,
-                *widget_values(self.dash, imported.method, imported.params, imported.tasks), escape(imported.note)]
+                *widget_values(self.dash, imported.method, imported.params, imported.tasks),
+                *modifier_values(self.dash, imported.modifiers), escape(imported.note)]
 
     def on_download(self, run: str, request: gr.Request):
         from .recipes import export_recipe
@@ -82,7 +95,7 @@ class RecipesUI:
         """``merge_chain(event)`` collects the widgets after ``event``; ``merge_event(event)`` merges after it."""
         from .ui import QUICK, WORK
 
-        outputs = [method, tasks, *panel_inputs, self.note]
+        outputs = [method, tasks, *panel_inputs, *self.dash.modifiers.components(), self.note]
         self.set_btn.click(self.on_import, [self.file, zoo_state], outputs, api_name="import_recipe",
                            show_progress_on=self.note, **WORK)
         imported = self.run_btn.click(self.on_import, [self.file, zoo_state], outputs, api_visibility="private",

@@ -132,7 +132,9 @@ class RunView:
 
     def summary(self) -> str:
         r = self.record
-        lines = [f"**Run #{r.id}: {r.method}** ({r.params_text() or 'no parameters'}) on {len(r.tasks)} tasks — "
+        modified = f" + {r.modifiers_text()}" if r.modifiers else ""
+        lines = [f"**Run #{r.id}: {r.method}{modified}** ({r.params_text() or 'no parameters'}) on {len(r.tasks)} "
+                 f"tasks — "
                  f"merge {r.seconds:.2f} s, evaluation {r.eval_seconds:.2f} s on {r.device}."]
         if r.mean_accuracy is not None:
             norm = f", {100 * r.mean_normalized:.1f}% of fine-tuned" if r.mean_normalized is not None else ""
@@ -329,6 +331,11 @@ class Service:
         from merging.registry import list_methods
         return list_methods()
 
+    @staticmethod
+    def modifiers() -> list:
+        from merging.registry import list_modifiers
+        return list_modifiers()
+
     def _space(self, entry: ZooEntry, tasks: Sequence[str] | None):
         tasks = list(tasks or [])
         repeated = sorted({str(t) for t in tasks if tasks.count(t) > 1})
@@ -347,19 +354,21 @@ class Service:
         return entry.zoo.data_context(tasks, split=splits[0], device=self.device)
 
     def merge(self, zoo_id: str, method: str, params: Mapping[str, Any] | None = None,
-              tasks: Sequence[str] | None = None, progress=None, owner: str = "") -> RunView:
-        """Merge, compute mask statistics, evaluate on the test split, record the run in the history as
-        ``owner``'s ("" = shared) with only the parameters that apply."""
+              tasks: Sequence[str] | None = None, progress=None, owner: str = "",
+              modifiers: Sequence[Mapping[str, Any]] = ()) -> RunView:
+        """Merge, apply ``modifiers`` (``[{"name": "lines", "params": {...}}]``, in order), compute mask statistics,
+        evaluate on the test split, record the run in the history as ``owner``'s ("" = shared) with only the
+        parameters (of the method and of each modifier) that apply."""
         from merging.evaluation import evaluate_result
         from merging.maskstats import mask_statistics
-        from merging.registry import get_method, run_merge
+        from merging.registry import get_method, get_modifier, run_merge
 
         progress = as_progress(progress)
         entry = self.zoo(zoo_id, owner)
         spec = get_method(method)
         space = self._space(entry, tasks)
         context = self._context(entry, spec, space.task_names)
-        result = run_merge(space, spec, params or {}, progress.sub(0.0, 0.45), context)
+        result = run_merge(space, spec, params or {}, progress.sub(0.0, 0.45), context, _pairs(modifiers))
         progress(0.45, "mask statistics")
         stats = {kind: mask_statistics(masks, space.index) for kind, masks in result.masks.items()}
         evaluable = [t for t in space.task_names if t in entry.evaluable()]
@@ -374,6 +383,8 @@ class Service:
         eval_seconds = time.perf_counter() - start
         record = RunRecord(zoo=entry.name, zoo_hash=entry.fingerprint, method=spec.name,
                            params=plain(applicable(spec.params, result.params)),
+                           modifiers=[{"name": name, "params": plain(applicable(get_modifier(name).params, values))}
+                                      for name, values in result.modifiers],
                            tasks=list(space.task_names), accuracy=dict(zip(merged["task"], merged["accuracy"])),
                            normalized=dict(zip(merged["task"], merged["normalized"])),
                            statistics=self._statistics(stats, result), seconds=result.seconds,
@@ -576,7 +587,8 @@ class Service:
         entry = self.entry_for(record, viewer, purpose)
         spec = get_method(record.method)
         space = self._space(entry, record.tasks)
-        result = run_merge(space, spec, record.params, None, self._context(entry, spec, space.task_names))
+        result = run_merge(space, spec, record.params, None, self._context(entry, spec, space.task_names),
+                           _pairs(record.modifiers))
         return result, space, record
 
     def entry_for(self, record: RunRecord, viewer: str, purpose: str) -> ZooEntry:
@@ -628,6 +640,11 @@ class Service:
         name = "runs" if ids is None else "runs-" + "-".join(map(str, ids[:5]))
         target = Path(folder or self.session_dir(session) / "exports") / f"{name}.{fmt}"
         return self.history.export(target, ids, viewer=session)
+
+
+def _pairs(modifiers: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict]]:
+    """``[{"name", "params"}]`` (the recipe's and the history's form) → run_merge's ``(name, params)`` pairs."""
+    return [(m["name"], dict(m.get("params") or {})) for m in modifiers]
 
 
 def _secret(path: Path) -> bytes:

@@ -19,7 +19,7 @@ import gradio as gr
 
 from merging.atomic import clean_stale_temp
 
-from . import figures, guide
+from . import figures, guide, modifier_picker
 from .compare_ui import CompareUI
 from .recipes_ui import RecipesUI
 from .sweep_figures import sweep_figure
@@ -228,27 +228,33 @@ class Dashboard:
             start += count
 
     def on_collect(self, method: str, tasks: list[str], *values):
-        """Widget values of the chosen method only → its applicable parameters, validated, as JSON."""
+        """Widget values of the chosen method and modifier only (``values``: every panel's widget values, then the
+        modifier picker's) → their applicable parameters, validated, as JSON."""
+        count = len(self.modifiers.components())
         try:
-            params = self.panel_params(method, tasks, values)
+            modifiers = modifier_picker.collect(self.modifiers, values[len(values) - count:])
+            params = self.panel_params(method, tasks, values[:len(values) - count])
         except ValueError as exc:
             raise error(exc) from None
-        return json.dumps(params), "Working… (progress under the Merge button)"
+        return json.dumps(params), json.dumps(modifiers), "Working… (progress under the Merge button)"
 
-    def on_merge(self, zoo_id: str, method: str, params_json: str, tasks: list[str], request: gr.Request,
-                 progress=gr.Progress()):
-        """Run a merge as a background job; show its figures and record it."""
+    def on_merge(self, zoo_id: str, method: str, params_json: str, tasks: list[str], modifiers_json: str,
+                 request: gr.Request, progress=gr.Progress()):
+        """Run a merge (with the picked modifiers) as a background job; show its figures and record it."""
         who = owner(request)
         try:
             params = json.loads(params_json or "{}")
+            modifiers = modifier_picker.parse(modifiers_json)
         except json.JSONDecodeError as exc:
             raise error(f"parameters: not valid JSON: {exc}") from None
+        except ValueError as exc:
+            raise error(exc) from None
         if not isinstance(params, dict):
             raise error("parameters: must be a JSON object such as {\"lam\": 0.3}")
         try:
             zoo_id = self.current_zoo(zoo_id, progress)
-            view = self.submit(lambda p: self.service.merge(zoo_id, method, params, tasks or None, p, who), request,
-                               f"merge {method}", progress)
+            view = self.submit(lambda p: self.service.merge(zoo_id, method, params, tasks or None, p, who,
+                                                            modifiers), request, f"merge {method}", progress)
         except Stopped as stop:
             return [gr.skip()] * (len(self.run_targets) - 1) + [f"**Cancelled** ({escape(stop)}). Nothing was "
                                                                 "recorded."]
@@ -456,6 +462,7 @@ class Dashboard:
                                                  elem_id="method")
                             method_md = gr.Markdown(explain(next(m for m in self.methods if m.name == first)))
                             self.panels = {m.name: build_panel(m, m.name == first) for m in self.methods}
+                            self.modifiers = modifier_picker.build_picker(self.service.modifiers())
                             tasks = gr.CheckboxGroup([], label="tasks to merge", elem_id="tasks")
                             with gr.Row():
                                 merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
@@ -463,6 +470,8 @@ class Dashboard:
                             merge_progress = gr.Markdown("", elem_classes="progress-slot")
                             params_json = gr.Textbox(label="parameters sent (JSON)", interactive=False,
                                                      elem_id="params-json")
+                            modifiers_json = gr.Textbox("", label="modifiers sent (JSON)", interactive=False,
+                                                        elem_id="modifiers-json")
                             self.recipes.import_layout()
                         with gr.Column(scale=3):
                             run_md = gr.Markdown("Press **Merge** to run the selected method.", elem_id="run-summary")
@@ -552,6 +561,7 @@ class Dashboard:
 
             panel_tables = [w.table for p in self.panels.values() for w in p.widgets if w.table]
             panel_inputs = [c for p in self.panels.values() for c in p.components()]
+            merge_inputs = [*panel_inputs, *self.modifiers.components()]
             self.load_targets = [zoo_state, zoo_md, zoo_table, tasks, *panel_tables, status]
             self.run_targets = [run_state, run_md, mask_kind, table_row, table_choice, p_hist, p_layers, p_jaccard,
                                 p_density, p_acc, p_norm, p_table, table_df, runs_table, cmp_runs, dl_run, edit_run,
@@ -571,17 +581,21 @@ class Dashboard:
                           api_visibility="private", **QUICK)
 
             def merge_chain(dependency):
-                return dependency.success(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
+                return dependency.success(self.on_collect, [method, tasks, *merge_inputs],
+                                          [params_json, modifiers_json, status],
                                           api_visibility="private", show_progress="hidden", **QUICK)
 
             def merge_after(dependency):
-                return dependency.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
-                                          api_visibility="private", show_progress_on=merge_progress, **WORK)
+                return dependency.success(self.on_merge, [zoo_state, method, params_json, tasks, modifiers_json],
+                                          self.run_targets, api_visibility="private",
+                                          show_progress_on=merge_progress, **WORK)
 
-            collecting = merge_btn.click(self.on_collect, [method, tasks, *panel_inputs], [params_json, status],
+            collecting = merge_btn.click(self.on_collect, [method, tasks, *merge_inputs],
+                                         [params_json, modifiers_json, status],
                                          api_visibility="private", show_progress="hidden", **QUICK)
             collecting.failure(lambda: failed, None, status, api_visibility="private")
-            collecting.success(self.on_merge, [zoo_state, method, params_json, tasks], self.run_targets,
+            collecting.success(self.on_merge, [zoo_state, method, params_json, tasks, modifiers_json],
+                               self.run_targets,
                                api_name="merge", show_progress_on=merge_progress, **WORK) \
                 .failure(lambda: failed, None, status, api_visibility="private")
             for i, (button, (plot, result_md)) in enumerate(zip(step_buttons, step_outputs)):

@@ -25,7 +25,7 @@ SLIDER_MAX_STEPS = 100  # wider integer ranges (seeds, open-ended thresholds) ge
 def explain(method) -> str:
     """One-line explanation for non-experts, with the paper."""
     data = f" Learns on {'labeled' if method.needs_labels else 'unlabeled'} validation images." \
-        if method.needs_data else ""
+        if getattr(method, "needs_data", False) else ""
     return f"**{method.title}** — {method.summary}{data}  \n<small>{method.paper}</small>"
 
 
@@ -105,7 +105,7 @@ def build_panel(method, visible: bool, tasks: Sequence[str] = ()) -> MethodPanel
             gr.Markdown("No parameters.", padding=True)
         for param in method.params:
             kind, kwargs = component_spec(param)
-            shown = param.when is None or defaults.get(param.when[0]) == param.when[1]
+            shown = param.applies(defaults)
             with gr.Column(elem_id=f"w-{method.name}-{param.name}", elem_classes=[] if shown else [HIDDEN]) as box:
                 widget = ParamWidget(param, getattr(gr, kind)(elem_id=f"p-{method.name}-{param.name}", **kwargs),
                                      box=box)
@@ -124,12 +124,12 @@ def build_panel(method, visible: bool, tasks: Sequence[str] = ()) -> MethodPanel
             panel.widgets.append(widget)
         by_name = {w.param.name: w for w in panel.widgets}
         for name in dict.fromkeys(w.param.when[0] for w in panel.widgets if w.param.when):
-            shows = {f"w-{method.name}-{w.param.name}": w.param.when[1] for w in panel.widgets
+            shows = {f"w-{method.name}-{w.param.name}": list(w.param.when_values()) for w in panel.widgets
                      if w.param.when and w.param.when[0] == name}
             # in the browser only: a server round trip re-renders the panel and can race with the next click
             by_name[name].value.change(None, by_name[name].value, None, js=(
                 f"(v) => {{ for (const [id, want] of Object.entries({json.dumps(shows)})) "
-                f"document.getElementById(id)?.classList.toggle({json.dumps(HIDDEN)}, v !== want); }}"))
+                f"document.getElementById(id)?.classList.toggle({json.dumps(HIDDEN)}, !want.includes(v)); }}"))
     return panel
 
 

@@ -26,8 +26,19 @@ class Param:
     per_task: bool = False  # value is one number or a list of one number per task (λt)
     step: float | None = None  # slider resolution for the dashboard
     grid: tuple[Any, ...] | None = None  # the paper's search grid, for sweeps and validation selection
-    when: tuple[str, Any] | None = None  # (other parameter, value): applies only when that parameter has that value
+    when: tuple[str, Any] | None = None  # (other parameter, value or tuple of values): applies only when that
+    # parameter has that value (one of those values)
     auto: bool = False  # a number that may also be "auto": a default the method derives (CART's λ, CALM's lr)
+
+    def applies(self, params: Mapping[str, Any]) -> bool:
+        """Whether this parameter applies given the others' values (see ``when``)."""
+        return self.when is None or params.get(self.when[0]) in self.when_values()
+
+    def when_values(self) -> tuple:
+        """The values of ``when``'s parameter for which this one applies (empty when ``when`` is None)."""
+        if self.when is None:
+            return ()
+        return self.when[1] if isinstance(self.when[1], tuple) else (self.when[1],)
 
     def coerce(self, value: Any, num_tasks: int | None = None) -> Any:
         """Convert and range-check ``value``; per-task params return a list of ``num_tasks`` values."""
@@ -109,9 +120,7 @@ def resolve_params(spec: Sequence[Param], given: Mapping[str, Any] | None, num_t
 def applicable(spec: Sequence[Param], params: Mapping[str, Any]) -> dict:
     """``params`` without the ones that do not apply given the others (DARE's TIES ``k`` with the TA base)."""
     by_name = {p.name: p for p in spec}
-    return {name: value for name, value in params.items()
-            if name not in by_name or by_name[name].when is None
-            or params.get(by_name[name].when[0]) == by_name[name].when[1]}
+    return {name: value for name, value in params.items() if name not in by_name or by_name[name].applies(params)}
 
 
 def parse_assignments(items: Sequence[str], option: str = "--set") -> dict[str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -69,6 +69,9 @@ class MergeMethod:
     run: Callable[..., MergeResult]  # run(space, params, progress, context) -> MergeResult
     needs_data: bool = False  # CALM / AdaMerging need a model and unlabeled images (context)
     needs_labels: bool = False  # PCB + ES maximises accuracy: the context's images need their labels
+    # grid(space, points, progress) -> iterable of MergeResult: run() for each resolved parameter dict of a sweep,
+    # sharing work between points (CART decomposes each matrix once); None: run() per point
+    grid: Callable[..., Iterable[MergeResult]] | None = None
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -181,6 +184,22 @@ def run_merge(space, method: str | MergeMethod, params: Mapping[str, Any] | None
     result.device = str(space.device)
     progress(1.0, "done")
     return result
+
+
+def run_grid(space, method: str | MergeMethod, points: Sequence[Mapping[str, Any]], progress=None,
+             context: Any = None, modifiers: Sequence[ModifierSpec] = ()) -> Iterator[MergeResult]:
+    """:func:`run_merge` for every parameter dict in ``points``, in order and lazily; a method with a ``grid``
+    function computes them together (the same merges, sharing work; its results carry no figure tables)."""
+    method = get_method(method) if isinstance(method, str) else method
+    resolved = [resolve_params(method.params, p, space.T) for p in points]
+    chain = resolve_modifiers(modifiers, space.T)
+    if method.grid is None or method.needs_data:
+        for params in resolved:
+            yield run_merge(space, method, params, progress, context, modifiers)
+        return
+    for result in method.grid(space, resolved, as_progress(progress)):
+        result.device = str(space.device)
+        yield apply_modifiers(space, result, chain)
 
 
 def lam_param(default: float, help: str = "scaling coefficient λ: θ = θ0 + λ·τ_merged",

@@ -22,7 +22,8 @@ import pandas as pd
 
 from .evaluation import Evaluator, evaluate, evaluate_result
 from .progress import as_progress
-from .registry import MergeResult, apply_modifiers, get_method, get_modifier, resolve_modifiers, run_merge
+from .registry import (MergeResult, apply_modifiers, get_method, get_modifier, resolve_modifiers, run_grid,
+                       run_merge)
 
 
 @dataclass
@@ -70,8 +71,8 @@ def select(zoo, space, method: str, params: Mapping | None = None, split: str = 
         reference = dict(zip(tasks, evaluate(zoo, zoo.finetuned_state, tasks, split, evaluator=evaluator,
                                              progress=progress.sub(0.0, 0.3))["accuracy"]))
     frames, sub = [], progress.sub(0.3, 1.0)
-    for i, lam in enumerate(grid):
-        result = run_merge(space, spec, {**params, "lam": lam})
+    results = run_grid(space, spec, [{**params, "lam": lam} for lam in grid])
+    for i, (lam, result) in enumerate(zip(grid, results)):
         table = evaluate_result(zoo, space, result, tasks, split, reference=reference, evaluator=evaluator,
                                 progress=sub.sub(i / len(grid), (i + 1) / len(grid)))
         frames.append(table.assign(value=lam))

@@ -42,7 +42,8 @@ def _evaluate_point(zoo, space, method: str, params: Mapping, modifiers, split: 
 
 
 class InProcess:
-    """Run the points one after another in this process (the default).  ``evaluator``: an
+    """Run the points one after another in this process (the default); a method with a grid function (CART) gets
+    all points at once through :func:`merging.registry.run_grid`, sharing work between them.  ``evaluator``: an
     :class:`~merging.evaluation.Evaluator` to reuse (default: a new one); ``context``: the evaluation context a
     data-driven method learns from (CALM, AdaMerging, PCB + ES)."""
 
@@ -50,16 +51,26 @@ class InProcess:
         self.evaluator, self.context = evaluator, context
 
     def map(self, zoo, space, method, points, base, modifiers, split, reference, progress, evaluator=None):
-        from .evaluation import Evaluator
+        from .evaluation import Evaluator, evaluate_result
+        from .registry import get_method, run_grid
 
         evaluator = evaluator or self.evaluator or Evaluator(zoo, device=space.device)
+        spec = get_method(method)
+        shared = None
+        if spec.grid is not None and not spec.needs_data:
+            shared = run_grid(space, spec, [{**base, **point} for point in points], progress.sub(0.0, 1 / len(points)),
+                              modifiers=modifiers)
         tables = []
         for i, point in enumerate(points):
             values = ", ".join(f"{k}={v}" for k, v in point.items())
             step = progress.sub(i / len(points), (i + 1) / len(points))
             step(0.0, f"point {i + 1}/{len(points)}: {values}")
-            tables.append(_evaluate_point(zoo, space, method, {**base, **point}, modifiers, split, reference,
-                                          evaluator, self.context, step))
+            if shared is None:
+                tables.append(_evaluate_point(zoo, space, method, {**base, **point}, modifiers, split, reference,
+                                              evaluator, self.context, step))
+            else:
+                tables.append(evaluate_result(zoo, space, next(shared), split=split, reference=reference,
+                                              evaluator=evaluator, progress=step))
         return tables
 
 

@@ -87,6 +87,68 @@ def test_compare_and_download(app):
     assert {r["id"] for r in json.load(open(results))} >= {a, b}
 
 
+def _run_id(out) -> int:
+    return int(out[0].split("Run #")[1].split(":")[0])
+
+
+def test_lines_modifier_is_applied_recorded_and_replayed_as_the_library_does(app, zoo_dir):
+    import torch
+    from safetensors import safe_open
+
+    from merging import run_merge
+    from merging.zoo import load_zoo
+
+    client, *_ = _loaded(app)
+    ta = json.dumps({"lam": 1.0})
+    lines = json.dumps([{"name": "lines", "params": {"mode": "multi-task", "beta": 0.7}}])
+    a = _run_id(client.predict("task_arithmetic", ta, [], "", api_name="/merge"))
+    out = client.predict("task_arithmetic", ta, [], lines, api_name="/merge")
+    b = _run_id(out)
+    assert "task_arithmetic + lines(mode=multi-task, beta=0.7)" in out[0]
+    service = app[1].dashboard.service
+    record = service.history.get(b)
+    assert record.modifiers == [{"name": "lines", "params": {"mode": "multi-task", "beta": 0.7}}]  # α: from norms
+    assert service.history.get(a).modifiers == [] and "lines_alpha" in record.statistics
+    runs = client.predict(api_name="/history")[0]
+    rows = {r[0]: dict(zip(runs["headers"], r)) for r in runs["data"]}
+    assert rows[b]["modifiers"] == "lines(mode=multi-task, beta=0.7)" and rows[a]["modifiers"] == ""
+    assert f"#{b} task_arithmetic λ=1 + lines(mode=multi-task, beta=0.7) · " in record.label()
+    table = client.predict([str(a), str(b)], api_name="/compare")[0]
+    assert ["modifiers", "none", "lines(mode=multi-task, beta=0.7)"] in table["data"]
+
+    space = load_zoo(zoo_dir).build_space(device="cpu")
+    expected = run_merge(space, "task_arithmetic", {"lam": 1.0}, modifiers=[("lines", {"beta": 0.7})])
+    assert torch.equal(service.run(b).result.delta, expected.delta)
+    assert not torch.equal(service.run(a).result.delta, expected.delta)
+    weights = {k: v for k, v in space.state_dict(expected.delta).items() if v.is_floating_point()}
+    files = [client.predict(str(b), "open_clip", "", api_name="/download")]
+    with service._lock:
+        service._runs.pop(b)  # dropped from memory: the download merges again from the history
+    files.append(client.predict(str(b), "open_clip", "", api_name="/download"))
+    for path in files:
+        tensors = load_file(path)
+        assert all(torch.equal(tensors["visual." + k], v) for k, v in weights.items())
+        with safe_open(path, "pt") as handle:
+            assert json.loads(handle.metadata()["mergescope_modifiers"]) == [
+                ["lines", {"mode": "multi-task", "alpha": 1.0, "beta": 0.7}]]
+    exported = {r["id"]: r for r in json.load(open(client.predict("json", api_name="/download_results")))}
+    assert exported[b]["modifiers"] == record.modifiers
+
+
+def test_a_bad_modifier_gives_one_escaped_line(app):
+    client, *_ = _loaded(app)
+    before = len(app[1].dashboard.service.history.records())
+    for beta, message in ((50, "beta: 50.0 is above the maximum 10.0"),
+                          ("<b>big</b>", "beta: expected float, got '&lt;b&gt;big&lt;/b&gt;'")):
+        bad = json.dumps([{"name": "lines", "params": {"beta": beta}}])
+        with pytest.raises(AppError) as info:
+            client.predict("task_arithmetic", "{}", [], bad, api_name="/merge")
+        assert str(info.value) == message
+    with pytest.raises(AppError, match="^modifiers: a JSON list such as"):
+        client.predict("task_arithmetic", "{}", [], '{"name": "lines"}', api_name="/merge")
+    assert len(app[1].dashboard.service.history.records()) == before
+
+
 def test_bad_input_gives_a_message_and_the_app_keeps_working(app, zoo_dir, tmp_path):
     client, *_ = _loaded(app)
     with pytest.raises(AppError, match="k: 500.0 is above the maximum 100.0"):

@@ -58,12 +58,38 @@ def test_cli_recipe_imports_as_the_same_settings(service, entry, zoo_dir, tmp_pa
     assert_same_file(service.export_checkpoint(view.id, "open_clip", "alice", folder=tmp_path), out)
 
 
+def test_recipe_with_a_modifier_round_trips_between_dashboard_and_cli(service, entry, zoo_dir, tmp_path):
+    """A LiNeS run's recipe carries the modifier; the CLI reruns it bit for bit; importing it gives the same
+    method, modifier and parameters back."""
+    modifiers = [{"name": "lines", "params": {"mode": "multi-task", "beta": 0.3}}]
+    view = service.merge(entry.id, "ties", {"k": 30, "lam": 1.0}, ["task0", "task1"], owner="alice",
+                         modifiers=modifiers)
+    mine = service.export_checkpoint(view.id, "open_clip", "alice", folder=tmp_path)
+    recipe_path = export_recipe(service, view.id, "alice", tmp_path)
+    recipe = yaml.safe_load(recipe_path.read_text())
+    assert [m["name"] for m in recipe["modifiers"]] == ["lines"] and recipe["modifiers"][0]["params"]["beta"] == 0.3
+    out = tmp_path / "cli.safetensors"
+    assert main(["merge", "--recipe", str(recipe_path), "--zoo", str(zoo_dir), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert_same_file(out, mine)
+    imported = import_recipe(service, recipe_path, entry.id, "alice")
+    assert (imported.method, imported.tasks) == ("ties", ["task0", "task1"])
+    assert imported.modifiers == [{"name": "lines", "params": view.record.modifiers[0]["params"]}]
+    assert "+ lines" in imported.note
+    again = service.merge(entry.id, imported.method, imported.params, imported.tasks, owner="alice",
+                          modifiers=imported.modifiers)
+    assert_same_file(service.export_checkpoint(again.id, "open_clip", "alice", folder=tmp_path / "again"), mine)
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda r: r.update(method="nope"), "field 'method': unknown merge method"),
     (lambda r: r.update(tasks=["task0", "cars"]), "field 'tasks': cars not in the loaded zoo"),
     (lambda r: r["params"].update(p=7.0), "field 'params': p"),
     (lambda r: r["params"].update(bogus=1), "field 'params': unknown parameter(s) bogus"),
-    (lambda r: r.update(modifiers=[{"name": "lines", "params": {}}]), "field 'modifiers'"),
+    (lambda r: r.update(modifiers=[{"name": "nope", "params": {}}]), "field 'modifiers': unknown modifier"),
+    (lambda r: r.update(modifiers=[{"name": "lines", "params": {"beta": 50}}]), "field 'modifiers': beta"),
+    (lambda r: r.update(modifiers=[{"name": "lines", "params": {}}] * 2), "field 'modifiers': the dashboard "
+                                                                         "applies one modifier"),
 ])
 def test_bad_recipes_give_one_line_naming_the_field(service, entry, zoo_dir, tmp_path, edit, message):
     assert main(["merge", "--zoo", str(zoo_dir), "--method", "dare", "--out", str(tmp_path / "m.safetensors"),

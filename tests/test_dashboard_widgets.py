@@ -118,3 +118,42 @@ def test_only_the_parameters_that_apply_are_collected():
     # hidden while they do not apply, shown with the base that uses them
     hidden = lambda panel: [w.param.name for w in panel.widgets if HIDDEN in (w.box.elem_classes or [])]  # noqa
     assert hidden(dare) == ["k", "merge"] and hidden(tall) == ["ties_k"]
+
+
+def test_modifier_picker_collects_only_the_picked_modifiers_applicable_fields():
+    from dashboard import modifier_picker
+    from merging import get_modifier, list_modifiers
+
+    with gr.Blocks():
+        picker = modifier_picker.build_picker(list_modifiers())
+    lines = picker.panels["lines"]
+    assert [w.param.name for w in lines.widgets] == ["mode", "alpha", "beta"]
+    shown = {w.param.name: HIDDEN not in (w.box.elem_classes or []) for w in lines.widgets}
+    assert shown == {"mode": True, "alpha": False, "beta": True}  # multi-task: α comes from the norms
+
+    def values(mode, alpha, beta):
+        return ["lines", mode, alpha, beta]
+    assert modifier_picker.collect(picker, ["none", "multi-task", 1.0, 0.5]) == []
+    assert modifier_picker.collect(picker, values("multi-task", 7.0, 0.3)) == [
+        {"name": "lines", "params": {"mode": "multi-task", "beta": 0.3}}]
+    assert modifier_picker.collect(picker, values("single-task", 0.4, 99.0)) == [
+        {"name": "lines", "params": {"mode": "single-task", "alpha": 0.4}}]  # β = 1 − α: the box is not read
+    assert modifier_picker.collect(picker, values("manual", 0.4, 0.2))[0]["params"] == {
+        "mode": "manual", "alpha": 0.4, "beta": 0.2}
+    with pytest.raises(ParameterError, match="^beta: 11.0 is above the maximum 10.0$"):
+        modifier_picker.collect(picker, values("multi-task", 1.0, 11.0))
+    assert get_modifier("lines").title in modifier_picker.explain(get_modifier("lines"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[{name: 1", "modifiers: not valid JSON"),
+    ('{"name": "lines"}', "modifiers: a JSON list such as"),
+    ('[{"name": "lines", "beta": 0.5}]', "modifiers: a JSON list such as"),
+])
+def test_modifier_json_is_checked(text, message):
+    from dashboard import modifier_picker
+
+    with pytest.raises(ParameterError, match=message):
+        modifier_picker.parse(text)
+    assert modifier_picker.parse("") == [] and modifier_picker.parse('[{"name": "lines"}]') == [
+        {"name": "lines", "params": {}}]

@@ -74,6 +74,23 @@ def test_multi_task_lines_matches_the_official_code(beta):
     torch.testing.assert_close(ties_lines.delta, ref.lines(ties.delta, sp.index, alpha, beta), rtol=1e-6, atol=1e-7)
 
 
+def test_lines_cpu_kernels_and_gpu_code_path_agree(monkeypatch):
+    """The chunked numpy pass (norms and scaling, chunks cutting through tensors) against the whole-vector torch
+    path, on a task subset (rows picked out of the stack)."""
+    from merging import chunks
+    from merging.modifiers import lines
+
+    sp = make_space(T=4, seed=3).subset([3, 0, 2])
+    monkeypatch.setattr(lines, "CHUNK", 40)
+    fast = run_merge(sp, "ties", modifiers=[("lines", {"beta": 0.7})])
+    monkeypatch.setattr(chunks, "NUMPY_KERNELS", False)
+    plain = run_merge(sp, "ties", modifiers=[("lines", {"beta": 0.7})])
+    assert fast.info["lines_alpha"] == pytest.approx(plain.info["lines_alpha"], rel=1e-12)
+    torch.testing.assert_close(fast.delta, plain.delta, rtol=1e-6, atol=0)
+    alpha = float(dense(sp).sum(0).abs().double().sum() / run_merge(sp, "ties").delta.abs().double().sum()) / 3
+    assert fast.info["lines_alpha"] == pytest.approx(alpha, rel=1e-9)
+
+
 def test_lines_on_per_task_results_scales_every_reconstruction():
     sp = make_space(T=3, seed=4)
     for method in ("tall", "emr"):

@@ -1,5 +1,8 @@
 """The SVD family (TSV-M, Iso-C, Iso-CTS, CART, WUDI) against plain float64 references (tests/svd_reference.py)
 on small state dicts with square, wide, tall, rank-deficient and T > rank matrices; properties; tables."""
+from dataclasses import replace
+
+import pandas as pd
 import pytest
 import torch
 
@@ -318,3 +321,39 @@ def test_alpha_is_selected_on_the_official_grid():
         lam = get_method(name).param("lam")
         assert lam.default == 1.0 and len(lam.grid) == 30
         assert lam.grid == pytest.approx([0.1 * i for i in range(1, 31)])
+
+
+def test_cart_grid_decomposes_each_matrix_once_and_equals_one_merge_per_point(sp, monkeypatch):
+    from merging.registry import run_grid
+
+    ks, real = [], cart.svd
+    monkeypatch.setattr(cart, "svd", lambda x, k=None: ks.append(k) or real(x, k))
+    points = [{"lam": lam, "rank_ratio": rho} for rho in (0.0, 0.3, 1.0, "auto") for lam in (0.5, 2.0)]
+    fast = list(run_grid(sp, "cart", points))
+    assert len(ks) == len(layers.batches(sp.index, layers.is_attn_mlp_weight, sp.T))  # one pass for 8 points
+    ks.clear()
+    for point, result in zip(points, fast):
+        slow = run_merge(sp, "cart", point)
+        assert result.info == slow.info and not result.tables
+        torch.testing.assert_close(result.delta, slow.delta, rtol=1e-6, atol=1e-7)
+        lam, rho = result.info["lam"], result.info["rank_ratio"]
+        torch.testing.assert_close(result.delta.double(), ref.cart(sp.index, taus(sp), lam, rho), **close)
+    with_lines = next(run_grid(sp, "cart", points[:1], modifiers=[("lines", {"beta": 0.5})]))
+    assert torch.equal(with_lines.delta, run_merge(sp, "cart", points[0], modifiers=[("lines", {"beta": 0.5})]).delta)
+
+
+def test_cart_sweep_through_the_grid_equals_the_point_by_point_sweep(tmp_path, monkeypatch):
+    from ck_tiny_zoo import make_tiny_zoo
+    from merging import registry
+    from merging.sweep import best_point, sweep
+    from merging.zoo import load_zoo
+
+    make_tiny_zoo(tmp_path)
+    zoo = load_zoo(tmp_path)
+    space = zoo.build_space(device="cpu")
+    grid = {"rank_ratio": [0.1, 0.5], "lam": [0.5, 3.0]}
+    fast = sweep(zoo, space, "cart", grid)
+    monkeypatch.setitem(registry.METHODS, "cart", replace(registry.METHODS["cart"], grid=None))
+    slow = sweep(zoo, space, "cart", grid)
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-6)
+    assert best_point(fast, grid) == best_point(slow, grid)

@@ -21,8 +21,10 @@ task's reconstruction θ̂t − θ0 (a per-tensor scale commutes with masks and 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ..chunks import CHUNK, map_chunks, map_items, use_numpy
 from ..params import Param
 from ..registry import Modifier, register_modifier
 
@@ -33,9 +35,10 @@ PARAMS = (
     Param("mode", str, "multi-task", "multi-task: α = ‖Σt τt‖₁/‖δ‖₁/T, β given; single-task: α = alpha, "
           "β = 1 − alpha; manual: α = alpha, β = beta", choices=("multi-task", "single-task", "manual")),
     Param("alpha", float, 1.0, "α: scale outside the blocks and of block 0 (single-task and manual modes)",
-          low=0.0, high=10.0, step=0.05, grid=SINGLE_TASK_GRID),
+          low=0.0, high=10.0, step=0.05, grid=SINGLE_TASK_GRID, when=("mode", ("single-task", "manual"))),
     Param("beta", float, 0.5, "β: block l of L is scaled by α + β·l/(L − 1) (multi-task and manual modes; "
-          "official grid 0.1…1.0, 0.1…1.5 for TIES)", low=-10.0, high=10.0, step=0.05, grid=BETA_GRID),
+          "official grid 0.1…1.0, 0.1…1.5 for TIES)", low=-10.0, high=10.0, step=0.05, grid=BETA_GRID,
+          when=("mode", ("multi-task", "manual"))),
 )
 
 
@@ -45,9 +48,28 @@ def coefficients(space, delta: torch.Tensor, params) -> tuple[float, float]:
         return params["alpha"], 1.0 - params["alpha"]
     if params["mode"] == "manual":
         return params["alpha"], params["beta"]
-    merged = float(torch.linalg.vector_norm(delta, 1))
-    summed = float(torch.linalg.vector_norm(space.sum_tau(), 1))
+    summed, merged = l1_norms(space, delta)
     return (summed / merged / space.T if merged > 0 else 0.0), params["beta"]
+
+
+def l1_norms(space, delta: torch.Tensor) -> tuple[float, float]:
+    """(‖Σt τt‖₁, ‖δ‖₁), accumulated in float64.  On CPU one chunked pass: Σt τt is summed chunk by chunk in
+    task order (the bits :meth:`~merging.space.TaskVectorSpace.sum_tau` gives) and never stored; on CUDA
+    whole-vector torch ops."""
+    if not (use_numpy(space.stack) and use_numpy(delta)):
+        return (float(torch.linalg.vector_norm(space.sum_tau(), 1, dtype=torch.float64)),
+                float(torch.linalg.vector_norm(delta, 1, dtype=torch.float64)))
+    stack, rows, merged = space.stack.numpy(), space.rows, delta.numpy()
+
+    def body(a: int, b: int) -> tuple[float, float]:
+        part = stack[rows[0], a:b].copy()
+        for r in rows[1:]:
+            part += stack[r, a:b]
+        return (float(np.abs(part, out=part).sum(dtype=np.float64)),
+                float(np.abs(merged[a:b]).sum(dtype=np.float64)))
+
+    parts = map_chunks(space.P, body, CHUNK)
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
 def entry_scales(index, alpha: float, beta: float) -> list[float]:
@@ -57,11 +79,30 @@ def entry_scales(index, alpha: float, beta: float) -> list[float]:
     return [alpha + beta * depth[e.layer] if e.layer in depth else alpha for e in index.entries]
 
 
-def scale_entries(index, delta: torch.Tensor, scales) -> torch.Tensor:
-    """A new vector: every entry's slice of ``delta`` times its scale."""
-    out = torch.empty_like(delta)
+def scale_runs(index, scales) -> list[tuple[int, int, float]]:
+    """(start, stop, scale) over the flat vector: adjacent entries with the same scale joined (a block's tensors
+    are one run)."""
+    runs: list[list] = []
     for entry, scale in zip(index.entries, scales):
-        torch.mul(delta[entry.slice], scale, out=out[entry.slice])
+        if runs and runs[-1][1] == entry.offset and runs[-1][2] == scale:
+            runs[-1][1] = entry.offset + entry.numel
+        else:
+            runs.append([entry.offset, entry.offset + entry.numel, scale])
+    return [tuple(run) for run in runs]
+
+
+def scale_entries(index, delta: torch.Tensor, scales) -> torch.Tensor:
+    """A new vector: every entry's slice of ``delta`` times its scale (on CPU over cache-sized chunks in
+    threads)."""
+    out = torch.empty_like(delta)
+    runs = scale_runs(index, scales)
+    if use_numpy(delta):
+        src, dst = delta.numpy(), out.numpy()
+        pieces = [(a, min(a + CHUNK, stop), scale) for start, stop, scale in runs for a in range(start, stop, CHUNK)]
+        map_items(pieces, lambda a, b, scale: np.multiply(src[a:b], np.float32(scale), out=dst[a:b]))
+    else:
+        for start, stop, scale in runs:
+            torch.mul(delta[start:stop], scale, out=out[start:stop])
     return out
 
 
