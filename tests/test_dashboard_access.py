@@ -114,7 +114,7 @@ def test_non_numeric_run_ids_give_a_clean_message(app):
 
 def test_a_rest_call_without_a_session_is_refused_and_starts_nothing(app):
     before = len(app[1].dashboard.jobs.active())
-    event = httpx.post(f"{app[0]}gradio_api/call/merge", json={"data": [SLOW, json.dumps({"seconds": 60}), []]})
+    event = httpx.post(f"{app[0]}gradio_api/call/merge", json={"data": [SLOW, json.dumps({"seconds": 60}), [], ""]})
     event.raise_for_status()
     stream = httpx.get(f"{app[0]}gradio_api/call/merge/{event.json()['event_id']}", timeout=30).text
     assert "event: error" in stream and "needs a session" in stream
@@ -122,7 +122,7 @@ def test_a_rest_call_without_a_session_is_refused_and_starts_nothing(app):
     assert len(app[1].dashboard.jobs.active()) == before
     # with a session_hash the call has an owner (who can cancel it with that hash) and runs
     event = httpx.post(f"{app[0]}gradio_api/call/merge",
-                       json={"data": ["task_arithmetic", "{}", []], "session_hash": "rest-caller-1"})
+                       json={"data": ["task_arithmetic", "{}", [], ""], "session_hash": "rest-caller-1"})
     stream = httpx.get(f"{app[0]}gradio_api/call/merge/{event.json()['event_id']}", timeout=60).text
     assert "event: complete" in stream and "done." in stream
 
