@@ -128,6 +128,11 @@ def measure(fn, device: torch.device, repeats: int):
     return statistics.median(times), peak
 
 
+def describe_device(device: torch.device) -> str:
+    """The GPU's name, or how many CPU threads torch uses."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ViT-B-32"])
@@ -139,7 +144,7 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="time the engine only")
     args = parser.parse_args()
     device = pick_device(args.device)
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), torch {torch.__version__}")
+    print(f"device: {device} ({describe_device(device)}), torch {torch.__version__}")
     print("| model | T | method | engine s | ÷ F | ÷ own floor | reference s | speed-up | engine peak / stack | "
           "reference peak / stack |")
     print("|---|---|---|---|---|---|---|---|---|---|")

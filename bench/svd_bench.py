@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import reference  # noqa: E402
 import svd_reference as ref  # noqa: E402
-from merge_bench import _lines, _rss, measure, random_space, visual_index  # noqa: E402
+from merge_bench import _lines, _rss, describe_device, measure, random_space, visual_index  # noqa: E402
 from merging import run_merge  # noqa: E402
 from merging.device import pick_device  # noqa: E402
 from merging.methods.cart import official_defaults  # noqa: E402
@@ -107,8 +107,7 @@ def main() -> None:
     parser.add_argument("--no-tables", action="store_true", help="merge without the figures' tables")
     args = parser.parse_args()
     device = pick_device(args.device)
-    what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device: {device} ({what}), torch {torch.__version__}, medians of {args.repeats} alternating calls")
+    print(f"device: {device} ({describe_device(device)}), torch {torch.__version__}, medians of {args.repeats} alternating calls")
     print("| model | blocks | P | T | method | engine s | reference s | speed-up | engine peak / stack | "
           "reference peak / stack | diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
