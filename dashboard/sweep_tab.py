@@ -79,9 +79,11 @@ class SweepTab:
     def on_second(self, methods: list[str], second: str):
         return self.grid_text(methods, second) if second else ""
 
-    def on_follow(self, method: str):
-        """The Merge tab's method becomes the swept one (when it has something to sweep)."""
-        return [method] if method in self.specs else gr.skip()
+    def on_follow(self, method: str, first: str, second: str):
+        """The Merge tab's method becomes the swept one (when it has something to sweep), with its pickers."""
+        if method not in self.specs:
+            return [gr.skip()] * 5
+        return [[method], *self.pickers([method], first, second)]
 
     # ---------------------------------------------------------------- settings
     def settings(self, methods: list[str], tasks: list[str], values: tuple) -> dict[str, dict]:
@@ -248,13 +250,16 @@ class SweepTab:
     def wire(self, demo, tab, tabs, zoo_state, method, tasks, status, panel_inputs: list) -> None:
         d = self.d
         targets = [self.first, self.first_values, self.second, self.second_values]
-        self.methods.change(self.on_methods, [self.methods, self.first, self.second], targets,
-                            api_visibility="private", **QUICK)
+        # The pickers follow a user's edit (.input) and the Merge tab (on_follow sets both), never .change: a
+        # .change listener here loops forever in Gradio 6.31 when the tab mounts while the value is being set.
+        self.methods.input(self.on_methods, [self.methods, self.first, self.second], targets,
+                           api_visibility="private", **QUICK)
         self.first.input(self.on_first, [self.methods, self.first, self.second], targets[1:],
                          api_visibility="private", **QUICK)
         self.second.input(self.on_second, [self.methods, self.second], self.second_values,
                           api_visibility="private", **QUICK)
-        method.change(self.on_follow, method, self.methods, api_visibility="private", **QUICK)
+        method.change(self.on_follow, [method, self.first, self.second], [self.methods, *targets],
+                      api_visibility="private", show_progress="hidden", **QUICK)
         picked = [self.methods, self.first, self.first_values, self.second, self.second_values]
         gr.on([tab.select, self.methods.change, self.first.change, self.second.change, self.first_values.blur,
                self.second_values.blur], self.on_preview, [*picked, tasks, *panel_inputs], self.settings_md,

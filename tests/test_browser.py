@@ -233,6 +233,10 @@ def test_a_2d_sweep_draws_a_heatmap_of_the_merge_settings_and_applies_the_best(p
     _choose_method(page, "TIES-Merging")  # the Sweep tab follows the Merge tab's method and settings
     page.get_by_role("tab", name="Sweep").click()
     page.wait_for_function("document.querySelector('#sweep-settings').innerText.includes('TIES-Merging')")
+    page.wait_for_timeout(2000)  # opened while the method was being set: no event may keep re-firing (Gradio loop)
+    busy = "[...document.querySelectorAll('#sweep-methods, #sweep-param, #sweep-param2')].filter(e => " \
+           "e.querySelector('[data-testid=status-tracker]:not(.hide)')).map(e => e.id)"
+    assert page.evaluate(busy) == []
     ties = get_method("ties")
     for picker, option, values, param, typed in (("sweep-param", "k", "sweep-values", "k", "10, 40, 80"),
                                                  ("sweep-param2", "λ", "sweep-values2", "lam", "0.5, 1, 1.5")):
