@@ -13,7 +13,7 @@ import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -64,6 +64,12 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+
+def modifiers_text(modifiers: Sequence[Mapping[str, Any]]) -> str:
+    """"lines(mode=multi-task, beta=0.5)" per modifier, joined by " + " ("" without modifiers)."""
+    return " + ".join(f"{m['name']}({', '.join(f'{k}={_short(v)}' for k, v in m['params'].items())})"
+                      for m in modifiers)
+
 @dataclass
 class RunRecord:
     zoo: str
@@ -99,9 +105,7 @@ class RunRecord:
         return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
 
     def modifiers_text(self) -> str:
-        """"lines(mode=multi-task, beta=0.5)" per modifier, joined by " + " ("" without modifiers)."""
-        return " + ".join(f"{m['name']}({', '.join(f'{k}={_short(v)}' for k, v in m['params'].items())})"
-                          for m in self.modifiers)
+        return modifiers_text(self.modifiers)
 
     def label(self) -> str:
         """The run as pickers show it: "#33 ties k=20 λ=1 · 61.2 %" (its name, when it has one)."""

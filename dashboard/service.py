@@ -433,12 +433,13 @@ class Service:
     # ---------------------------------------------------------------- sweeps
     def sweep(self, zoo_id: str, methods: Sequence[str], grid: Mapping[str, Sequence[Any] | None],
               settings: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
-              progress=None, owner: str = "") -> SweepRecord:
+              progress=None, owner: str = "", modifiers: Sequence[Mapping[str, Any]] = ()) -> SweepRecord:
         """Every point of a 1-D or 2-D ``grid`` (parameter → values; None: the paper's grid) merged with each of
-        ``methods`` — the rest of each method's parameters from ``settings`` (as set in the Merge tab) — and
-        evaluated on held-out data (:func:`merging.sweep.sweep`), with θ0 and the fine-tuned models on the same
-        split; recorded in the history as ``owner``'s.  Several methods share a 1-D grid (overlaid)."""
-        from merging.registry import get_method
+        ``methods`` — the rest of each method's parameters from ``settings`` (as set in the Merge tab), then
+        ``modifiers`` applied as :meth:`merge` does — and evaluated on held-out data (:func:`merging.sweep.sweep`),
+        with θ0 and the fine-tuned models on the same split; recorded in the history as ``owner``'s.  Several
+        methods share a 1-D grid (overlaid)."""
+        from merging.registry import get_method, resolve_modifiers
         from merging.sweep import InProcess, check_points, sweep
 
         progress = as_progress(progress)
@@ -474,6 +475,7 @@ class Service:
             fixed[spec.name] = {k: v for k, v in applicable(spec.params, given).items() if k not in grid}
         for spec in specs:  # every point of every method is valid before anything runs
             check_points(spec, grid, fixed[spec.name], space.T)
+        chain = [(m.name, plain(applicable(m.params, v))) for m, v in resolve_modifiers(_pairs(modifiers), space.T)]
         contexts = {spec.name: self._context(entry, spec, space.task_names) for spec in specs}
         start = time.perf_counter()
         with entry.lock:
@@ -484,14 +486,15 @@ class Service:
             frames = []
             for i, spec in enumerate(specs):
                 step = progress.sub(0.1 + 0.9 * i / len(specs), 0.1 + 0.9 * (i + 1) / len(specs))
-                table = sweep(entry.zoo, space, spec.name, grid, fixed[spec.name], split=split,
+                table = sweep(entry.zoo, space, spec.name, grid, fixed[spec.name], chain, split=split,
                               runner=InProcess(evaluator, contexts[spec.name]), progress=step,
                               reference=references["individual"])
                 frames.append(table.assign(method=spec.name))
         table = pd.concat(frames, ignore_index=True)[["method", *names, "task", "accuracy", "normalized"]]
         record = SweepRecord(entry.name, entry.fingerprint, [s.name for s in specs], [s.title for s in specs], grid,
                              plain(fixed), list(space.task_names), split, plain(table.to_dict("records")),
-                             plain(references), time.perf_counter() - start, entry.label, owner)
+                             plain(references), time.perf_counter() - start, entry.label, owner,
+                             [{"name": name, "params": params} for name, params in chain])
         self.sweeps.add(record)
         progress(1.0, "done")
         return record

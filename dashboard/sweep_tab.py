@@ -13,10 +13,11 @@ import json
 import gradio as gr
 import pandas as pd
 
-from . import sweep_figures
+from . import modifier_picker, sweep_figures
+from .history import modifiers_text
 from .sweeps import SweepRecord, describe, edge_warning, sweepable, symbol, values_text
 from .ui import QUICK, WORK, Stopped, error, escape, owner, run_id
-from .recipes_ui import widget_values
+from .recipes_ui import modifier_values, widget_values
 from .widgets import method_choices
 
 NONE = ""  # the second parameter's "no second parameter"
@@ -86,14 +87,18 @@ class SweepTab:
         return [[method], *self.pickers([method], first, second)]
 
     # ---------------------------------------------------------------- settings
-    def settings(self, methods: list[str], tasks: list[str], values: tuple) -> dict[str, dict]:
-        """Each chosen method's parameters as set in the Merge tab (ValueError naming the field)."""
+    def settings(self, methods: list[str], tasks: list[str], values: tuple) -> tuple[dict[str, dict], list[dict]]:
+        """(each chosen method's parameters, the picked modifiers) as set in the Merge tab (``values``: every
+        panel's widget values, then the modifier picker's; ValueError naming the field)."""
         unknown = [m for m in methods or [] if m not in self.specs]
         if unknown:
             raise ValueError(f"sweep methods: {unknown[0]!r} has no numeric parameter to sweep")
         if not methods:
             raise ValueError("sweep methods: pick at least one method")
-        return {m: self.d.panel_params(m, tasks, values) for m in methods}
+        count = len(self.d.modifiers.components())
+        panels, picked = values[:len(values) - count], values[len(values) - count:]
+        return ({m: self.d.panel_params(m, tasks, panels) for m in methods},
+                modifier_picker.collect(self.d.modifiers, picked))
 
     def grid(self, methods: list[str], first: str, first_values: str, second: str, second_values: str) -> dict:
         names = self.names(methods)
@@ -113,30 +118,36 @@ class SweepTab:
                    tasks: list[str], *values):
         """The line saying what the sweep will run, from the Merge tab's current settings (or what is wrong)."""
         try:
-            settings = self.settings(methods, tasks, values)
+            settings, modifiers = self.settings(methods, tasks, values)
             grid = self.grid(methods, first, first_values, second, second_values)
         except (ValueError, gr.Error) as exc:
             return f"⚠️ {escape(getattr(exc, 'message', exc))}"
-        return escape(describe([self.specs[m].title for m in methods], grid, list(settings.values()), tasks)) + \
-            " — from the **Merge & see** tab (change them there)."
+        return escape(describe([self.specs[m].title for m in methods], grid, list(settings.values()), tasks,
+                               modifiers=modifiers)) + " — from the **Merge & see** tab (change them there)."
 
     def on_collect(self, methods: list[str], tasks: list[str], *values):
+        """The Merge tab's settings and modifiers of the chosen methods, as the JSON the sweep is sent."""
         try:
-            return json.dumps(self.settings(methods, tasks, values))
+            settings, modifiers = self.settings(methods, tasks, values)
         except ValueError as exc:
             raise error(exc) from None
+        return json.dumps(settings), json.dumps(modifiers)
 
     # ---------------------------------------------------------------- running and showing
     def on_sweep(self, zoo_id: str, methods: list[str], settings_json: str, first: str, first_values: str,
-                 second: str, second_values: str, tasks: list[str], metric: str, request: gr.Request,
-                 progress=gr.Progress()):
-        """Run the sweep as the session's background job; its figure, table, note, and the sweep pickers."""
+                 second: str, second_values: str, tasks: list[str], metric: str, modifiers_json: str,
+                 request: gr.Request, progress=gr.Progress()):
+        """Run the sweep (every point's merge followed by the modifiers) as the session's background job; its
+        figure, table, note, and the sweep pickers."""
         who = owner(request)
         methods = [m for m in (methods if isinstance(methods, list) else [methods]) if m]
         try:
             settings = json.loads(settings_json or "{}")
+            modifiers = modifier_picker.parse(modifiers_json)
         except json.JSONDecodeError as exc:
             raise error(f"settings: not valid JSON: {exc}") from None
+        except ValueError as exc:
+            raise error(exc) from None
         if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
             raise error('settings: a JSON object of method → parameters is expected, such as {"ties": {"k": 20}}')
         grid = self.grid(methods, first, first_values, second, second_values)
@@ -144,7 +155,7 @@ class SweepTab:
         try:
             zoo_id = self.d.current_zoo(zoo_id, progress)
             record = self.d.submit(lambda p: self.d.service.sweep(zoo_id, methods, grid, settings, tasks or None,
-                                                                  p, who), request, label, progress)
+                                                                  p, who, modifiers), request, label, progress)
         except Stopped as stop:
             return gr.skip(), gr.skip(), gr.skip(), f"**Sweep cancelled** ({escape(stop)}). Nothing was recorded.", \
                 gr.skip()
@@ -194,22 +205,28 @@ class SweepTab:
         return gr.skip(), figure, comparison.differences.reset_index(), text
 
     def on_apply(self, sweep_id, zoo_id: str, request: gr.Request):
-        """The best point of the shown sweep (with the settings it held fixed) into the Merge tab."""
+        """The best point of the shown sweep (with the settings and the modifier it held fixed) into the Merge
+        tab."""
         if sweep_id is None:
             raise error("apply best: run a sweep (or reopen one) first")
         record = self.record(sweep_id, owner(request))
         found = record.best()
         if found is None:
             raise error(f"sweep {record.id} has no results to apply")
+        if len(record.modifiers) > 1:
+            raise error(f"apply best: sweep {record.id} applied {len(record.modifiers)} modifiers; the Merge tab "
+                        "picks one (merge it through the API or the CLI)")
         method, best = found
         params = {**record.settings.get(method, {}), **best.point}
         same_zoo = zoo_id == record.zoo_hash
-        point = ", ".join(f"{symbol(k)}={v:g}" for k, v in best.point.items())
+        point = ", ".join([*(f"{symbol(k)}={v:g}" for k, v in best.point.items()),
+                           *(f"then {modifiers_text(record.modifiers)}" for _ in record.modifiers[:1])])
         status = f"Applied the best point of sweep {record.id} ({method}, {point}) to the Merge tab" + \
             ("; press **Merge** to evaluate it on the test split." if same_zoo else
              f"; it was swept on zoo {escape(record.zoo)}, not the one loaded now: the tasks were left as they are.")
         return [gr.Tabs(selected="merge"), method, record.tasks if same_zoo else gr.skip(),
-                *widget_values(self.d, method, params, record.tasks), status]
+                *widget_values(self.d, method, params, record.tasks), *modifier_values(self.d, record.modifiers),
+                status]
 
     # ---------------------------------------------------------------- layout
     def build(self, method: str) -> None:
@@ -246,9 +263,11 @@ class SweepTab:
                 self.show_btn = gr.Button("Show", elem_id="sweep-show", scale=1)
         self.state = gr.State(None)
         self.settings_json = gr.Textbox("", visible=False, elem_id="sweep-settings-json")  # in the API: settings
+        self.modifiers_json = gr.Textbox("", visible=False, elem_id="sweep-modifiers-json")  # … and modifiers
 
     def wire(self, demo, tab, tabs, zoo_state, method, tasks, status, panel_inputs: list) -> None:
         d = self.d
+        merge_settings = [*panel_inputs, *d.modifiers.components()]  # what the Merge tab has set
         targets = [self.first, self.first_values, self.second, self.second_values]
         # The pickers follow a user's edit (.input) and the Merge tab (on_follow sets both), never .change: a
         # .change listener here loops forever in Gradio 6.31 when the tab mounts while the value is being set.
@@ -262,18 +281,20 @@ class SweepTab:
                       api_visibility="private", show_progress="hidden", **QUICK)
         picked = [self.methods, self.first, self.first_values, self.second, self.second_values]
         gr.on([tab.select, self.methods.change, self.first.change, self.second.change, self.first_values.blur,
-               self.second_values.blur], self.on_preview, [*picked, tasks, *panel_inputs], self.settings_md,
+               self.second_values.blur], self.on_preview, [*picked, tasks, *merge_settings], self.settings_md,
               api_visibility="private", show_progress="hidden", trigger_mode="always_last", **QUICK)  # the latest
-        collecting = self.run_btn.click(self.on_collect, [self.methods, tasks, *panel_inputs], self.settings_json,
-                                        api_visibility="private", show_progress="hidden", **QUICK)
+        collecting = self.run_btn.click(self.on_collect, [self.methods, tasks, *merge_settings],
+                                        [self.settings_json, self.modifiers_json], api_visibility="private",
+                                        show_progress="hidden", **QUICK)
         collecting.success(self.on_sweep, [zoo_state, self.methods, self.settings_json, *picked[1:], tasks,
-                                           self.metric], [self.state, self.plot, self.table, self.note, self.stored],
+                                           self.metric, self.modifiers_json],
+                           [self.state, self.plot, self.table, self.note, self.stored],
                            api_name="sweep", show_progress_on=self.note, **WORK)
         self.cancel_btn.click(d.on_cancel, None, self.note, api_visibility="private", **QUICK)
         self.metric.input(self.on_metric, [self.state, self.metric], self.plot, api_visibility="private", **QUICK)
         self.show_btn.click(self.on_show, [self.stored, self.metric], [self.state, self.plot, self.table, self.note],
                             api_name="sweep_show", **QUICK)
-        self.apply_btn.click(self.on_apply, [self.state, zoo_state], [tabs, method, tasks, *panel_inputs, status],
+        self.apply_btn.click(self.on_apply, [self.state, zoo_state], [tabs, method, tasks, *merge_settings, status],
                              api_name="sweep_apply", **QUICK)
         demo.load(self.on_history, None, self.stored, api_visibility="private", **QUICK)
 
@@ -293,7 +314,7 @@ def note(record: SweepRecord) -> str:
     titles = dict(zip(record.methods, record.titles))
     lines = [f"**Sweep {record.id}** ({record.seconds:.1f} s): " +
              escape(describe(record.titles, record.grid, [record.settings.get(m, {}) for m in record.methods],
-                             record.tasks, record.split))]
+                             record.tasks, record.split, record.modifiers))]
     found = record.best()
     if found is not None:
         method, best = found

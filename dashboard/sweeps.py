@@ -19,7 +19,7 @@ import pandas as pd
 
 from merging.sweep import Best, best_point
 
-from .history import History, HistoryError, _short, _visible, plain
+from .history import History, HistoryError, _short, _visible, modifiers_text, plain
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -59,6 +59,7 @@ class SweepRecord:
     seconds: float = 0.0
     zoo_path: str = ""
     owner: str = ""
+    modifiers: list[dict] = field(default_factory=list)  # applied to every point's merge: [{"name", "params"}]
     id: int | None = None
     created: float = field(default_factory=time.time)
 
@@ -100,7 +101,8 @@ class SweepRecord:
 
     def label(self) -> str:
         """How pickers show it: "sweep 3 · ties k × λ · best k=20 λ=1 · 61.2 %"."""
-        what = ", ".join(self.methods) + " " + " × ".join(symbol(n) for n in self.grid)
+        what = ", ".join(self.methods) + (f" + {modifiers_text(self.modifiers)}" if self.modifiers else "") + \
+            " " + " × ".join(symbol(n) for n in self.grid)
         found, accuracy = self.best(), self.best_accuracy()
         best = ""
         if found is not None:
@@ -110,16 +112,18 @@ class SweepRecord:
 
 
 def describe(titles: Sequence[str], grid: Mapping[str, Sequence[Any]], settings: Sequence[Mapping[str, Any]],
-             tasks: Sequence[str], split: str = "val") -> str:
-    """One line saying exactly what a sweep runs: "Sweeping **TIES-Merging** k over 5, 10 × λ over 0.8, 1 with
-    merge=mean · tasks a, b, c · validation split" (``settings``: each method's fixed parameters)."""
+             tasks: Sequence[str], split: str = "val", modifiers: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One line saying exactly what a sweep runs: "Sweeping k over 5, 10 × λ over 0.8, 1 for **TIES-Merging**
+    with merge=mean · then lines(mode=multi-task, beta=0.5) · tasks a, b, c · validation split" (``settings``:
+    each method's fixed parameters; ``modifiers``: applied to every point's merge)."""
     axes = " × ".join(f"{symbol(name)} over {values_text(values) or '(no values)'}" for name, values in grid.items())
     fixed = []
     for title, params in zip(titles, settings):
         rest = ", ".join(f"{symbol(k)}={_short(v)}" for k, v in params.items() if k not in grid)
         fixed.append(f"**{title}**" + (f" with {rest}" if rest else ""))
     split_name = {"val": "validation", "train": "training"}.get(split, split)
-    return (f"Sweeping {axes} for {'; '.join(fixed)} · tasks {', '.join(tasks) or '(none)'} · "
+    then = f" · then {modifiers_text(modifiers)}" if modifiers else ""
+    return (f"Sweeping {axes} for {'; '.join(fixed)}{then} · tasks {', '.join(tasks) or '(none)'} · "
             f"{split_name} split")
 
 
@@ -201,7 +205,8 @@ class SweepStore:
             raise ValueError("sweeps: pick at least two sweeps to compare")
         columns = {}
         for r in records:
-            items = {"methods": ", ".join(r.methods), "zoo": r.zoo, "tasks": ", ".join(r.tasks), "split": r.split,
+            items = {"methods": ", ".join(r.methods), "modifiers": modifiers_text(r.modifiers) or "none", "zoo": r.zoo,
+                     "tasks": ", ".join(r.tasks), "split": r.split,
                      **{f"grid {symbol(n)}": values_text(v) for n, v in r.grid.items()}}
             for method, params in r.settings.items():
                 items.update({f"{method} {symbol(k)}": _short(v) for k, v in params.items() if k not in r.grid})

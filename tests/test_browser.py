@@ -230,7 +230,8 @@ def _pick(page, elem_id: str, option: str, tries: int = 5) -> None:
 
 
 def test_a_2d_sweep_draws_a_heatmap_of_the_merge_settings_and_applies_the_best(page, app):
-    _choose_method(page, "TIES-Merging")  # the Sweep tab follows the Merge tab's method and settings
+    _choose_method(page, "TIES-Merging")  # the Sweep tab follows the Merge tab's method and settings …
+    _pick(page, "modifier", "LiNeS")  # … and its modifier
     page.get_by_role("tab", name="Sweep").click()
     page.wait_for_function("document.querySelector('#sweep-settings').innerText.includes('TIES-Merging')")
     page.wait_for_timeout(2000)  # opened while the method was being set: no event may keep re-firing (Gradio loop)
@@ -247,7 +248,8 @@ def test_a_2d_sweep_draws_a_heatmap_of_the_merge_settings_and_applies_the_best(p
         page.fill(box, typed)  # … which the test then replaces
     page.locator("#sweep-values2 textarea, #sweep-values2 input").first.press("Tab")
     page.wait_for_function("document.querySelector('#sweep-settings').innerText.includes("
-                           "'Sweeping k over 10, 40, 80 × λ over 0.5, 1, 1.5 for TIES-Merging with merge=mean')")
+                           "'Sweeping k over 10, 40, 80 × λ over 0.5, 1, 1.5 for TIES-Merging with merge=mean "
+                           "· then lines(mode=multi-task, beta=0.5)')")
     page.click("#sweep-btn")
     page.wait_for_function("document.querySelector('#sweep-note').innerText.includes('Best:')", timeout=3 * WAIT)
     page.wait_for_function("(p => p !== null && p.data !== undefined && p.data[0].type === 'heatmap')"
@@ -264,6 +266,7 @@ def test_a_2d_sweep_draws_a_heatmap_of_the_merge_settings_and_applies_the_best(p
     assert page.locator("#method input").input_value() == "TIES-Merging"
     assert float(page.locator("#p-ties-k input").first.input_value()) == best["k"]
     assert float(page.locator("#p-ties-lam input").first.input_value()) == best["lam"]
+    assert record.modifiers[0]["name"] == "lines" and page.locator("#modifier input").input_value() == "LiNeS"
 
 
 def _toast(page, text: str):

@@ -247,6 +247,51 @@ def test_2d_sweep_with_the_merge_settings_heatmap_history_and_apply_best(app, zo
     assert f"Applied the best point of sweep {record.id}" in out[-1]
 
 
+def test_a_sweep_applies_the_merge_tabs_modifier_to_every_point_and_apply_best_sets_it_back(app, zoo_dir):
+    from merging import run_merge
+    from merging.evaluation import evaluate_result
+    from merging.zoo import load_zoo
+
+    demo = app[1]
+    service = demo.dashboard.service
+    client, *_ = _loaded(app)
+    lines = json.dumps([{"name": "lines", "params": {"mode": "multi-task", "beta": 0.7}}])
+    plain_sweep = client.predict(["task_arithmetic"], "{}", "lam", "0.5, 1", "", "", [], "accuracy", "",
+                                 api_name="/sweep")
+    without = service.sweeps.records()[0]
+    plot, table, note, stored = client.predict(["task_arithmetic"], "{}", "lam", "0.5, 1", "", "", [], "accuracy",
+                                               lines, api_name="/sweep")
+    record = service.sweeps.records()[0]
+    assert record.id != without.id and without.modifiers == [] and "then" not in plain_sweep[2]
+    assert record.modifiers == [{"name": "lines", "params": {"mode": "multi-task", "beta": 0.7}}]
+    assert "for **Task Arithmetic** · then lines(mode=multi-task, beta=0.7) · tasks" in note
+    assert record.label().startswith(f"sweep {record.id} · task_arithmetic + lines(mode=multi-task, beta=0.7) λ")
+    # every point is the merge followed by LiNeS, exactly as a merge with that modifier
+    space = load_zoo(zoo_dir).build_space(device="cpu")
+    rows = record.table()
+    for lam in (0.5, 1.0):
+        direct = evaluate_result(load_zoo(zoo_dir), space, run_merge(space, "task_arithmetic", {"lam": lam},
+                                 modifiers=[("lines", {"beta": 0.7})]), split="val")
+        assert list(rows[rows["lam"] == lam]["accuracy"]) == list(direct["accuracy"])
+    differences = service.sweeps.compare([without.id, record.id]).differences
+    assert list(differences.loc["modifiers"]) == ["none", "lines(mode=multi-task, beta=0.7)"]
+    # apply best: the Merge tab gets the method, the point and the modifier with its β
+    out = client.predict(api_name="/sweep_apply")
+    dash = demo.dashboard
+    start = 2 + sum(len(p.components()) for p in dash.panels.values())
+    picked = dict(zip(dash.modifiers.components(), out[start:start + len(dash.modifiers.components())]))
+    assert picked[dash.modifiers.choice] == "lines"
+    beta = next(w for w in dash.modifiers.panels["lines"].widgets if w.param.name == "beta")
+    assert picked[beta.value] == 0.7 and "then lines(mode=multi-task, beta=0.7)" in out[-1]
+    # a bad modifier is one line naming the field, and nothing is recorded
+    count = len(service.sweeps.records())
+    for bad, message in ((json.dumps([{"name": "lines", "params": {"beta": 50}}]), "beta"),
+                         ("[{name", "modifiers: not valid JSON"), (json.dumps([{"name": "nope"}]), "nope")):
+        with pytest.raises(AppError, match=message):
+            client.predict(["task_arithmetic"], "{}", "lam", "0.5", "", "", [], "accuracy", bad, api_name="/sweep")
+    assert len(service.sweeps.records()) == count
+
+
 def test_cancel_in_one_session_leaves_others_alone(app):
     mine, theirs = _client(app), _client(app)
     for client in (mine, theirs):
