@@ -11,8 +11,9 @@ LiNeS is timed alone (its α from the norms included), applied to a Task Arithme
 Each row also gives the engine's time as a multiple of F, one read of the (T, P) float32 stack (torch.sum,
 median), and of the method's own floor: the fewest full reads of the stack it needs × F (TA and averaging 1,
 TALL, Consensus and EMR 2, TIES 3, PCB 4 plus one exp and one tanh of every entry (timed in the same run, chunked
-into one reused buffer), DARE 1 plus its draws, LiNeS 1 (Σt τt for its α); mask statistics read only the packed
-masks, timed the same way).
+into one reused buffer), DARE 1 plus its draws (one uint32 per entry from its default Philox stream, compared and
+packed: `philox_keep_packed` for every task, timed in the same run), LiNeS 1 (Σt τt for its α); mask statistics
+read only the packed masks, timed the same way).
 
 CPU peak memory is the process's peak resident set (VmHWM, reset before each call); on CUDA it is
 torch.cuda.max_memory_allocated.  Both are reported as a multiple of the (T, P) stack's size.
@@ -36,6 +37,7 @@ from merging import TaskVectorSpace, get_modifier, run_merge  # noqa: E402
 from merging.chunks import map_ranges  # noqa: E402
 from merging.device import pick_device  # noqa: E402
 from merging.maskstats import mask_statistics  # noqa: E402
+from merging.methods.dare import philox_keep_packed  # noqa: E402
 from merging.param_index import ParamIndex  # noqa: E402
 
 FLOOR_READS = {"averaging": 1, "task_arithmetic": 1, "ties": 3, "dare": 1, "tall": 2, "consensus": 2, "pcb": 4,
@@ -173,6 +175,9 @@ def main() -> None:
                     floor = FLOOR_READS[name] * one_read
                     if name == "pcb":
                         floor += measure(lambda: exp_tanh(taus), device, 3)[0]
+                    if name == "dare":  # the draws are made on the CPU on every device
+                        floor += measure(lambda: [philox_keep_packed(space.P, params["p"], 0, t) for t in range(T)],
+                                         torch.device("cpu"), 3)[0]
                 fast()  # warm-up (workspace, allocator, thread pool)
                 seconds, peak = measure(fast, device, args.repeats)
                 row = f"| {model} | {T} | {name} | {seconds:.3f} | {seconds / one_read:.1f} | {seconds / floor:.1f} | "
