@@ -49,6 +49,7 @@ ROWS = {
     "iso_cts": ("Iso-CTS", "iso_cts", {}, "select"),
     "cart": ("CART", "cart", {}, "default"),
     "wudi": ("WUDI-Merging", "wudi", {}, "default"),
+    "wudi_exact": ("WUDI-Merging (exact minimiser)", "wudi", {"solver": "exact"}, "default"),
     "emr": ("EMR-Merging", "emr", {}, "default"),
     "pcb_es": ("PCB + ES", "pcb_es", {}, "default"),
     "ta_lines": ("Task Arithmetic + LiNeS", "task_arithmetic", {"lam": 1.0}, "lines"),

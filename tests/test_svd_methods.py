@@ -105,6 +105,43 @@ def test_wudi_matches_autograd_adam_reference(sp, keys):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def _wudi_loss(merged, vectors):
+    """The official objective Σt ‖(τm − τt) τtᵀ‖²_F / ‖τt‖²_F, written from the math (float64)."""
+    return sum(((merged - v) @ v.T).square().sum() / v.square().sum() for v in vectors)
+
+
+@pytest.mark.parametrize("T", [1, 3, 7])  # 7 > every rank of the 6-row matrices
+def test_wudi_exact_is_the_minimiser_of_the_official_objective(T):
+    space = make_space(T=T, seed=T)
+    got = run_merge(space, "wudi", {"solver": "exact"})
+    assert got.params["solver"] == "exact"
+    stack = taus(space)
+    for e in space.index.entries:
+        if not layers.is_attn_mlp_weight(e):
+            continue
+        vectors = stack[:, e.slice].reshape(T, *e.shape)
+        merged = got.delta[e.slice].reshape(e.shape).to(torch.float64).requires_grad_()
+        loss = _wudi_loss(merged, vectors)
+        (grad,) = torch.autograd.grad(loss, merged)
+        zero = torch.zeros_like(vectors[0], requires_grad=True)
+        (scale,) = torch.autograd.grad(_wudi_loss(zero, vectors), zero)  # −2B
+        assert grad.norm() <= 1e-5 * scale.norm(), e.name  # ∇L = 0 (up to the result's float32 rounding)
+        adam = ref.wudi_matrix(vectors, 200, 2e-3)  # the official loop, far along: no lower loss
+        assert float(loss.detach()) <= float(_wudi_loss(adam, vectors)) * (1 + 1e-6) + 1e-12, e.name
+        if T == 1:  # one task: τm = τ1
+            torch.testing.assert_close(merged.detach(), vectors[0], rtol=1e-5, atol=1e-6)
+
+
+def test_wudi_exact_ignores_the_adam_settings_which_do_not_apply(sp):
+    from merging import get_method
+    from merging.params import applicable
+
+    a = run_merge(sp, "wudi", {"solver": "exact"})
+    b = run_merge(sp, "wudi", {"solver": "exact", "iterations": 7, "lr": 0.5})
+    assert torch.equal(a.delta, b.delta)
+    assert set(applicable(get_method("wudi").params, a.params)) == {"solver", "keys", "lam", "tables"}
+
+
 def test_wudi_official_keys_leave_everything_else_at_theta0(sp):
     out = run_merge(sp, "wudi", {"iterations": 2}).delta
     for e in sp.index.entries:
@@ -150,7 +187,7 @@ def test_iso_c_of_one_rank1_task_vector():
 
 
 @pytest.mark.parametrize("method,params", [("tsvm", {}), ("iso_c", {}), ("iso_cts", {}), ("cart", {}),
-                                           ("wudi", {"iterations": 5, "lr": 1e-3})])
+                                           ("wudi", {"iterations": 5, "lr": 1e-3}), ("wudi", {"solver": "exact"})])
 def test_batched_and_one_matrix_at_a_time_agree(method, params, monkeypatch):
     """Same-shape matrices batched into one torch.linalg call (as on a GPU) or one at a time give one merge."""
     many = make_space(T=3, shapes={**SHAPES, **{f"transformer.resblocks.{i}.attn.out_proj.weight": ((6, 6), None)
@@ -169,10 +206,12 @@ def test_batched_and_one_matrix_at_a_time_agree(method, params, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-@pytest.mark.parametrize("method", ["tsvm", "iso_c", "iso_cts", "cart", "wudi"])
+@pytest.mark.parametrize("method", ["tsvm", "iso_c", "iso_cts", "cart", "wudi", "wudi exact"])
 def test_cuda_matches_cpu(sp, method):
     gpu = TaskVectorSpace(sp.index, sp.base, sp.theta0.cuda(), sp.stack.cuda(), sp.task_names)
-    params = {"iterations": 5, "lr": 1e-3} if method == "wudi" else {}
+    params = {"iterations": 5, "lr": 1e-3} if method == "wudi" else {"solver": "exact"} if method == "wudi exact" \
+        else {}
+    method = method.split()[0]
     torch.testing.assert_close(run_merge(gpu, method, params).delta.cpu(), run_merge(sp, method, params).delta,
                                rtol=1e-4, atol=1e-5)
 
