@@ -98,8 +98,8 @@ def run(space, params, progress, context=None) -> MergeResult:
 
 METHOD = register(MergeMethod(
     "wudi", "WUDI-Merging",
-    "For every weight matrix, search (data-free, by gradient descent) for one merged matrix that responds to "
-    "each task's own input directions as that task's fine-tune does.",
+    "For every weight matrix, find (data-free: by gradient descent, or exactly) one merged matrix that responds "
+    "to each task's own input directions as that task's fine-tune does.",
     "Cheng et al., Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via Task "
     "Vectors, ICML 2025",
     (Param("solver", str, "adam", "adam: the official Adam iterations from Σt τt; exact: the closed-form minimiser "
