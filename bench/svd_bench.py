@@ -2,7 +2,8 @@
 modifier — on ViT-sized random task vectors, each against its plain reference in the same run: the engine and
 the reference alternate call by call (so a change of machine load hits both), medians over --repeats, peak memory
 and the largest difference.  References: tests/svd_reference.py (one loop over keys, ``torch.linalg.svd`` per
-task matrix in float32, zero-padded stacks, autograd WUDI with ``torch.optim.Adam``) and tests/reference.py
+task matrix in float32, zero-padded stacks, autograd WUDI with ``torch.optim.Adam``, WUDI's exact minimiser by
+``torch.linalg.lstsq`` on its normal equations in float64) and tests/reference.py
 (EMR's per-tensor loop with dense masks; LiNeS per key with the official ``.abs().sum()`` α).
 
     python bench/svd_bench.py                                      # ViT-B/32 visual (87,849,216 params), T = 8
@@ -44,13 +45,16 @@ SVD_REFERENCES = {  # method → reference(space, args), float32 as the official
     "iso_cts": lambda sp, a: ref.iso_cts(sp.index, sp.stack, 1.0, 0.8, F32),
     "cart": lambda sp, a: ref.cart(sp.index, sp.stack, *official_defaults(sp.T), F32),
     "wudi": lambda sp, a: ref.wudi(sp.index, sp.stack, a.wudi_iterations, 1e-5, "official", F32),
+    "wudi_exact": lambda sp, a: ref.wudi_exact(sp.index, sp.stack),
 }
 
 
 def _svd_case(name):
     def case(space, args):
-        params = {"tables": not args.no_tables, **({"iterations": args.wudi_iterations} if name == "wudi" else {})}
-        return (lambda: run_merge(space, name, params).delta, lambda: SVD_REFERENCES[name](space, args))
+        params = {"tables": not args.no_tables, **({"iterations": args.wudi_iterations} if name == "wudi" else {}),
+                  **({"solver": "exact"} if name == "wudi_exact" else {})}
+        return (lambda: run_merge(space, name.removesuffix("_exact"), params).delta,
+                lambda: SVD_REFERENCES[name](space, args))
     return case
 
 

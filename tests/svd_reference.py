@@ -116,12 +116,32 @@ def wudi_matrix(vectors, iterations, lr):
     return merged.data.detach()
 
 
+def _wudi_key(e, keys):
+    return any(k in e.name for k in WUDI_KEYS) if keys == "official" else _tsv_key(e.name, e.shape)
+
+
 def wudi(index, taus, iterations=300, lr=1e-5, keys="official", dtype=torch.float64):
     out = torch.zeros(index.numel, dtype=dtype, device=taus.device)
     for e, mats in _matrices(index, taus, dtype):
-        chosen = any(k in e.name for k in WUDI_KEYS) if keys == "official" else _tsv_key(e.name, e.shape)
+        chosen = _wudi_key(e, keys)
         if chosen:
             out[e.slice] = wudi_matrix(mats, iterations, lr).reshape(-1)
+        elif keys != "official":
+            out[e.slice] = mats.mean(0).reshape(-1)
+    return out
+
+
+def wudi_exact(index, taus, keys="official", dtype=torch.float64):
+    """The minimiser of WUDI's objective per matrix, from the normal equations τm A = B (A = Σt τtᵀτt / ‖τt‖²,
+    B = Σt τt τtᵀ τt / ‖τt‖²), one key at a time, by ``torch.linalg.lstsq`` (τm = B A⁺ as Aᵀ τmᵀ = Bᵀ)."""
+    out = torch.zeros(index.numel, dtype=dtype, device=taus.device)
+    for e, mats in _matrices(index, taus, dtype):
+        chosen = _wudi_key(e, keys)
+        if chosen:
+            A = sum(m.T @ m / m.square().sum() for m in mats)
+            B = sum(m @ m.T @ m / m.square().sum() for m in mats)
+            solution = torch.linalg.lstsq(A.cpu(), B.T.cpu(), rcond=1e-12, driver="gelsd").solution.T
+            out[e.slice] = solution.to(out.device).reshape(-1)
         elif keys != "official":
             out[e.slice] = mats.mean(0).reshape(-1)
     return out

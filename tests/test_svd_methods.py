@@ -132,6 +132,12 @@ def test_wudi_exact_is_the_minimiser_of_the_official_objective(T):
             torch.testing.assert_close(merged.detach(), vectors[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("keys", ["official", "all_2d"])
+def test_wudi_exact_matches_the_least_squares_reference(sp, keys):
+    got = delta(sp, "wudi", solver="exact", keys=keys)
+    torch.testing.assert_close(got, ref.wudi_exact(sp.index, taus(sp), keys), rtol=1e-5, atol=1e-6)
+
+
 def test_wudi_exact_ignores_the_adam_settings_which_do_not_apply(sp):
     from merging import get_method
     from merging.params import applicable
