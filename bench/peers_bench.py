@@ -35,10 +35,13 @@ with ``normalize = True`` (TIES dis-mean); ``dare_ties`` has no magnitude trim a
 mergescope ``dare`` with base ties, k = 100, merge sum.
 
 Differences beyond float rounding, and why (read in both codes):
-* mergekit ``ties``: its top-k is per tensor (``sparsify.magnitude``: argsort of |τ| within each tensor, the
-  first int(density·numel) indices), mergescope's (and the TIES paper's / FusionBench's) over the whole model.  The
-  note gives the difference to mergescope run tensor by tensor (one space per tensor): float rounding, i.e. the
-  election (mergekit: sign of Σ τ̂ ≥ 0 → +1; mergescope: sign(Σ τ̂), 0 → majority sign) and the disjoint mean agree.
+* mergekit ``ties``: its top-k is per tensor (``sparsify.magnitude``: argsort of |τ| within each tensor), mergescope's
+  (and the TIES paper's, FusionBench's) over the whole model.  The note runs mergescope tensor by tensor (one space
+  per tensor): then the only difference is the count kept — mergekit exactly int(density·n) entries, TIES (official
+  code, FusionBench, mergescope) every |τ| ≥ the (n − ⌊n·K⌋)-th smallest, i.e. ⌊n·K⌋ + 1 entries, one more per task
+  and tensor; the entries where that extra one enters the disjoint mean differ (at most T per tensor), the rest is
+  rounding.  The election agrees (mergekit sign(Σ τ̂) with 0 → +1, mergescope 0 → the majority sign: only where
+  no kept entry exists, which contributes nothing either way), and so does the disjoint mean.
 * mergekit ``dare_*`` rescales each dropped tensor to its own L1 norm (``rescale=True``), mergescope by 1/(1 − p)
   (its ``rescale = l1`` matches the L1 norm over the whole task vector, not per tensor); masks are random in both
   (torch.bernoulli vs mergescope's Philox stream): the rows compare properties — kept fraction, the rescale
@@ -210,9 +213,10 @@ def llama_index(hidden: int, layers: int) -> ParamIndex:
     """The parameter layout of a Hugging Face LlamaForCausalLM, built on the meta device."""
     import transformers
 
-    config = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-                                      num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 256),
-                                      vocab_size=16 * hidden, tie_word_embeddings=False)
+    config = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                                      num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                                      num_key_value_heads=max(1, hidden // 256), vocab_size=16 * hidden,
+                                      tie_word_embeddings=False)
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(config)
     return ParamIndex.from_state_dict(model.state_dict())
@@ -267,7 +271,8 @@ def mergekit_rows(inp: Inputs, args) -> list[Row]:
         def describe(t):
             kept = (t != 0) & nonzero
             ratio = t[kept] / tau0[kept]
-            return f"kept {float(kept.sum() / nonzero.sum()):.4f}, ×{float(ratio.min()):.3f}…{float(ratio.max()):.3f}"
+            share = float(kept.sum() / nonzero.sum())
+            return f"kept {share:.4f}, ×{float(ratio.min()):.3f}…{float(ratio.max()):.3f}"
         return f"ms {describe(ms_tau)}; mk {describe(mk_tau)}"
 
     def dare_linear_compare(ms, mk):
@@ -363,8 +368,6 @@ def main() -> None:
     if args.peers_site:
         sys.path.append(args.peers_site)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeats} alternating calls")
-    print("| method | peer | P | T | mergescope s | peer s | speed-up | max abs diff / max abs peer | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
     suites = []
     for package, dist, build in (("fusion_bench", "fusion_bench", lambda: Inputs(vit_space(args))),
                                  ("mergekit", "mergekit", lambda: Inputs(random_space(
@@ -375,6 +378,8 @@ def main() -> None:
             print(f"skipped: {package} not importable ({reason})", flush=True)
         else:
             suites.append((package, dist, build))
+    print("| method | peer | P | T | mergescope s | peer s | speed-up | max abs diff / max abs peer | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for package, dist, build in suites:
         inp = build()
         print(f"<!-- {package} {version(dist)}: {inp.space.P:,} parameters -->", flush=True)
