@@ -14,8 +14,10 @@ fine-tuned weights); mergescope gets the TaskVectorSpace built on that stack.  E
 prints and progress bars) is discarded.
 
 What is called (the smallest wrapper around the peer's plain function):
-* FusionBench 0.2.33 — ``task_arithmetic.task_arithmetic_merge(pretrained, finetuned, scaling_factor=0.3,
-  inplace=False)`` on nn.Modules holding the state dicts (``as_module``); ``ties_merging_utils.ties_merging(
+* FusionBench 0.2.33 — ``TaskArithmeticAlgorithm(scaling_factor=0.3, inplace=False).run(pool)``, ``pool`` a dict
+  {"_pretrained_": θ0, task: θt} of nn.Modules holding the state dicts (``as_module``; the plain function
+  ``task_arithmetic_merge`` raises TypeError on any module with nn.Parameters in 0.2.33: it adds a
+  ``state_dict(keep_vars=True)`` of Parameters to a dict of Tensors, which its ``state_dict_add`` rejects); ``ties_merging_utils.ties_merging(
   (T, P) τ, reset_thresh=20, merge_func="sum")`` × 0.3 (its config's defaults; ``TiesMergingAlgorithm.run``
   flattens sorted keys into that matrix, the order does not change a whole-model top-k); ``TSVM_utils.
   compute_and_sum_svd_mem_reduction(τ dicts, accelerator="cpu")``; ``iso_utils.iso_c`` / ``iso_cts(…, 0.8)``;
