@@ -219,9 +219,9 @@ class SweepTab:
         method, best = found
         params = {**record.settings.get(method, {}), **best.point}
         same_zoo = zoo_id == record.zoo_hash
-        point = ", ".join([*(f"{symbol(k)}={v:g}" for k, v in best.point.items()),
-                           *(f"then {modifiers_text(record.modifiers)}" for _ in record.modifiers[:1])])
-        status = f"Applied the best point of sweep {record.id} ({method}, {point}) to the Merge tab" + \
+        point = ", ".join(f"{symbol(k)}={v:g}" for k, v in best.point.items())
+        then = f", then {modifiers_text(record.modifiers)}" if record.modifiers else ""
+        status = f"Applied the best point of sweep {record.id} ({method}, {point}{then}) to the Merge tab" + \
             ("; press **Merge** to evaluate it on the test split." if same_zoo else
              f"; it was swept on zoo {escape(record.zoo)}, not the one loaded now: the tasks were left as they are.")
         return [gr.Tabs(selected="merge"), method, record.tasks if same_zoo else gr.skip(),

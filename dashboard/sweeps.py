@@ -205,8 +205,8 @@ class SweepStore:
             raise ValueError("sweeps: pick at least two sweeps to compare")
         columns = {}
         for r in records:
-            items = {"methods": ", ".join(r.methods), "modifiers": modifiers_text(r.modifiers) or "none", "zoo": r.zoo,
-                     "tasks": ", ".join(r.tasks), "split": r.split,
+            items = {"methods": ", ".join(r.methods), "modifiers": modifiers_text(r.modifiers) or "none",
+                     "zoo": r.zoo, "tasks": ", ".join(r.tasks), "split": r.split,
                      **{f"grid {symbol(n)}": values_text(v) for n, v in r.grid.items()}}
             for method, params in r.settings.items():
                 items.update({f"{method} {symbol(k)}": _short(v) for k, v in params.items() if k not in r.grid})

@@ -17,10 +17,10 @@ task matrix (‖τt‖ = 0, where the code divides by zero) contributes nothing.
 
 ``solver="exact"`` (not in the official code): L is a convex quadratic, minimised where ∇L = 0, i.e. at
 τm* = B A⁺ (float64 pseudo-inverse, numerically null directions cut; unique when A is invertible, as it is for
-full-rank task matrices).  Gradient
-descent from Σt τt converges there, since every τt's rows lie in the range of A.  The official lr 1e-5 and 300 steps
-are matched to ViT-B/32's weight scale (on a model whose task vectors are larger they barely move τm away from
-Σt τt); the exact minimiser has no lr, no iterations and no scale, and is what the Adam steps approach.
+full-rank task matrices).  Gradient descent from Σt τt converges there, since every τt's rows lie in the range
+of A.  The official lr 1e-5 and 300 steps are matched to ViT-B/32's weight scale (on a model whose task vectors
+are larger they barely move τm away from Σt τt); the exact minimiser has no lr, no iterations and no scale, and
+is what the Adam steps approach.
 
 Tables: ``spectra`` (top-64 σ per matrix of each τt and of the merged τm).
 """
