@@ -16,7 +16,7 @@ import pandas as pd
 from . import modifier_picker, sweep_figures
 from .history import modifiers_text
 from .sweeps import SweepRecord, describe, edge_warning, sweepable, symbol, values_text
-from .ui import QUICK, WORK, Stopped, error, escape, owner, run_id
+from .ui import QUICK, WORK, Stopped, decode_sent, error, escape, owner, run_id
 from .recipes_ui import modifier_values, widget_values
 from .widgets import method_choices
 
@@ -141,13 +141,7 @@ class SweepTab:
         figure, table, note, and the sweep pickers."""
         who = owner(request)
         methods = [m for m in (methods if isinstance(methods, list) else [methods]) if m]
-        try:
-            settings = json.loads(settings_json or "{}")
-            modifiers = modifier_picker.parse(modifiers_json)
-        except json.JSONDecodeError as exc:
-            raise error(f"settings: not valid JSON: {exc}") from None
-        except ValueError as exc:
-            raise error(exc) from None
+        settings, modifiers = decode_sent("settings", settings_json, modifiers_json)
         if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
             raise error('settings: a JSON object of method → parameters is expected, such as {"ties": {"k": 20}}')
         grid = self.grid(methods, first, first_values, second, second_values)

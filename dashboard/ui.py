@@ -57,6 +57,16 @@ def error(message: Any) -> gr.Error:
     return gr.Error(escape(message), duration=None, title="mergescope", print_exception=False)
 
 
+def decode_sent(field: str, text: str, modifiers_json: str) -> tuple[Any, list[dict]]:
+    """(the JSON ``text`` a button sent for ``field``, the modifiers it sent); one line naming the field if bad."""
+    try:
+        return json.loads(text or "{}"), modifier_picker.parse(modifiers_json)
+    except json.JSONDecodeError as exc:
+        raise error(f"{field}: not valid JSON: {exc}") from None
+    except ValueError as exc:
+        raise error(exc) from None
+
+
 def owner(request: gr.Request | None) -> str:
     """Who a request acts for: the login name when the app has a login, else the browser session; refused
     without either (a job nobody could cancel)."""
@@ -242,13 +252,7 @@ class Dashboard:
                  request: gr.Request, progress=gr.Progress()):
         """Run a merge (with the picked modifiers) as a background job; show its figures and record it."""
         who = owner(request)
-        try:
-            params = json.loads(params_json or "{}")
-            modifiers = modifier_picker.parse(modifiers_json)
-        except json.JSONDecodeError as exc:
-            raise error(f"parameters: not valid JSON: {exc}") from None
-        except ValueError as exc:
-            raise error(exc) from None
+        params, modifiers = decode_sent("parameters", params_json, modifiers_json)
         if not isinstance(params, dict):
             raise error("parameters: must be a JSON object such as {\"lam\": 0.3}")
         try:
