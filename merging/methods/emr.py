@@ -11,14 +11,16 @@ Over the whole flat vector (no hyperparameters):
   tensors by size).  λt = 0 when Mt ⊙ τuni is 0 everywhere (θ̂t = θ0 either way; the code divides by zero).
 * Task t is served by θ̂t = θ0 + λt·Mt ⊙ τuni (``MergeResult.task_masks`` / ``task_scales``; ``delta`` = τuni).
 
-On CPU one chunked numpy pass over cache-sized blocks computes τuni, packs the masks and accumulates the per-
-tensor sums (no P-sized temporaries); on CUDA whole-vector torch ops.  Sums are accumulated in float64.
+On CPU one compiled kernel per cache-sized chunk (:func:`merging.kernels.emr_chunk`, reading each τt once) computes
+τuni, packs the masks and accumulates the per-tensor sums (no P-sized temporaries); on CUDA whole-vector torch
+ops.  Sums are accumulated in float64.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .. import kernels
 from ..chunks import CHUNK, map_chunks, use_numpy
 from ..functional import segment_sum
 from ..maskset import MaskSet
@@ -30,33 +32,20 @@ def _entry_starts(space) -> np.ndarray:
 
 
 def _chunked(space, total: torch.Tensor, masks: MaskSet) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """(τuni, per-entry Σ|τt| (T, E), per-entry Σ|Mt ⊙ τuni| (T, E)) by numpy kernels over chunks."""
+    """(τuni, per-entry Σ|τt| (T, E), per-entry Σ|Mt ⊙ τuni| (T, E)) by one compiled kernel per chunk, which reads
+    each τt once; an entry's sum is the float64 pairwise sum of its part in each chunk, added in chunk order."""
     T, E = space.T, len(space.index)
-    taus = [space.tau(t).numpy() for t in range(T)]
-    rows = [masks.packed[t].numpy() for t in range(T)]
-    total_np = total.numpy()
+    stack, rows = space.float32_rows()
     uni = torch.empty(space.P, dtype=torch.float32)
-    out = uni.numpy()
+    out, packed, total_np = uni.numpy(), masks.packed.numpy(), total.numpy()
     starts = _entry_starts(space)
 
     def body(a: int, b: int):
         first = int(np.searchsorted(starts, a, side="right")) - 1
         last = int(np.searchsorted(starts, b, side="left"))
         cuts = np.maximum(starts[first:last], a) - a  # entry starts inside [a, b), first one clipped to a
-        positive = total_np[a:b] > 0
-        magnitude = np.zeros(b - a, dtype=np.float32)
-        agree, numer = [], np.empty((T, last - first))
-        for t in range(T):
-            tau = taus[t][a:b]
-            mask = np.where(positive, tau > 0, tau < 0)
-            size = np.abs(tau)
-            numer[t] = np.add.reduceat(size, cuts, dtype=np.float64)
-            size *= mask
-            np.maximum(magnitude, size, out=magnitude)
-            rows[t][a // 8:(b + 7) // 8] = np.packbits(mask)
-            agree.append(mask)
-        denom = np.stack([np.add.reduceat(magnitude * m, cuts, dtype=np.float64) for m in agree])
-        np.copyto(out[a:b], np.where(positive, magnitude, -magnitude))
+        numer, denom = np.empty((T, last - first)), np.empty((T, last - first))
+        kernels.emr_chunk(stack, rows, total_np, a, b, cuts, out, packed, numer, denom)
         return first, numer, denom
 
     numer_all, denom_all = np.zeros((T, E)), np.zeros((T, E))
@@ -88,7 +77,7 @@ def emr_parts(space, progress) -> tuple[torch.Tensor, MaskSet, list[float]]:
     total = space.sum_tau()
     masks = MaskSet.empty(space.task_names, space.P, space.device, "emr")
     progress(0.2, "EMR: unified vector, masks and rescalers")
-    if use_numpy(total) and space.stack.dtype == torch.float32 and use_numpy(space.stack):  # τt are views
+    if use_numpy(total) and space.float32_rows() is not None:  # τt are views of one float32 stack
         uni, numer, denom = _chunked(space, total, masks)
     else:
         uni, numer, denom = _whole(space, total, masks)
