@@ -15,6 +15,7 @@ from numba.extending import intrinsic
 
 _jit = njit(cache=True, nogil=True)
 BLOCK = 2048  # elements per L1-resident block when a kernel sweeps every task over one stretch
+_ONES = np.uint64(0x0101010101010101)
 _PACK = np.uint64(0x8040201008040201)  # (8 little-endian 0/1 bytes × this) >> 56 = those bits, first one highest
 
 
@@ -35,22 +36,26 @@ def pack(flags, row):
 @_jit
 def bracket(x, lo, hi, absolute):
     """(#{v < lo}, #{v = lo}, #{v = hi}, the values with lo < v < hi in order) over v = x (|x| when ``absolute``),
-    for lo < hi: one pass counts v < lo and flags lo ≤ v ≤ hi (cheaper than four counts), then the flagged values
-    are gathered (from the 8-element groups that hold any) and split."""
+    for lo < hi.  One vectorised pass writes a byte per element (bit 0: v < lo, bit 1: lo ≤ v ≤ hi); then, 8 bytes
+    at a time, bit 0 is counted and the groups holding any bit 1 are gathered and split at lo and hi."""
     n = x.size
     flags = np.empty(n, dtype=np.uint8)
-    below = 0
     for i in range(n):
         v = abs(x[i]) if absolute else x[i]
-        below += v < lo
-        flags[i] = (v >= lo) & (v <= hi)
-    out, m = np.empty(n, dtype=x.dtype), 0
+        flags[i] = np.uint8(v < lo) | (np.uint8((v >= lo) & (v <= hi)) << np.uint8(1))
+    out, m, below = np.empty(n, dtype=x.dtype), 0, 0
     words = flags[:n // 8 * 8].view(np.uint64)
-    for j in range(words.size + (n % 8 > 0)):
-        if j == words.size or words[j]:
-            for i in range(8 * j, min(8 * j + 8, n)):
+    for j in range(words.size):
+        w = words[j]
+        below += ((w & _ONES) * _ONES) >> np.uint64(56)  # the sum of the 8 bytes' bit 0
+        if w & (_ONES << np.uint64(1)):
+            for i in range(8 * j, 8 * j + 8):
                 out[m] = abs(x[i]) if absolute else x[i]
-                m += flags[i]
+                m += flags[i] >> 1
+    for i in range(n // 8 * 8, n):
+        below += flags[i] & 1
+        out[m] = abs(x[i]) if absolute else x[i]
+        m += flags[i] >> 1
     on_lo, on_hi, inside = 0, 0, 0
     for j in range(m):
         v = out[j]
@@ -65,49 +70,84 @@ def bracket(x, lo, hi, absolute):
 
 
 @_jit
-def ties_trim(tau, threshold, elected, row):
-    """keep = |τ| ≥ threshold → packed into row; elected += τ·keep."""
-    keep = np.empty(tau.size, dtype=np.uint8)
-    for i in range(tau.size):
-        v = tau[i]
-        k = abs(v) >= threshold
-        elected[i] += v * np.float32(k)
-        keep[i] = k
-    pack(keep, row)
+def _trim_one(v, threshold, elected):
+    """One task's trim: keep = |v| ≥ threshold; (elected + v·keep, keep)."""
+    keep = abs(v) >= threshold
+    return elected + v * np.float32(keep), keep
 
 
 @_jit
-def ties_elect(total, gamma):
-    """γ = sign(total) as int8, total ← 0 (it becomes the disjoint sum); returns #(γ > 0) − #(γ < 0)."""
+def ties_trim(stack, rows, thresholds, start, stop, elected, masks, gamma, finish):
+    """For every task u (row rows[u] of stack) over [start, stop), in task order (four per sweep of an
+    L1-resident block): keep = |τu| ≥ thresholds[u] → bits of masks[u]; elected += τu·keep.  Then, if ``finish``:
+    γ = sign(elected) → gamma and elected ← 0 (it becomes the disjoint sum); returns #(γ > 0) − #(γ < 0) (0
+    without ``finish``).  elected, gamma: [start, stop)."""
+    keep = np.empty((4, BLOCK), dtype=np.uint8)
     balance = 0
-    for i in range(total.size):
-        v = total[i]
-        s = (v > 0) - (v < 0)
-        gamma[i] = s
-        balance += s
-        total[i] = 0
+    for s in range(0, stop - start, BLOCK):
+        e = min(s + BLOCK, stop - start)
+        acc, a, b = elected[s:e], start + s, start + e
+        k0, k1, k2, k3 = keep[0, :e - s], keep[1, :e - s], keep[2, :e - s], keep[3, :e - s]
+        u = 0
+        while u + 4 <= rows.size:
+            t0, t1, t2, t3 = stack[rows[u], a:b], stack[rows[u + 1], a:b], stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
+            h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
+            for i in range(e - s):
+                x, k0[i] = _trim_one(t0[i], h0, acc[i])
+                x, k1[i] = _trim_one(t1[i], h1, x)
+                x, k2[i] = _trim_one(t2[i], h2, x)
+                acc[i], k3[i] = _trim_one(t3[i], h3, x)
+            for q in range(4):
+                pack(keep[q, :e - s], masks[u + q, a // 8:(b + 7) // 8])
+            u += 4
+        for u in range(u, rows.size):
+            tau, h = stack[rows[u], a:b], thresholds[u]
+            for i in range(e - s):
+                acc[i], k0[i] = _trim_one(tau[i], h, acc[i])
+            pack(k0, masks[u, a // 8:(b + 7) // 8])
+        if finish:
+            for i in range(e - s):
+                sign = (acc[i] > 0) - (acc[i] < 0)
+                gamma[s + i] = sign
+                balance += sign
+                acc[i] = 0
     return balance
 
 
 @_jit
+def _disjoint_one(v, threshold, g, total, count, conflict):
+    """One task's term: w = v·γ·1{|v| ≥ threshold}; (total + max(w, 0), count + (w > 0), conflict | (w < 0))."""
+    w = v * g * np.float32(abs(v) >= threshold)
+    return total + (w if not w < 0 else np.float32(0)), count + (w > 0), conflict | (w < 0)
+
+
+@_jit
 def ties_disjoint(stack, rows, thresholds, gamma, fill, start, stop, total, count, conflicts, mean, finish):
-    """For every task t (row rows[t] of stack) over [start, stop), in task order: keep = |τt| ≥ thresholds[t],
-    w = τt·γ·keep (γ = fill where gamma is 0); conflicts |= w < 0; count += w > 0; total += max(w, 0).  Then, if
-    ``finish``: total ← γ·total (/ max(1, count) when ``mean``).  total, count, conflicts, gamma: [start, stop)."""
-    sign = np.empty(min(BLOCK, stop - start), dtype=np.float32)
+    """For every task u (row rows[u] of stack) over [start, stop), in task order (four per sweep of an
+    L1-resident block): w = τu·γ·1{|τu| ≥ thresholds[u]} (γ = fill where gamma is 0); conflicts |= w < 0; count +=
+    w > 0; total += max(w, 0).  Then, if ``finish``: total ← γ·total (/ max(1, count) when ``mean``).  gamma,
+    total, count, conflicts: [start, stop)."""
+    sign = np.empty(BLOCK, dtype=np.float32)
     for s in range(0, stop - start, BLOCK):
         e = min(s + BLOCK, stop - start)
         g, tot, cnt, conf = sign[:e - s], total[s:e], count[s:e], conflicts[s:e]
         for i in range(e - s):
             g[i] = gamma[s + i] if gamma[s + i] != 0 else fill
-        for t in range(rows.size):
-            tau, thr = stack[rows[t], start + s:start + e], thresholds[t]
+        a, b = start + s, start + e
+        u = 0
+        while u + 4 <= rows.size:
+            t0, t1, t2, t3 = stack[rows[u], a:b], stack[rows[u + 1], a:b], stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
+            h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
             for i in range(e - s):
-                v = tau[i]
-                w = v * g[i] * np.float32(abs(v) >= thr)
-                conf[i] |= w < 0
-                cnt[i] += w > 0
-                tot[i] += w if not w < 0 else np.float32(0)  # max(w, 0), NaN kept
+                x, n, c = _disjoint_one(t0[i], h0, g[i], tot[i], cnt[i], conf[i])
+                x, n, c = _disjoint_one(t1[i], h1, g[i], x, n, c)
+                x, n, c = _disjoint_one(t2[i], h2, g[i], x, n, c)
+                tot[i], cnt[i], conf[i] = _disjoint_one(t3[i], h3, g[i], x, n, c)
+            u += 4
+        for u in range(u, rows.size):
+            tau, h = stack[rows[u], a:b], thresholds[u]
+            for i in range(e - s):
+                tot[i], cnt[i], conf[i] = _disjoint_one(tau[i], h, g[i], tot[i], cnt[i], conf[i])
         if finish:
             for i in range(e - s):
                 tot[i] *= g[i]

@@ -29,30 +29,34 @@ def ties_vector(vectors, k: float, merge: str, progress):
 
     ``vectors`` is anything with ``T``, ``P``, ``device``, ``task_names``, ``tau(t)`` and ``float32_rows()`` (a
     task-vector space or a DARE-dropped view of one).  Beyond the stack it holds the result, the packed trims and
-    byte-sized sign/count/conflict arrays.  On CPU compiled chunk kernels (:mod:`merging.kernels`) read each τt
-    three times: the selection of its threshold, the trim, and the disjoint merge (all tasks per chunk when the
-    τt are views of one float32 stack)."""
+    byte-sized sign/count/conflict arrays; on CPU the passes are compiled chunk kernels (:func:`_chunked`)."""
     T, P, device = vectors.T, vectors.P, vectors.device
     trims = MaskSet.empty(vectors.task_names, P, device, "ties_trim")
     total = torch.zeros(P, dtype=torch.float32, device=device)  # Σt τ̂t first, then the disjoint sum
+    conflicts = torch.zeros(P, dtype=torch.bool, device=device)
+    if use_numpy(total):
+        return total, trims, conflicts, _chunked(vectors, k, merge == "mean", trims, total, conflicts, progress)
     thresholds = []
     for t in range(T):
         progress(t / (2 * T), f"trim {vectors.task_names[t]}")
         tau = vectors.tau(t)
         threshold = top_fraction_threshold(tau, k)
-        _trim(tau, threshold, trims, t, total)
+        keep = tau.abs() >= threshold
+        trims.set(t, keep)
+        total.addcmul_(tau, keep)
         thresholds.append(float(threshold))
-    count = torch.zeros(P, dtype=torch.uint8 if T < 256 else torch.int32, device=device) \
-        if merge == "mean" or use_numpy(total) else None
-    conflicts = torch.zeros(P, dtype=torch.bool, device=device)
-    if use_numpy(total):
-        _disjoint_chunked(vectors, thresholds, merge == "mean", total, count, conflicts, progress)
-        return total, trims, conflicts, thresholds
     gamma = _elect(total)
     total.zero_()
-    for t in range(T):
+    count = torch.zeros(P, dtype=torch.uint8 if T < 256 else torch.int32, device=device) if merge == "mean" \
+        else None
+    for t in range(T):  # w = γ·τ̂t; conflicts |= w < 0; count += w > 0; total += max(w, 0)
         progress((T + t) / (2 * T), f"disjoint merge {vectors.task_names[t]}")
-        _disjoint_add(vectors.tau(t), gamma, trims, t, conflicts, count, total)
+        work = vectors.tau(t) * gamma
+        work.mul_(trims.get(t))
+        conflicts |= work < 0
+        if count is not None:
+            count += work > 0
+        total += work.clamp_min_(0)
     total *= gamma
     if count is not None:
         total /= count.clamp_min_(1)
@@ -60,56 +64,49 @@ def ties_vector(vectors, k: float, merge: str, progress):
 
 
 def _elect(total: torch.Tensor) -> torch.Tensor:
-    """γ = sign(Σt τ̂t) as int8, zeros replaced by the majority sign sign(Σ γ) (whole-vector torch ops)."""
+    """γ = sign(Σt τ̂t) as int8, zeros replaced by the majority sign sign(Σ γ)."""
     gamma = torch.sign(total).to(torch.int8)
     majority = int(torch.count_nonzero(gamma > 0)) - int(torch.count_nonzero(gamma < 0))
     gamma.masked_fill_(gamma == 0, (majority > 0) - (majority < 0))
     return gamma
 
 
-def _trim(tau, threshold, trims: MaskSet, t: int, elected: torch.Tensor) -> None:
-    """keep = |τt| ≥ threshold → trim mask t; elected += τt·keep."""
-    if not use_numpy(tau):
-        keep = tau.abs() >= threshold
-        trims.set(t, keep)
-        elected.addcmul_(tau, keep)
-        return
-    src, acc, row, thr = tau.numpy(), elected.numpy(), trims.packed[t].numpy(), np.float32(threshold)
-    map_chunks(src.size, lambda a, b: kernels.ties_trim(src[a:b], thr, acc[a:b], row[a // 8:(b + 7) // 8]))
-
-
-def _disjoint_add(tau, gamma, trims: MaskSet, t: int, conflicts, count, total) -> None:
-    """w = γ·τ̂t; conflicts |= w < 0; count += w > 0; total += max(w, 0) (whole-vector torch ops)."""
-    work = tau * gamma
-    work.mul_(trims.get(t))
-    conflicts |= work < 0
-    if count is not None:
-        count += work > 0
-    total += work.clamp_min_(0)
-
-
-def _disjoint_chunked(vectors, thresholds, mean: bool, total, count, conflicts, progress) -> None:
-    """Elect γ from total = Σt τ̂t, then total ← the disjoint merge γ·Σ max(γ·τ̂t, 0) (/ count for dis-mean), with
-    the conflicts and counts, by the compiled kernels: every task per chunk when the τt are views of one float32
-    stack, else one task per pass (τ̂t = τt·1{|τt| ≥ its threshold}, the trim recomputed)."""
-    tot, cnt, conf, P = total.numpy(), count.numpy(), conflicts.numpy(), total.numel()
-    gamma = np.empty(P, dtype=np.int8)
-    balance = sum(map_chunks(P, lambda a, b: kernels.ties_elect(tot[a:b], gamma[a:b])))
-    fill = np.float32((balance > 0) - (balance < 0))
-    thr = np.array(thresholds, dtype=np.float32)
-
-    def merge(stack, rows, thr, finish):
-        map_chunks(P, lambda a, b: kernels.ties_disjoint(stack, rows, thr, gamma[a:b], fill, a, b, tot[a:b],
-                                                         cnt[a:b], conf[a:b], mean, finish))
-
+def _chunked(vectors, k: float, mean: bool, trims: MaskSet, total, conflicts, progress) -> list[float]:
+    """The CPU path (:mod:`merging.kernels`), reading each τt three times, its floor: the selection of its
+    threshold, the trim (with the election after the last task) and the disjoint merge.  When the τt are views of
+    one float32 stack, trim and merge sweep every task per chunk (the sums stay in cache); otherwise (DARE's
+    computed τ̃t) one task per pass, the trim made with its selection.  Same bits as the torch path."""
+    T, P = vectors.T, vectors.P
     views = vectors.float32_rows()
+    tot, conf, packed = total.numpy(), conflicts.numpy(), trims.packed.numpy()
+    count, gamma = np.zeros(P, dtype=np.uint8 if T < 256 else np.int32), np.empty(P, dtype=np.int8)
+    thresholds, alone = np.empty(T, dtype=np.float32), np.zeros(1, dtype=np.int64)
+
+    def trim(stack, rows, first: int, stop: int) -> int:  # tasks first … stop − 1; γ's balance after the last one
+        return sum(map_chunks(P, lambda a, b: kernels.ties_trim(stack, rows, thresholds[first:stop], a, b, tot[a:b],
+                                                                packed[first:stop], gamma[a:b], stop == T)))
+
+    def merge(stack, rows, first: int, stop: int) -> None:
+        map_chunks(P, lambda a, b: kernels.ties_disjoint(stack, rows, thresholds[first:stop], gamma[a:b], fill, a, b,
+                                                         tot[a:b], count[a:b], conf[a:b], mean, stop == T))
+
+    for t in range(T):
+        progress(t / (2 * T), f"trim {vectors.task_names[t]}")
+        tau = vectors.tau(t)
+        thresholds[t] = top_fraction_threshold(tau, k)
+        if views is None:
+            balance = trim(tau.numpy()[None], alone, t, t + 1)
+    if views is not None:
+        balance = trim(*views, 0, T)
+    fill = np.float32((balance > 0) - (balance < 0))
     if views is not None:
         progress(0.5, "disjoint merge")
-        merge(*views, thr, True)
-        return
-    for t in range(vectors.T):
-        progress((vectors.T + t) / (2 * vectors.T), f"disjoint merge {vectors.task_names[t]}")
-        merge(vectors.tau(t).numpy()[None], np.zeros(1, dtype=np.int64), thr[t:t + 1], t == vectors.T - 1)
+        merge(*views, 0, T)
+    else:
+        for t in range(T):
+            progress((T + t) / (2 * T), f"disjoint merge {vectors.task_names[t]}")
+            merge(vectors.tau(t).numpy()[None], alone, t, t + 1)
+    return [float(v) for v in thresholds]
 
 
 def run(space, params, progress, context=None) -> MergeResult:
