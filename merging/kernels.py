@@ -69,7 +69,7 @@ def bracket(x, lo, hi, absolute):
     return below, on_lo, on_hi, out[:inside].copy()
 
 
-@_jit
+@njit(inline="always")
 def _trim_one(v, threshold, elected):
     """One task's trim: keep = |v| ≥ threshold; (elected + v·keep, keep)."""
     keep = abs(v) >= threshold
@@ -114,7 +114,7 @@ def ties_trim(stack, rows, thresholds, start, stop, elected, masks, gamma, finis
     return balance
 
 
-@_jit
+@njit(inline="always")
 def _disjoint_one(v, threshold, g, total, count, conflict):
     """One task's term: w = v·γ·1{|v| ≥ threshold}; (total + max(w, 0), count + (w > 0), conflict | (w < 0))."""
     w = v * g * np.float32(abs(v) >= threshold)
@@ -156,81 +156,118 @@ def ties_disjoint(stack, rows, thresholds, gamma, fill, start, stop, total, coun
 
 
 @intrinsic
-def _lanes(typingctx, x, count):
-    """numpy's pairwise-sum block of x[:count] (count a multiple of 8, at least 8): 8 float64 accumulators, lane
-    j summing x[j], x[8 + j], … in order, then ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)).  Written as one
-    <8 x double> vector, which LLVM does not form from the scalar code."""
+def _lanes(typingctx, x, mask, start, count):
+    """numpy's pairwise-sum block over the count values v_i (i = start …; count a multiple of 8, at least 8):
+    8 float64 accumulators, lane j summing v_j, v_{8+j}, … in order, then ((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
+    (r6 + r7)).  v_i = |x_i| when mask is None, else x_i·mask_i (as :func:`_value`).  Written as one <8 x double>
+    vector, which LLVM does not form from the scalar code."""
+    masked = not isinstance(mask, types.NoneType)
+
     def codegen(context, builder, signature, args):
-        array, n = args
-        f8, d8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.DoubleType(), 8)
-        base = builder.bitcast(context.make_array(signature.args[0])(context, builder, array).data, f8.as_pointer())
-        acc = cgutils.alloca_once_value(builder, builder.fpext(builder.load(base, align=4), d8))
-        one = ir.Constant(n.type, 1)
+        array, flags, first, n = args
+        f8, d8, b8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.DoubleType(), 8), ir.VectorType(ir.IntType(8), 8)
+        x_at = builder.gep(context.make_array(signature.args[0])(context, builder, array).data, [first])
+        x_base = builder.bitcast(x_at, f8.as_pointer())
+        if masked:
+            m_at = builder.gep(context.make_array(signature.args[1])(context, builder, flags).data, [first])
+            m_base = builder.bitcast(m_at, b8.as_pointer())
+
+        def block(k):
+            v = builder.load(builder.gep(x_base, [k]), align=4)
+            if masked:
+                v = builder.fmul(v, builder.uitofp(builder.load(builder.gep(m_base, [k]), align=1), f8))
+            else:
+                i8 = ir.VectorType(ir.IntType(32), 8)
+                v = builder.bitcast(builder.and_(builder.bitcast(v, i8), ir.Constant(i8, [0x7FFFFFFF] * 8)), f8)
+            return builder.fpext(v, d8)
+
+        zero, one = ir.Constant(n.type, 0), ir.Constant(n.type, 1)
+        acc = cgutils.alloca_once_value(builder, block(zero))
         with cgutils.for_range_slice(builder, one, builder.udiv(n, ir.Constant(n.type, 8)), one) as (k, _):
-            lane = builder.fpext(builder.load(builder.gep(base, [k]), align=4), d8)
-            builder.store(builder.fadd(builder.load(acc), lane), acc)
+            builder.store(builder.fadd(builder.load(acc), block(k)), acc)
         r = [builder.extract_element(builder.load(acc), ir.Constant(ir.IntType(32), j)) for j in range(8)]
         add = builder.fadd
         return add(add(add(r[0], r[1]), add(r[2], r[3])), add(add(r[4], r[5]), add(r[6], r[7])))
 
-    if not (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C"):
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C") or \
+            masked and not (isinstance(mask, types.Array) and mask.dtype == types.uint8 and mask.layout == "C"):
         return None
-    return types.float64(x, types.intp), codegen
+    return types.float64(x, mask, types.intp, types.intp), codegen
+
+
+@njit(inline="always")
+def _value(x, mask, i):
+    """The summed value: |x_i| when mask is None, else x_i·mask_i (float32)."""
+    return abs(x[i]) if mask is None else x[i] * np.float32(mask[i])
 
 
 @_jit
-def _pairwise(x):
-    """numpy's float64 pairwise sum of x (``pairwise_sum``: blocks of ≤ 128 in 8 accumulators, halves above)."""
-    n = x.size
+def _pairwise(x, mask, start, n):
+    """numpy's float64 pairwise sum (``pairwise_sum``: blocks of ≤ 128 in 8 accumulators, halves above) of the n
+    values from ``start`` (:func:`_value`)."""
     if n < 8:
         res = -0.0
-        for i in range(n):
-            res += np.float64(x[i])
+        for i in range(start, start + n):
+            res += np.float64(_value(x, mask, i))
         return res
     if n <= 128:
-        res = _lanes(x, n - n % 8)
-        for i in range(n - n % 8, n):
-            res += x[i]
+        res = _lanes(x, mask, start, n - n % 8)
+        for i in range(start + n - n % 8, start + n):
+            res += _value(x, mask, i)
         return res
     half = n // 2
     half -= half % 8
-    return _pairwise(x[:half]) + _pairwise(x[half:])
+    return _pairwise(x, mask, start, half) + _pairwise(x, mask, start + half, n - half)
 
 
 @_jit
-def segment_sums(x, cuts, out):
-    """out[k] = ``np.add.reduceat(x, cuts, dtype=np.float64)[k]``, bit for bit: x[c] + pairwise sum of the rest of
-    the segment [cuts[k], cuts[k+1]) (the last one ends at x's end); x[cuts[k]] alone where the segment is empty."""
+def segment_sums(x, mask, cuts, out):
+    """out[k] = ``np.add.reduceat(v, cuts, dtype=np.float64)[k]`` bit for bit, v = |x| (mask None) or x·mask: v at
+    cuts[k] plus the pairwise sum of the rest of the segment [cuts[k], cuts[k+1]) (the last one ends at x's end); that
+    value alone where the segment is empty."""
     for k in range(cuts.size):
         a, b = cuts[k], cuts[k + 1] if k + 1 < cuts.size else x.size
-        out[k] = np.float64(x[a]) + _pairwise(x[a + 1:b]) if a + 1 < b else np.float64(x[a])
+        out[k] = np.float64(_value(x, mask, a)) + (_pairwise(x, mask, a + 1, b - a - 1) if a + 1 < b else 0.0)
+
+
+@njit(inline="always")
+def _agree(v, positive, magnitude):
+    """One task's EMR step: m = v > 0 where the elected sign is positive, else v < 0; (max(magnitude, |v|·m), m)."""
+    m = v > 0 if positive else v < 0
+    b = abs(v) * np.float32(m)
+    return (b if b > magnitude else magnitude), m
 
 
 @_jit
 def emr_chunk(stack, rows, total, start, stop, cuts, uni, packed, numer, denom):
     """EMR over [start, stop) (see merging.methods.emr): Mt = 1{τt > 0} where total > 0, else 1{τt < 0} → packed
     rows; τuni = ±maxt |τt|·Mt → uni; numer[t] = segment sums of |τt|, denom[t] of |τuni|·Mt (float64, as
-    :func:`segment_sums`, over the entries cut at ``cuts``, relative to start)."""
+    :func:`segment_sums`, over the entries cut at ``cuts``, relative to start).  The maximum sweeps four tasks at
+    a time."""
     n, T = stop - start, rows.size
     positive = total[start:stop] > 0
     magnitude = np.zeros(n, dtype=np.float32)
-    size = np.empty(n, dtype=np.float32)
     masks = np.empty((T, n), dtype=np.uint8)
     for t in range(T):
-        tau, mask = stack[rows[t], start:stop], masks[t]
+        segment_sums(stack[rows[t], start:stop], None, cuts, numer[t])
+    u = 0
+    while u + 4 <= T:
+        t0, t1 = stack[rows[u], start:stop], stack[rows[u + 1], start:stop]
+        t2, t3 = stack[rows[u + 2], start:stop], stack[rows[u + 3], start:stop]
+        m0, m1, m2, m3 = masks[u], masks[u + 1], masks[u + 2], masks[u + 3]
         for i in range(n):
-            v = tau[i]
-            m = v > 0 if positive[i] else v < 0
-            a = abs(v)
-            size[i] = a
-            magnitude[i] = max(magnitude[i], a * np.float32(m))
-            mask[i] = m
-        segment_sums(size, cuts, numer[t])
-        pack(mask, packed[t, start // 8:(stop + 7) // 8])
+            p = positive[i]
+            x, m0[i] = _agree(t0[i], p, magnitude[i])
+            x, m1[i] = _agree(t1[i], p, x)
+            x, m2[i] = _agree(t2[i], p, x)
+            magnitude[i], m3[i] = _agree(t3[i], p, x)
+        u += 4
+    for u in range(u, T):
+        tau, mask = stack[rows[u], start:stop], masks[u]
+        for i in range(n):
+            magnitude[i], mask[i] = _agree(tau[i], positive[i], magnitude[i])
     for t in range(T):
-        mask = masks[t]
-        for i in range(n):
-            size[i] = magnitude[i] * np.float32(mask[i])
-        segment_sums(size, cuts, denom[t])
+        pack(masks[t], packed[t, start // 8:(stop + 7) // 8])
+        segment_sums(magnitude, masks[t], cuts, denom[t])
     for i in range(n):
         uni[start + i] = magnitude[i] if positive[i] else -magnitude[i]
