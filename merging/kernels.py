@@ -90,7 +90,8 @@ def ties_trim(stack, rows, thresholds, start, stop, elected, masks, gamma, finis
         k0, k1, k2, k3 = keep[0, :e - s], keep[1, :e - s], keep[2, :e - s], keep[3, :e - s]
         u = 0
         while u + 4 <= rows.size:
-            t0, t1, t2, t3 = stack[rows[u], a:b], stack[rows[u + 1], a:b], stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
+            t0, t1 = stack[rows[u], a:b], stack[rows[u + 1], a:b]
+            t2, t3 = stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
             h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
             for i in range(e - s):
                 x, k0[i] = _trim_one(t0[i], h0, acc[i])
@@ -124,9 +125,9 @@ def _disjoint_one(v, threshold, g, total, count, conflict):
 @_jit
 def ties_disjoint(stack, rows, thresholds, gamma, fill, start, stop, total, count, conflicts, mean, finish):
     """For every task u (row rows[u] of stack) over [start, stop), in task order (four per sweep of an
-    L1-resident block): w = τu·γ·1{|τu| ≥ thresholds[u]} (γ = fill where gamma is 0); conflicts |= w < 0; count +=
-    w > 0; total += max(w, 0).  Then, if ``finish``: total ← γ·total (/ max(1, count) when ``mean``).  gamma,
-    total, count, conflicts: [start, stop)."""
+    L1-resident block): w = τu·γ·1{|τu| ≥ thresholds[u]} (γ = fill where gamma is 0); conflicts |= w < 0;
+    count += w > 0; total += max(w, 0).  Then, if ``finish``: total ← γ·total (/ max(1, count) when ``mean``).
+    gamma, total, count, conflicts: [start, stop)."""
     sign = np.empty(BLOCK, dtype=np.float32)
     for s in range(0, stop - start, BLOCK):
         e = min(s + BLOCK, stop - start)
@@ -136,7 +137,8 @@ def ties_disjoint(stack, rows, thresholds, gamma, fill, start, stop, total, coun
         a, b = start + s, start + e
         u = 0
         while u + 4 <= rows.size:
-            t0, t1, t2, t3 = stack[rows[u], a:b], stack[rows[u + 1], a:b], stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
+            t0, t1 = stack[rows[u], a:b], stack[rows[u + 1], a:b]
+            t2, t3 = stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
             h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
             for i in range(e - s):
                 x, n, c = _disjoint_one(t0[i], h0, g[i], tot[i], cnt[i], conf[i])
@@ -165,7 +167,8 @@ def _lanes(typingctx, x, mask, start, count):
 
     def codegen(context, builder, signature, args):
         array, flags, first, n = args
-        f8, d8, b8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.DoubleType(), 8), ir.VectorType(ir.IntType(8), 8)
+        f8, d8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.DoubleType(), 8)
+        b8, i32 = ir.VectorType(ir.IntType(8), 8), ir.VectorType(ir.IntType(32), 8)
         x_at = builder.gep(context.make_array(signature.args[0])(context, builder, array).data, [first])
         x_base = builder.bitcast(x_at, f8.as_pointer())
         if masked:
@@ -176,9 +179,8 @@ def _lanes(typingctx, x, mask, start, count):
             v = builder.load(builder.gep(x_base, [k]), align=4)
             if masked:
                 v = builder.fmul(v, builder.uitofp(builder.load(builder.gep(m_base, [k]), align=1), f8))
-            else:
-                i8 = ir.VectorType(ir.IntType(32), 8)
-                v = builder.bitcast(builder.and_(builder.bitcast(v, i8), ir.Constant(i8, [0x7FFFFFFF] * 8)), f8)
+            else:  # |v|: the sign bit cleared
+                v = builder.bitcast(builder.and_(builder.bitcast(v, i32), ir.Constant(i32, [0x7FFFFFFF] * 8)), f8)
             return builder.fpext(v, d8)
 
         zero, one = ir.Constant(n.type, 0), ir.Constant(n.type, 1)
@@ -224,10 +226,11 @@ def _pairwise(x, mask, start, n):
 def segment_sums(x, mask, cuts, out):
     """out[k] = ``np.add.reduceat(v, cuts, dtype=np.float64)[k]`` bit for bit, v = |x| (mask None) or x·mask: v at
     cuts[k] plus the pairwise sum of the rest of the segment [cuts[k], cuts[k+1]) (the last one ends at x's end); that
-    value alone where the segment is empty."""
+    value alone where nothing follows it."""
     for k in range(cuts.size):
         a, b = cuts[k], cuts[k + 1] if k + 1 < cuts.size else x.size
-        out[k] = np.float64(_value(x, mask, a)) + (_pairwise(x, mask, a + 1, b - a - 1) if a + 1 < b else 0.0)
+        first = np.float64(_value(x, mask, a))
+        out[k] = first + _pairwise(x, mask, a + 1, b - a - 1) if a + 1 < b else first
 
 
 @njit(inline="always")

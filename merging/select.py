@@ -24,7 +24,8 @@ _Z = 6.0  # bracket half-width in standard deviations of the sample rank
 
 def kth_smallest(x: torch.Tensor, k: int, seed: int = 0, absolute: bool = False) -> torch.Tensor:
     """The k-th smallest (1-based) element of ``x`` (of |x| with ``absolute``; flattened, no NaN), identical to
-    ``torch.kthvalue``.  On the CPU path |x| is never materialised unless the bracket misses."""
+    ``torch.kthvalue``.  On the CPU path |x| is computed on the fly, materialised only where the bracket misses or
+    sits on a heavily tied value."""
     x = x.reshape(-1)
     n = x.numel()
     if not 1 <= k <= n:
@@ -36,6 +37,7 @@ def kth_smallest(x: torch.Tensor, k: int, seed: int = 0, absolute: bool = False)
 
 
 def _select(x: torch.Tensor, k: int, generator: torch.Generator, absolute: bool = False) -> torch.Tensor:
+    """The k-th smallest of x (of |x| with ``absolute``, CPU path only)."""
     n = x.numel()
     if n <= SMALL:
         return torch.kthvalue(x.abs() if absolute else x, k).values
