@@ -242,13 +242,17 @@ def _agree(v, positive, magnitude):
 
 
 @_jit
-def emr_chunk(stack, rows, total, start, stop, cuts, uni, packed, numer, denom):
-    """EMR over [start, stop) (see merging.methods.emr): Mt = 1{τt > 0} where total > 0, else 1{τt < 0} → packed
-    rows; τuni = ±maxt |τt|·Mt → uni; numer[t] = segment sums of |τt|, denom[t] of |τuni|·Mt (float64, as
-    :func:`segment_sums`, over the entries cut at ``cuts``, relative to start).  The maximum sweeps four tasks at
-    a time."""
+def emr_chunk(stack, rows, start, stop, cuts, uni, packed, numer, denom):
+    """EMR over [start, stop) (see merging.methods.emr): Σt τt (rows added in task order, as ``sum_tau``); Mt =
+    1{τt > 0} where it is > 0, else 1{τt < 0} → packed rows; τuni = ±maxt |τt|·Mt → uni; numer[t] = segment sums
+    of |τt|, denom[t] of |τuni|·Mt (float64, as :func:`segment_sums`, over the entries cut at ``cuts``, relative
+    to start).  The chunk's rows are read from memory once, then from cache; the maximum sweeps four tasks at a
+    time."""
     n, T = stop - start, rows.size
-    positive = total[start:stop] > 0
+    total = stack[rows[0], start:stop].copy()
+    for t in range(1, T):
+        total += stack[rows[t], start:stop]
+    positive = total > 0
     magnitude = np.zeros(n, dtype=np.float32)
     masks = np.empty((T, n), dtype=np.uint8)
     for t in range(T):
