@@ -144,6 +144,13 @@ class TaskVectorSpace:
         """Entries [start, stop) of task vector t as float32 (a view when the stack is float32)."""
         return self.stack[self.rows[t], start:stop].to(torch.float32)
 
+    def float32_rows(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the stack as a numpy array, each task's row in it) when every τt is a float32 view of a CPU stack
+        (for chunk kernels that read all tasks at once), else None."""
+        if self.stack.dtype != torch.float32 or not use_numpy(self.stack):
+            return None
+        return self.stack.numpy(), np.asarray(self.rows, dtype=np.int64)
+
     def sum_tau(self) -> torch.Tensor:
         """Σt τt as a new float32 (P,) tensor (rows added in task order; on CPU over cache-sized chunks)."""
         if use_numpy(self.stack):

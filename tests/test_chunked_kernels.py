@@ -1,11 +1,12 @@
 """The chunked CPU kernels of TIES and PCB give exactly the values of the plain references (tests/reference.py;
 the engine may write −0 where they write +0) and the same bits as the whole-vector torch path, for any chunk
-size, on inputs with heavy ties and exact zeros."""
+size and task count (TIES sweeps tasks four at a time), on inputs with heavy ties and exact zeros."""
 import pytest
 import torch
 
 import reference as ref
-from merging import TaskVectorSpace, chunks, run_merge
+from merging import TaskVectorSpace, chunks, run_merge, select
+from merging.methods import emr
 from merging.param_index import ParamEntry, ParamIndex
 
 CHUNKS = [8, 64, 1000]  # multiples of 8 (packed masks); P = 3001 is not
@@ -24,10 +25,18 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
+@pytest.fixture
+def small_selection(monkeypatch):
+    """Selection by the sampled bracket (the compiled kernel over |τ|) even on these small vectors."""
+    monkeypatch.setattr(select, "SMALL", 64)
+    monkeypatch.setattr(select, "SAMPLE", 32)
+
+
 @pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("T", [3, 4, 6])
 @pytest.mark.parametrize("merge,k", [("mean", 20.0), ("sum", 50.0), ("mean", 100.0)])
-def test_ties_chunked_equals_reference_exactly(monkeypatch, chunk, merge, k):
-    sp = tied_space(chunk)
+def test_ties_chunked_equals_reference_exactly(monkeypatch, small_selection, chunk, T, merge, k):
+    sp = tied_space(chunk + T, T)
     monkeypatch.setattr(chunks, "CHUNK", chunk)
     result = run_merge(sp, "ties", {"k": k, "merge": merge, "lam": 1.0})
     expected, keeps = ref.ties_merged(torch.stack([sp.tau(t) for t in range(sp.T)]), k, merge)
@@ -48,13 +57,15 @@ def test_pcb_chunked_equals_reference_exactly(monkeypatch, chunk, r, q):
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
-@pytest.mark.parametrize("method,params", [("ties", {}), ("pcb", {}),
+@pytest.mark.parametrize("method,params", [("ties", {}), ("ties", {"merge": "sum", "k": 35.0}), ("pcb", {}),
                                            ("pcb", {"inter": "sum_tanh", "r": 0.3, "clip_q": 0.05}),
                                            ("dare", {"base": "ties", "rescale": "l1", "p": 0.5}),
-                                           ("consensus", {"base": "ties"})])
-def test_chunked_equals_whole_vector_path(monkeypatch, chunk, method, params):
-    sp = tied_space(chunk + 2)
+                                           ("consensus", {"base": "ties"}), ("emr", {})])
+@pytest.mark.parametrize("T", [4, 7])
+def test_chunked_equals_whole_vector_path(monkeypatch, small_selection, chunk, method, params, T):
+    sp = tied_space(chunk + 2, T)
     monkeypatch.setattr(chunks, "CHUNK", chunk)
+    monkeypatch.setattr(emr, "CHUNK", chunk)  # EMR's chunks are part of its float64 sums' definition
     fast = run_merge(sp, method, params)
     monkeypatch.setattr(chunks, "NUMPY_KERNELS", False)
     plain = run_merge(sp, method, params)

@@ -34,6 +34,7 @@ def test_kth_matches_kthvalue_on_adversarial_values(data, where):
             mp.setattr(select, "SAMPLE", 8)
             mp.setattr(chunks, "NUMPY_KERNELS", use)
             assert torch.equal(kth_smallest(x, k), torch.kthvalue(x, k).values)
+            assert torch.equal(kth_smallest(x, k, absolute=True), torch.kthvalue(x.abs(), k).values)
 
 
 @pytest.mark.parametrize("kind", ["normal", "zeros90", "two_values", "constant", "sorted", "reversed", "periodic"])
@@ -64,10 +65,13 @@ def test_kth_rejects_bad_k_and_nan(path):
 
 def test_kth_large_default_settings():
     """Above the real SMALL threshold with the real sample size, numpy and torch paths agree with kthvalue."""
-    x = torch.randn(3_000_001, generator=torch.Generator().manual_seed(2)).abs()
-    x[:1_000_000] = 0.0
+    tau = torch.randn(3_000_001, generator=torch.Generator().manual_seed(2))
+    tau[:1_000_000] = 0.0
+    x = tau.abs()
     for k in [1, 1_000_000, 1_000_001, 2_400_000, 3_000_001]:
-        assert torch.equal(kth_smallest(x, k), torch.kthvalue(x, k).values)
+        expected = torch.kthvalue(x, k).values
+        assert torch.equal(kth_smallest(x, k), expected)
+        assert torch.equal(kth_smallest(tau, k, absolute=True), expected)  # |τ| never materialised
 
 
 @settings(max_examples=60, deadline=None)
@@ -81,13 +85,13 @@ def test_quantile_matches_torch(data, q):
 
 
 def test_top_fraction_threshold_formula():
-    x = torch.arange(1, 101, dtype=torch.float32)  # P = 100
+    x = torch.arange(1, 101, dtype=torch.float32) * torch.tensor([1.0, -1.0]).repeat(50)  # P = 100, |x| = 1..100
     # K = 20: k = 100 − 20 = 80 → threshold 80, keeps 80..100 (21 values, ties would be kept too)
     assert top_fraction_threshold(x, 20) == 80
     assert top_fraction_threshold(x, 100) == 1
     assert top_fraction_threshold(x, 0) == 100
     assert top_fraction_threshold(x, 33.3) == 67  # k = 100 − ⌊33.3⌋ = 67
-    assert int((x >= top_fraction_threshold(x, 20)).sum()) == 21
+    assert int((x.abs() >= top_fraction_threshold(x, 20)).sum()) == 21
 
 
 def test_numpy_path_is_used_for_cpu_float32():
@@ -104,7 +108,7 @@ def test_a_tie_next_to_the_kth_value_is_counted_not_regathered(path, monkeypatch
     monkeypatch.setattr(select, "SAMPLE", 1024)
     sizes = []
     bracket = select._bracket
-    monkeypatch.setattr(select, "_bracket", lambda x, lo, hi: sizes.append(x.numel()) or bracket(x, lo, hi))
+    monkeypatch.setattr(select, "_bracket", lambda x, *args: sizes.append(x.numel()) or bracket(x, *args))
     g = torch.Generator().manual_seed(3)
     x = torch.randn(200_000, generator=g).abs()
     x[:20_000] = 0.0  # the tie holds more than SMALL elements

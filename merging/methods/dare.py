@@ -33,7 +33,6 @@ class DroppedVectors:
     def __init__(self, space, p: float, seed: int, rescale: str, generator: str = "philox"):
         self.space, self.p, self.rescale = space, p, rescale
         self.T, self.P, self.device, self.task_names = space.T, space.P, space.device, space.task_names
-        self.workspace = space.workspace
         self.keeps = MaskSet.empty(space.task_names, space.P, space.device, "dare_keep")
         for t in range(space.T):
             if generator == "philox":
@@ -41,6 +40,10 @@ class DroppedVectors:
             else:
                 draw = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + t)
                 self.keeps.set(t, torch.rand(self.P, generator=draw, device=self.device) >= p)
+
+    def float32_rows(self) -> None:
+        """None: the τ̃t are computed, not views of a stack."""
+        return None
 
     def tau(self, t: int) -> torch.Tensor:
         tau = self.space.tau(t)

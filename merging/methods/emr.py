@@ -11,15 +11,17 @@ Over the whole flat vector (no hyperparameters):
   tensors by size).  λt = 0 when Mt ⊙ τuni is 0 everywhere (θ̂t = θ0 either way; the code divides by zero).
 * Task t is served by θ̂t = θ0 + λt·Mt ⊙ τuni (``MergeResult.task_masks`` / ``task_scales``; ``delta`` = τuni).
 
-On CPU one chunked numpy pass over cache-sized blocks computes τuni, packs the masks and accumulates the per-
-tensor sums (no P-sized temporaries); on CUDA whole-vector torch ops.  Sums are accumulated in float64.
+On CPU one compiled kernel per cache-sized chunk (:func:`merging.kernels.emr_chunk`, reading each τt from memory
+once) elects the signs, computes τuni, packs the masks and accumulates the per-tensor sums (no P-sized
+temporaries); on CUDA whole-vector torch ops.  Sums are accumulated in float64.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..chunks import CHUNK, map_chunks, use_numpy
+from .. import kernels
+from ..chunks import CHUNK, map_chunks
 from ..functional import segment_sum
 from ..maskset import MaskSet
 from ..registry import MergeMethod, MergeResult, register
@@ -29,34 +31,21 @@ def _entry_starts(space) -> np.ndarray:
     return np.array([e.offset for e in space.index.entries], dtype=np.int64)
 
 
-def _chunked(space, total: torch.Tensor, masks: MaskSet) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """(τuni, per-entry Σ|τt| (T, E), per-entry Σ|Mt ⊙ τuni| (T, E)) by numpy kernels over chunks."""
+def _chunked(space, masks: MaskSet) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(τuni, per-entry Σ|τt| (T, E), per-entry Σ|Mt ⊙ τuni| (T, E)) by one compiled kernel per chunk, which reads
+    each τt once; an entry's sum is the float64 pairwise sum of its part in each chunk, added in chunk order."""
     T, E = space.T, len(space.index)
-    taus = [space.tau(t).numpy() for t in range(T)]
-    rows = [masks.packed[t].numpy() for t in range(T)]
-    total_np = total.numpy()
+    stack, rows = space.float32_rows()
     uni = torch.empty(space.P, dtype=torch.float32)
-    out = uni.numpy()
+    out, packed = uni.numpy(), masks.packed.numpy()
     starts = _entry_starts(space)
 
     def body(a: int, b: int):
         first = int(np.searchsorted(starts, a, side="right")) - 1
         last = int(np.searchsorted(starts, b, side="left"))
         cuts = np.maximum(starts[first:last], a) - a  # entry starts inside [a, b), first one clipped to a
-        positive = total_np[a:b] > 0
-        magnitude = np.zeros(b - a, dtype=np.float32)
-        agree, numer = [], np.empty((T, last - first))
-        for t in range(T):
-            tau = taus[t][a:b]
-            mask = np.where(positive, tau > 0, tau < 0)
-            size = np.abs(tau)
-            numer[t] = np.add.reduceat(size, cuts, dtype=np.float64)
-            size *= mask
-            np.maximum(magnitude, size, out=magnitude)
-            rows[t][a // 8:(b + 7) // 8] = np.packbits(mask)
-            agree.append(mask)
-        denom = np.stack([np.add.reduceat(magnitude * m, cuts, dtype=np.float64) for m in agree])
-        np.copyto(out[a:b], np.where(positive, magnitude, -magnitude))
+        numer, denom = np.empty((T, last - first)), np.empty((T, last - first))
+        kernels.emr_chunk(stack, rows, a, b, cuts, out, packed, numer, denom)
         return first, numer, denom
 
     numer_all, denom_all = np.zeros((T, E)), np.zeros((T, E))
@@ -84,13 +73,14 @@ def _whole(space, total: torch.Tensor, masks: MaskSet) -> tuple[torch.Tensor, np
 
 def emr_parts(space, progress) -> tuple[torch.Tensor, MaskSet, list[float]]:
     """(τuni, masks Mt, rescalers λt) — see the module docstring."""
-    progress(0.0, "EMR: electing signs")
-    total = space.sum_tau()
     masks = MaskSet.empty(space.task_names, space.P, space.device, "emr")
-    progress(0.2, "EMR: unified vector, masks and rescalers")
-    if use_numpy(total) and space.stack.dtype == torch.float32 and use_numpy(space.stack):  # τt are views
-        uni, numer, denom = _chunked(space, total, masks)
+    if space.float32_rows() is not None:  # τt are views of one float32 CPU stack
+        progress(0.0, "EMR: signs, unified vector, masks and rescalers")
+        uni, numer, denom = _chunked(space, masks)
     else:
+        progress(0.0, "EMR: electing signs")
+        total = space.sum_tau()
+        progress(0.2, "EMR: unified vector, masks and rescalers")
         uni, numer, denom = _whole(space, total, masks)
     numel = np.array([max(e.numel, 1) for e in space.index.entries], dtype=np.float64)
     scales_num, scales_den = (numer / numel).sum(1), (denom / numel).sum(1)

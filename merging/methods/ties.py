@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import kernels
 from ..chunks import map_chunks, use_numpy
 from ..maskset import MaskSet
 from ..maskstats import per_layer_rate
@@ -26,120 +27,86 @@ MERGE_PARAM = Param("merge", str, "mean", "disjoint merge: mean (dis-mean) or su
 def ties_vector(vectors, k: float, merge: str, progress):
     """TIES-merged τm (unscaled), trim masks, per-element sign-conflict flags and the trim thresholds.
 
-    ``vectors`` is anything with ``T``, ``P``, ``device``, ``task_names``, ``tau(t)`` and ``workspace()`` (a
-    task-vector space or a DARE-dropped view of one).  Beyond the stack it holds one float32 workspace, the
-    result, the packed trims and byte-sized sign/count/conflict arrays; on CPU the passes run chunked (numpy)."""
+    ``vectors`` is anything with ``T``, ``P``, ``device``, ``task_names``, ``tau(t)`` and ``float32_rows()`` (a
+    task-vector space or a DARE-dropped view of one).  Beyond the stack it holds the result, the packed trims and
+    byte-sized sign/count/conflict arrays; on CPU the passes are compiled chunk kernels (:func:`_chunked`)."""
     T, P, device = vectors.T, vectors.P, vectors.device
     trims = MaskSet.empty(vectors.task_names, P, device, "ties_trim")
     total = torch.zeros(P, dtype=torch.float32, device=device)  # Σt τ̂t first, then the disjoint sum
-    magnitude = vectors.workspace()
+    conflicts = torch.zeros(P, dtype=torch.bool, device=device)
+    if use_numpy(total):
+        return total, trims, conflicts, _chunked(vectors, k, merge == "mean", trims, total, conflicts, progress)
     thresholds = []
     for t in range(T):
         progress(t / (2 * T), f"trim {vectors.task_names[t]}")
         tau = vectors.tau(t)
-        _magnitude(tau, magnitude)
-        threshold = top_fraction_threshold(magnitude, k)
-        _trim(tau, magnitude, threshold, trims, t, total)
+        threshold = top_fraction_threshold(tau, k)
+        keep = tau.abs() >= threshold
+        trims.set(t, keep)
+        total.addcmul_(tau, keep)
         thresholds.append(float(threshold))
     gamma = _elect(total)
     total.zero_()
     count = torch.zeros(P, dtype=torch.uint8 if T < 256 else torch.int32, device=device) if merge == "mean" \
         else None
-    conflicts = torch.zeros(P, dtype=torch.bool, device=device)
-    for t in range(T):
+    for t in range(T):  # w = γ·τ̂t; conflicts |= w < 0; count += w > 0; total += max(w, 0)
         progress((T + t) / (2 * T), f"disjoint merge {vectors.task_names[t]}")
-        _disjoint_add(vectors.tau(t), gamma, trims, t, conflicts, count, total)
-    _signed_mean(total, gamma, count)
-    return total, trims, conflicts, thresholds
-
-
-def _signed_mean(total: torch.Tensor, gamma: torch.Tensor, count: torch.Tensor | None) -> None:
-    """total ← γ·total (/ max(1, count) for dis-mean), in place (chunked on CPU: no P-sized temporaries)."""
-    if not use_numpy(total):
-        total *= gamma
-        if count is not None:
-            total /= count.clamp_min_(1)
-        return
-    tot, sign, cnt = total.numpy(), gamma.numpy(), None if count is None else count.numpy()
-
-    def body(a: int, b: int) -> None:
-        tot[a:b] *= sign[a:b]
-        if cnt is not None:
-            tot[a:b] /= np.maximum(cnt[a:b], 1)
-
-    map_chunks(tot.size, body)
-
-
-def _elect(total: torch.Tensor) -> torch.Tensor:
-    """γ = sign(Σt τ̂t) as int8, zeros replaced by the majority sign sign(Σ γ)."""
-    if not use_numpy(total):
-        gamma = torch.sign(total).to(torch.int8)
-        majority = int(torch.count_nonzero(gamma > 0)) - int(torch.count_nonzero(gamma < 0))
-        gamma.masked_fill_(gamma == 0, (majority > 0) - (majority < 0))
-        return gamma
-    gamma = torch.empty(total.shape, dtype=torch.int8)
-    src, dst = total.numpy(), gamma.numpy()
-
-    def sign(a: int, b: int) -> int:
-        np.sign(src[a:b], out=dst[a:b], casting="unsafe")
-        return int(np.count_nonzero(dst[a:b] > 0)) - int(np.count_nonzero(dst[a:b] < 0))
-
-    majority = sum(map_chunks(src.size, sign))
-    fill = np.int8((majority > 0) - (majority < 0))
-    map_chunks(src.size, lambda a, b: np.copyto(dst[a:b], fill, where=dst[a:b] == 0))
-    return gamma
-
-
-def _magnitude(tau: torch.Tensor, out: torch.Tensor) -> None:
-    if use_numpy(tau):
-        src, dst = tau.numpy(), out.numpy()
-        map_chunks(src.size, lambda a, b: np.abs(src[a:b], out=dst[a:b]))
-    else:
-        torch.abs(tau, out=out)
-
-
-def _trim(tau, magnitude, threshold, trims: MaskSet, t: int, elected: torch.Tensor) -> None:
-    """keep = |τt| ≥ threshold → trim mask t; elected += τt·keep."""
-    if not use_numpy(tau):
-        keep = magnitude >= threshold
-        trims.set(t, keep)
-        elected.addcmul_(tau, keep)
-        return
-    src, mag, acc, row, thr = tau.numpy(), magnitude.numpy(), elected.numpy(), trims.packed[t].numpy(), \
-        np.float32(threshold)
-
-    def body(a: int, b: int) -> None:
-        keep = mag[a:b] >= thr
-        row[a // 8:(b + 7) // 8] = np.packbits(keep)
-        acc[a:b] += src[a:b] * keep  # (ufunc where= is far slower)
-
-    map_chunks(src.size, body)
-
-
-def _disjoint_add(tau, gamma, trims: MaskSet, t: int, conflicts, count, total) -> None:
-    """w = γ·τ̂t; conflicts |= w < 0; count += w > 0; total += max(w, 0)."""
-    if not use_numpy(tau):
-        work = tau * gamma
+        work = vectors.tau(t) * gamma
         work.mul_(trims.get(t))
         conflicts |= work < 0
         if count is not None:
             count += work > 0
         total += work.clamp_min_(0)
-        return
-    src, sign, row, conf, tot = tau.numpy(), gamma.numpy(), trims.packed[t].numpy(), conflicts.numpy(), \
-        total.numpy()
-    cnt = count.numpy() if count is not None else None
+    total *= gamma
+    if count is not None:
+        total /= count.clamp_min_(1)
+    return total, trims, conflicts, thresholds
 
-    def body(a: int, b: int) -> None:
-        w = src[a:b] * sign[a:b]
-        w *= np.unpackbits(row[a // 8:(b + 7) // 8], count=b - a).view(bool)
-        conf[a:b] |= w < 0
-        if cnt is not None:
-            cnt[a:b] += w > 0
-        np.maximum(w, 0, out=w)
-        tot[a:b] += w
 
-    map_chunks(src.size, body)
+def _elect(total: torch.Tensor) -> torch.Tensor:
+    """γ = sign(Σt τ̂t) as int8, zeros replaced by the majority sign sign(Σ γ)."""
+    gamma = torch.sign(total).to(torch.int8)
+    majority = int(torch.count_nonzero(gamma > 0)) - int(torch.count_nonzero(gamma < 0))
+    gamma.masked_fill_(gamma == 0, (majority > 0) - (majority < 0))
+    return gamma
+
+
+def _chunked(vectors, k: float, mean: bool, trims: MaskSet, total, conflicts, progress) -> list[float]:
+    """The CPU path (:mod:`merging.kernels`), reading each τt three times, its floor: the selection of its
+    threshold, the trim (with the election after the last task) and the disjoint merge.  When the τt are views of
+    one float32 stack, trim and merge sweep every task per chunk (the sums stay in cache); otherwise (DARE's
+    computed τ̃t) one task per pass, the trim made with its selection.  Same bits as the torch path."""
+    T, P = vectors.T, vectors.P
+    views = vectors.float32_rows()
+    tot, conf, packed = total.numpy(), conflicts.numpy(), trims.packed.numpy()
+    count, gamma = np.zeros(P, dtype=np.uint8 if T < 256 else np.int32), np.empty(P, dtype=np.int8)
+    thresholds, alone = np.empty(T, dtype=np.float32), np.zeros(1, dtype=np.int64)
+
+    def trim(stack, rows, first: int, stop: int) -> int:  # tasks first … stop − 1; γ's balance after the last one
+        return sum(map_chunks(P, lambda a, b: kernels.ties_trim(stack, rows, thresholds[first:stop], a, b, tot[a:b],
+                                                                packed[first:stop], gamma[a:b], stop == T)))
+
+    def merge(stack, rows, first: int, stop: int) -> None:
+        map_chunks(P, lambda a, b: kernels.ties_disjoint(stack, rows, thresholds[first:stop], gamma[a:b], fill, a, b,
+                                                         tot[a:b], count[a:b], conf[a:b], mean, stop == T))
+
+    for t in range(T):
+        progress(t / (2 * T), f"trim {vectors.task_names[t]}")
+        tau = vectors.tau(t)
+        thresholds[t] = top_fraction_threshold(tau, k)
+        if views is None:
+            balance = trim(tau.numpy()[None], alone, t, t + 1)
+    if views is not None:
+        balance = trim(*views, 0, T)
+    fill = np.float32((balance > 0) - (balance < 0))
+    if views is not None:
+        progress(0.5, "disjoint merge")
+        merge(*views, 0, T)
+    else:
+        for t in range(T):
+            progress((T + t) / (2 * T), f"disjoint merge {vectors.task_names[t]}")
+            merge(vectors.tau(t).numpy()[None], alone, t, t + 1)
+    return [float(v) for v in thresholds]
 
 
 def run(space, params, progress, context=None) -> MergeResult:

@@ -1,0 +1,280 @@
+"""Compiled (numba) chunk kernels of the CPU code paths: selection brackets, TIES and EMR.
+
+Each kernel makes one pass over a cache-sized chunk (``merging.chunks.map_chunks`` runs them on its threads;
+they release the GIL) and does the same IEEE operations, in the same order per element, as the whole-vector
+torch code (GPU) path, so both give the same bits (no fastmath).  Bit masks are in numpy ``packbits`` order.
+Compiled on first use and cached on disk (``cache=True``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_jit = njit(cache=True, nogil=True)
+BLOCK = 2048  # elements per L1-resident block when a kernel sweeps every task over one stretch
+_ONES = np.uint64(0x0101010101010101)
+_PACK = np.uint64(0x8040201008040201)  # (8 little-endian 0/1 bytes × this) >> 56 = those bits, first one highest
+
+
+@_jit
+def pack(flags, row):
+    """row[j] = the 0/1 bytes flags[8j : 8j + 8] as bits, the first one highest (numpy ``packbits``)."""
+    n = flags.size
+    words = flags[:n // 8 * 8].view(np.uint64)
+    for j in range(words.size):
+        row[j] = (words[j] * _PACK) >> np.uint64(56)
+    if n % 8:
+        byte = 0
+        for q in range(n % 8):
+            byte |= np.int64(flags[n // 8 * 8 + q]) << (7 - q)
+        row[n // 8] = byte
+
+
+@_jit
+def bracket(x, lo, hi, absolute):
+    """(#{v < lo}, #{v = lo}, #{v = hi}, the values with lo < v < hi in order) over v = x (|x| when ``absolute``),
+    for lo < hi.  One vectorised pass writes a byte per element (bit 0: v < lo, bit 1: lo ≤ v ≤ hi); then, 8 bytes
+    at a time, bit 0 is counted and the groups holding any bit 1 are gathered and split at lo and hi."""
+    n = x.size
+    flags = np.empty(n, dtype=np.uint8)
+    for i in range(n):
+        v = abs(x[i]) if absolute else x[i]
+        flags[i] = np.uint8(v < lo) | (np.uint8((v >= lo) & (v <= hi)) << np.uint8(1))
+    out, m, below = np.empty(n, dtype=x.dtype), 0, 0
+    words = flags[:n // 8 * 8].view(np.uint64)
+    for j in range(words.size):
+        w = words[j]
+        below += ((w & _ONES) * _ONES) >> np.uint64(56)  # the sum of the 8 bytes' bit 0
+        if w & (_ONES << np.uint64(1)):
+            for i in range(8 * j, 8 * j + 8):
+                out[m] = abs(x[i]) if absolute else x[i]
+                m += flags[i] >> 1
+    for i in range(n // 8 * 8, n):
+        below += flags[i] & 1
+        out[m] = abs(x[i]) if absolute else x[i]
+        m += flags[i] >> 1
+    on_lo, on_hi, inside = 0, 0, 0
+    for j in range(m):
+        v = out[j]
+        if v == lo:
+            on_lo += 1
+        elif v == hi:
+            on_hi += 1
+        else:
+            out[inside] = v
+            inside += 1
+    return below, on_lo, on_hi, out[:inside].copy()
+
+
+@njit(inline="always")
+def _trim_one(v, threshold, elected):
+    """One task's trim: keep = |v| ≥ threshold; (elected + v·keep, keep)."""
+    keep = abs(v) >= threshold
+    return elected + v * np.float32(keep), keep
+
+
+@_jit
+def ties_trim(stack, rows, thresholds, start, stop, elected, masks, gamma, finish):
+    """For every task u (row rows[u] of stack) over [start, stop), in task order (four per sweep of an
+    L1-resident block): keep = |τu| ≥ thresholds[u] → bits of masks[u]; elected += τu·keep.  Then, if ``finish``:
+    γ = sign(elected) → gamma and elected ← 0 (it becomes the disjoint sum); returns #(γ > 0) − #(γ < 0) (0
+    without ``finish``).  elected, gamma: [start, stop)."""
+    keep = np.empty((4, BLOCK), dtype=np.uint8)
+    balance = 0
+    for s in range(0, stop - start, BLOCK):
+        e = min(s + BLOCK, stop - start)
+        acc, a, b = elected[s:e], start + s, start + e
+        k0, k1, k2, k3 = keep[0, :e - s], keep[1, :e - s], keep[2, :e - s], keep[3, :e - s]
+        u = 0
+        while u + 4 <= rows.size:
+            t0, t1 = stack[rows[u], a:b], stack[rows[u + 1], a:b]
+            t2, t3 = stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
+            h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
+            for i in range(e - s):
+                x, k0[i] = _trim_one(t0[i], h0, acc[i])
+                x, k1[i] = _trim_one(t1[i], h1, x)
+                x, k2[i] = _trim_one(t2[i], h2, x)
+                acc[i], k3[i] = _trim_one(t3[i], h3, x)
+            for q in range(4):
+                pack(keep[q, :e - s], masks[u + q, a // 8:(b + 7) // 8])
+            u += 4
+        for u in range(u, rows.size):
+            tau, h = stack[rows[u], a:b], thresholds[u]
+            for i in range(e - s):
+                acc[i], k0[i] = _trim_one(tau[i], h, acc[i])
+            pack(k0, masks[u, a // 8:(b + 7) // 8])
+        if finish:
+            for i in range(e - s):
+                sign = (acc[i] > 0) - (acc[i] < 0)
+                gamma[s + i] = sign
+                balance += sign
+                acc[i] = 0
+    return balance
+
+
+@njit(inline="always")
+def _disjoint_one(v, threshold, g, total, count, conflict):
+    """One task's term: w = v·γ·1{|v| ≥ threshold}; (total + max(w, 0), count + (w > 0), conflict | (w < 0))."""
+    w = v * g * np.float32(abs(v) >= threshold)
+    return total + (w if not w < 0 else np.float32(0)), count + (w > 0), conflict | (w < 0)
+
+
+@_jit
+def ties_disjoint(stack, rows, thresholds, gamma, fill, start, stop, total, count, conflicts, mean, finish):
+    """For every task u (row rows[u] of stack) over [start, stop), in task order (four per sweep of an
+    L1-resident block): w = τu·γ·1{|τu| ≥ thresholds[u]} (γ = fill where gamma is 0); conflicts |= w < 0;
+    count += w > 0; total += max(w, 0).  Then, if ``finish``: total ← γ·total (/ max(1, count) when ``mean``).
+    gamma, total, count, conflicts: [start, stop)."""
+    sign = np.empty(BLOCK, dtype=np.float32)
+    for s in range(0, stop - start, BLOCK):
+        e = min(s + BLOCK, stop - start)
+        g, tot, cnt, conf = sign[:e - s], total[s:e], count[s:e], conflicts[s:e]
+        for i in range(e - s):
+            g[i] = gamma[s + i] if gamma[s + i] != 0 else fill
+        a, b = start + s, start + e
+        u = 0
+        while u + 4 <= rows.size:
+            t0, t1 = stack[rows[u], a:b], stack[rows[u + 1], a:b]
+            t2, t3 = stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
+            h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
+            for i in range(e - s):
+                x, n, c = _disjoint_one(t0[i], h0, g[i], tot[i], cnt[i], conf[i])
+                x, n, c = _disjoint_one(t1[i], h1, g[i], x, n, c)
+                x, n, c = _disjoint_one(t2[i], h2, g[i], x, n, c)
+                tot[i], cnt[i], conf[i] = _disjoint_one(t3[i], h3, g[i], x, n, c)
+            u += 4
+        for u in range(u, rows.size):
+            tau, h = stack[rows[u], a:b], thresholds[u]
+            for i in range(e - s):
+                tot[i], cnt[i], conf[i] = _disjoint_one(tau[i], h, g[i], tot[i], cnt[i], conf[i])
+        if finish:
+            for i in range(e - s):
+                tot[i] *= g[i]
+                if mean:
+                    tot[i] /= np.float32(max(cnt[i], 1))
+
+
+@intrinsic
+def _lanes(typingctx, x, mask, start, count):
+    """numpy's pairwise-sum block over the count values v_i (i = start …; count a multiple of 8, at least 8):
+    8 float64 accumulators, lane j summing v_j, v_{8+j}, … in order, then ((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
+    (r6 + r7)).  v_i = |x_i| when mask is None, else x_i·mask_i (as :func:`_value`).  Written as one <8 x double>
+    vector, which LLVM does not form from the scalar code."""
+    masked = not isinstance(mask, types.NoneType)
+
+    def codegen(context, builder, signature, args):
+        array, flags, first, n = args
+        f8, d8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.DoubleType(), 8)
+        b8, i32 = ir.VectorType(ir.IntType(8), 8), ir.VectorType(ir.IntType(32), 8)
+        x_at = builder.gep(context.make_array(signature.args[0])(context, builder, array).data, [first])
+        x_base = builder.bitcast(x_at, f8.as_pointer())
+        if masked:
+            m_at = builder.gep(context.make_array(signature.args[1])(context, builder, flags).data, [first])
+            m_base = builder.bitcast(m_at, b8.as_pointer())
+
+        def block(k):
+            v = builder.load(builder.gep(x_base, [k]), align=4)
+            if masked:
+                v = builder.fmul(v, builder.uitofp(builder.load(builder.gep(m_base, [k]), align=1), f8))
+            else:  # |v|: the sign bit cleared
+                v = builder.bitcast(builder.and_(builder.bitcast(v, i32), ir.Constant(i32, [0x7FFFFFFF] * 8)), f8)
+            return builder.fpext(v, d8)
+
+        zero, one = ir.Constant(n.type, 0), ir.Constant(n.type, 1)
+        acc = cgutils.alloca_once_value(builder, block(zero))
+        with cgutils.for_range_slice(builder, one, builder.udiv(n, ir.Constant(n.type, 8)), one) as (k, _):
+            builder.store(builder.fadd(builder.load(acc), block(k)), acc)
+        r = [builder.extract_element(builder.load(acc), ir.Constant(ir.IntType(32), j)) for j in range(8)]
+        add = builder.fadd
+        return add(add(add(r[0], r[1]), add(r[2], r[3])), add(add(r[4], r[5]), add(r[6], r[7])))
+
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C") or \
+            masked and not (isinstance(mask, types.Array) and mask.dtype == types.uint8 and mask.layout == "C"):
+        return None
+    return types.float64(x, mask, types.intp, types.intp), codegen
+
+
+@njit(inline="always")
+def _value(x, mask, i):
+    """The summed value: |x_i| when mask is None, else x_i·mask_i (float32)."""
+    return abs(x[i]) if mask is None else x[i] * np.float32(mask[i])
+
+
+@_jit
+def _pairwise(x, mask, start, n):
+    """numpy's float64 pairwise sum (``pairwise_sum``: blocks of ≤ 128 in 8 accumulators, halves above) of the n
+    values from ``start`` (:func:`_value`)."""
+    if n < 8:
+        res = -0.0
+        for i in range(start, start + n):
+            res += np.float64(_value(x, mask, i))
+        return res
+    if n <= 128:
+        res = _lanes(x, mask, start, n - n % 8)
+        for i in range(start + n - n % 8, start + n):
+            res += _value(x, mask, i)
+        return res
+    half = n // 2
+    half -= half % 8
+    return _pairwise(x, mask, start, half) + _pairwise(x, mask, start + half, n - half)
+
+
+@_jit
+def segment_sums(x, mask, cuts, out):
+    """out[k] = ``np.add.reduceat(v, cuts, dtype=np.float64)[k]`` bit for bit, v = |x| (mask None) or x·mask: v at
+    cuts[k] plus the pairwise sum of the rest of the segment [cuts[k], cuts[k+1]) (the last one ends at x's end); that
+    value alone where nothing follows it."""
+    for k in range(cuts.size):
+        a, b = cuts[k], cuts[k + 1] if k + 1 < cuts.size else x.size
+        first = np.float64(_value(x, mask, a))
+        out[k] = first + _pairwise(x, mask, a + 1, b - a - 1) if a + 1 < b else first
+
+
+@njit(inline="always")
+def _agree(v, positive, magnitude):
+    """One task's EMR step: m = v > 0 where the elected sign is positive, else v < 0; (max(magnitude, |v|·m), m)."""
+    m = v > 0 if positive else v < 0
+    b = abs(v) * np.float32(m)
+    return (b if b > magnitude else magnitude), m
+
+
+@_jit
+def emr_chunk(stack, rows, start, stop, cuts, uni, packed, numer, denom):
+    """EMR over [start, stop) (see merging.methods.emr): Σt τt (rows added in task order, as ``sum_tau``); Mt =
+    1{τt > 0} where it is > 0, else 1{τt < 0} → packed rows; τuni = ±maxt |τt|·Mt → uni; numer[t] = segment sums
+    of |τt|, denom[t] of |τuni|·Mt (float64, as :func:`segment_sums`, over the entries cut at ``cuts``, relative
+    to start).  The chunk's rows are read from memory once, then from cache; the maximum sweeps four tasks at a
+    time."""
+    n, T = stop - start, rows.size
+    total = stack[rows[0], start:stop].copy()
+    for t in range(1, T):
+        total += stack[rows[t], start:stop]
+    positive = total > 0
+    magnitude = np.zeros(n, dtype=np.float32)
+    masks = np.empty((T, n), dtype=np.uint8)
+    for t in range(T):
+        segment_sums(stack[rows[t], start:stop], None, cuts, numer[t])
+    u = 0
+    while u + 4 <= T:
+        t0, t1 = stack[rows[u], start:stop], stack[rows[u + 1], start:stop]
+        t2, t3 = stack[rows[u + 2], start:stop], stack[rows[u + 3], start:stop]
+        m0, m1, m2, m3 = masks[u], masks[u + 1], masks[u + 2], masks[u + 3]
+        for i in range(n):
+            p = positive[i]
+            x, m0[i] = _agree(t0[i], p, magnitude[i])
+            x, m1[i] = _agree(t1[i], p, x)
+            x, m2[i] = _agree(t2[i], p, x)
+            magnitude[i], m3[i] = _agree(t3[i], p, x)
+        u += 4
+    for u in range(u, T):
+        tau, mask = stack[rows[u], start:stop], masks[u]
+        for i in range(n):
+            magnitude[i], mask[i] = _agree(tau[i], positive[i], magnitude[i])
+    for t in range(T):
+        pack(masks[t], packed[t, start // 8:(stop + 7) // 8])
+        segment_sums(magnitude, masks[t], cuts, denom[t])
+    for i in range(n):
+        uni[start + i] = magnitude[i] if positive[i] else -magnitude[i]

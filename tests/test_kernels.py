@@ -1,0 +1,94 @@
+"""The compiled chunk kernels (merging/kernels.py) against plain numpy written from their definitions, bit for bit:
+packed bits, the selection bracket, numpy's float64 pairwise sums, and EMR's rescalers end to end."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from engine_fixtures import space as make_space
+from merging import kernels, run_merge
+from merging.methods import emr
+
+floats = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, 1e-30, 3e38, float("inf"), -float("inf")]) | \
+    st.floats(-1e6, 1e6, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(flags=st.lists(st.booleans(), max_size=70))
+def test_pack_is_numpy_packbits(flags):
+    flags = np.array(flags, dtype=np.uint8)
+    row = np.full((flags.size + 7) // 8, 0xAA, dtype=np.uint8)
+    kernels.pack(flags, row)
+    assert np.array_equal(row, np.packbits(flags))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.lists(floats, min_size=2, max_size=200), picks=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+       absolute=st.booleans())
+def test_bracket_counts_and_gathers_as_numpy(data, picks, absolute):
+    x = np.array(data, dtype=np.float32)
+    v = np.abs(x) if absolute else x
+    ordered = np.unique(v)
+    if ordered.size < 2:
+        return
+    i, j = sorted(int(p * (ordered.size - 1)) for p in picks)
+    lo, hi = ordered[min(i, ordered.size - 2)], ordered[max(j, min(i, ordered.size - 2) + 1)]
+    below, on_lo, on_hi, inside = kernels.bracket(x, lo, hi, absolute)
+    assert (below, on_lo, on_hi) == (np.sum(v < lo), np.sum(v == lo), np.sum(v == hi))
+    assert np.array_equal(inside.view(np.int32), v[(v > lo) & (v < hi)].view(np.int32))
+
+
+sizes = st.integers(1, 1200)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=sizes, seed=st.integers(0, 2**31), parts=st.lists(st.floats(0, 1), min_size=1, max_size=6))
+def test_segment_sums_are_numpys_float64_reduceat(n, seed, parts):
+    """Both summands of EMR (|x| and x·mask) summed exactly as np.add.reduceat(…, dtype=float64): blocks of < 8,
+    ≤ 128 (8 accumulators) and halves above, empty and one-element segments included."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * rng.standard_exponential(n) ** 4).astype(np.float32)
+    x[rng.random(n) < 0.2] = 0.0
+    mask = (rng.random(n) < 0.6).astype(np.uint8)
+    cuts = np.array(sorted({0} | {int(p * (n - 1)) for p in parts}) + [int(parts[0] * (n - 1))], dtype=np.int64)
+    cuts.sort()  # a repeated cut is an empty segment: reduceat gives the value at it
+    for mask_or_none, values in ((None, np.abs(x)), (mask, np.abs(x) * mask)):
+        out = np.empty(cuts.size)
+        kernels.segment_sums(np.abs(x) if mask_or_none is not None else x, mask_or_none, cuts, out)
+        assert np.array_equal(out.view(np.int64), np.add.reduceat(values, cuts, dtype=np.float64).view(np.int64))
+
+
+def numpy_emr_rescalers(sp, chunk):
+    """λt from the definition with numpy: per chunk of the vector, float64 reduceat of |τt| and |Mt ⊙ τuni| over
+    the entries' parts in it, added over chunks in order; then Σ_e (mean) ratios."""
+    taus = np.stack([sp.tau(t).numpy() for t in range(sp.T)])
+    total = taus[0].copy()
+    for tau in taus[1:]:  # rows added in task order, as Σt τt is defined
+        total += tau
+    positive = total > 0
+    masks = np.where(positive, taus > 0, taus < 0)
+    uni = (np.abs(taus) * masks).max(0)
+    starts = np.array([e.offset for e in sp.index.entries])
+    numer, denom = np.zeros((sp.T, len(starts))), np.zeros((sp.T, len(starts)))
+    for a in range(0, sp.P, chunk):
+        b = min(a + chunk, sp.P)
+        first, last = np.searchsorted(starts, a, "right") - 1, np.searchsorted(starts, b, "left")
+        cuts = np.maximum(starts[first:last], a) - a
+        for t in range(sp.T):
+            numer[t, first:last] += np.add.reduceat(np.abs(taus[t, a:b]), cuts, dtype=np.float64)
+            denom[t, first:last] += np.add.reduceat(uni[a:b] * masks[t, a:b], cuts, dtype=np.float64)
+    numel = np.array([e.numel for e in sp.index.entries], dtype=np.float64)
+    n, d = (numer / numel).sum(1), (denom / numel).sum(1)
+    return [float(p / q) if q > 0 else 0.0 for p, q in zip(n, d)], np.where(positive, uni, -uni), masks
+
+
+@pytest.mark.parametrize("T,chunk", [(3, 64), (5, 64), (8, 1000), (9, 1 << 18)])
+def test_emr_rescalers_vector_and_masks_bit_for_bit(monkeypatch, T, chunk):
+    sp = make_space(T=T, seed=T)
+    sp.stack[:, ::5] = 0.0
+    monkeypatch.setattr(emr, "CHUNK", chunk)
+    result = run_merge(sp, "emr")
+    scales, uni, masks = numpy_emr_rescalers(sp, chunk)
+    assert result.task_scales == scales
+    assert torch.equal(result.delta.view(torch.int32), torch.from_numpy(uni).view(torch.int32))
+    assert torch.equal(result.masks["emr"].to_bool(), torch.from_numpy(masks))
