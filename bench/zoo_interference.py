@@ -4,10 +4,13 @@ A[t, s] = accuracy on task t of θ0 + τt + τs (s ≠ t), A[t, t] = accuracy of
 val split; the row "drop" is A[t, t] − mean_s≠t A[t, s].  Ilharco et al. (2023, §4: adding pairs of task vectors)
 report that pairs of ViT task vectors keep ≈ 98 % of both tasks' accuracy; a zoo whose pairs already lose many
 points cannot show Task Arithmetic gaining much at T = 8.  Also prints each task's accuracy at λ·τt alone (the
-gain Task Arithmetic can at most keep at that λ).
+gain Task Arithmetic can at most keep at that λ).  With ``--by-layer``, where the drop comes from: for every block,
+and every tensor outside the blocks, the mean over pairs of A[t, t] − accuracy of θ0 + τt + τs restricted to that
+group (a drop far larger for one group than the others names the weights the tasks fight over; on a zoo whose
+tasks each need their own pixel statistics it is the patch embedding ``conv1``).
 
     python bench/zoo_interference.py                       # the demo zoo
-    python bench/zoo_interference.py --zoo path/to/zoo --split test
+    python bench/zoo_interference.py --zoo path/to/zoo --split test --by-layer
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--zoo", default=str(Path(__file__).resolve().parents[1] / "assets" / "demo-zoo"))
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--by-layer", action="store_true", help="also split the drop by block / tensor")
     args = parser.parse_args()
 
     zoo = load_zoo(args.zoo)
@@ -55,6 +59,28 @@ def main() -> None:
     for lam in LAMBDAS:
         alone = np.mean([accuracy(t, lam * space.tau(t)) for t in range(len(names))])
         print(f"θ0 + {lam}·τt on its own task: {alone:.1f} %")
+    if args.by_layer:
+        by_group(space, names, np.diag(pairs), accuracy)
+
+
+def by_group(space, names, alone, accuracy) -> None:
+    """Mean drop when only one group of the other task's vector is added (blocks whole, other tensors alone)."""
+    groups: dict[str, list] = {}
+    for entry in space.index.entries:
+        groups.setdefault(entry.layer if entry.layer.startswith("block") else entry.name, []).append(entry.slice)
+    print(f"{'group':>28} {'mean drop':>10} {'rms ‖τ‖':>8}")
+    for group, slices in groups.items():
+        drops = []
+        for t in range(len(names)):
+            for s in range(len(names)):
+                if s != t:
+                    delta = space.tau(t).clone()
+                    for part in slices:
+                        delta[part] += space.tau(s)[part]
+                    drops.append(alone[t] - accuracy(t, delta))
+        norm = np.sqrt(np.mean([sum(float(space.tau(t)[part].square().sum()) for part in slices)
+                                for t in range(len(names))]))
+        print(f"{group:>28} {np.mean(drops):10.1f} {norm:8.3f}")
 
 
 if __name__ == "__main__":
