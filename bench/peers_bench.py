@@ -1,6 +1,7 @@
 """mergescope side by side with its peers, FusionBench and mergekit, on the same random task vectors in one run:
 each method's merge by ``merging.run_merge`` and by the peer's own code with matched hyperparameters, called
-alternately (medians of --repeats), and the largest difference ``max |Δms − Δpeer| / max |Δpeer|``.
+alternately (medians of --repeats, after one untimed call of both on a small space: ``warm_up``), and the largest
+difference ``max |Δms − Δpeer| / max |Δpeer|``.
 
     python bench/peers_bench.py --peers-site /work/peers-site     # peers installed as bench/requirements-peers.txt
     python bench/peers_bench.py --peers-site /work/peers-site --blocks 2 --tasks 8 --methods ties iso_c
@@ -369,7 +370,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.peers_site:
         sys.path.append(args.peers_site)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeats} alternating calls")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeats} alternating calls "
+          "after a warm-up call of each on a small space")
     suites = []
     for package, dist, build in (("fusion_bench", "fusion_bench", lambda: Inputs(vit_space(args))),
                                  ("mergekit", "mergekit", lambda: Inputs(random_space(
@@ -383,9 +385,10 @@ def main() -> None:
     print("| method | peer | P | T | mergescope s | peer s | speed-up | max abs diff / max abs peer | note |")
     print("|---|---|---|---|---|---|---|---|---|")
     for package, dist, build in suites:
+        warm_up(package, args)
         inp = build()
         print(f"<!-- {package} {version(dist)}: {inp.space.P:,} parameters -->", flush=True)
-        rows = (fusionbench_rows if package == "fusion_bench" else mergekit_rows)(inp, args)
+        rows = rows_of(package)(inp, args)
         for row in rows:
             peer_fn = quiet(row.peer_fn)
             if row.ms is None:
@@ -399,6 +402,22 @@ def main() -> None:
             print(f"| {row.method} | {row.peer} {version(dist)} | {inp.space.P:,} | {inp.space.T} | {ms_text} | "
                   f"{peer_s:.3f} | {speed} | {diff} | {note} |", flush=True)
         del inp
+
+
+def rows_of(package: str) -> Callable:
+    return fusionbench_rows if package == "fusion_bench" else mergekit_rows
+
+
+def warm_up(package: str, args) -> None:
+    """One untimed call of both sides of every row on a small space (a 640 × 512 weight and its bias, over
+    ``merging.select.SMALL`` so the top-k takes its compiled selection; --tasks tasks), so that no timed call pays
+    a first use: the compile of ``merging.kernels`` (numba, about 5 s cold), thread pools, the peers' lazy imports."""
+    index = ParamIndex.from_state_dict({"block.weight": torch.empty(640, 512), "block.bias": torch.empty(640)})
+    inp = Inputs(random_space(index, args.tasks, torch.device("cpu")))
+    for row in rows_of(package)(inp, args):
+        if row.ms is not None:
+            row.ms()
+        quiet(row.peer_fn)()
 
 
 def _timed(fn: Callable) -> float:
