@@ -70,6 +70,13 @@ def bracket(x, lo, hi, absolute):
 
 
 @njit(inline="always")
+def _four(stack, rows, thresholds, u, a, b):
+    """Tasks u … u + 3 over [a, b): their four rows of ``stack`` and their four thresholds."""
+    return (stack[rows[u], a:b], stack[rows[u + 1], a:b], stack[rows[u + 2], a:b], stack[rows[u + 3], a:b],
+            thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3])
+
+
+@njit(inline="always")
 def _trim_one(v, threshold, elected):
     """One task's trim: keep = |v| ≥ threshold; (elected + v·keep, keep)."""
     keep = abs(v) >= threshold
@@ -90,9 +97,7 @@ def ties_trim(stack, rows, thresholds, start, stop, elected, masks, gamma, finis
         k0, k1, k2, k3 = keep[0, :e - s], keep[1, :e - s], keep[2, :e - s], keep[3, :e - s]
         u = 0
         while u + 4 <= rows.size:
-            t0, t1 = stack[rows[u], a:b], stack[rows[u + 1], a:b]
-            t2, t3 = stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
-            h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
+            t0, t1, t2, t3, h0, h1, h2, h3 = _four(stack, rows, thresholds, u, a, b)
             for i in range(e - s):
                 x, k0[i] = _trim_one(t0[i], h0, acc[i])
                 x, k1[i] = _trim_one(t1[i], h1, x)
@@ -137,9 +142,7 @@ def ties_disjoint(stack, rows, thresholds, gamma, fill, start, stop, total, coun
         a, b = start + s, start + e
         u = 0
         while u + 4 <= rows.size:
-            t0, t1 = stack[rows[u], a:b], stack[rows[u + 1], a:b]
-            t2, t3 = stack[rows[u + 2], a:b], stack[rows[u + 3], a:b]
-            h0, h1, h2, h3 = thresholds[u], thresholds[u + 1], thresholds[u + 2], thresholds[u + 3]
+            t0, t1, t2, t3, h0, h1, h2, h3 = _four(stack, rows, thresholds, u, a, b)
             for i in range(e - s):
                 x, n, c = _disjoint_one(t0[i], h0, g[i], tot[i], cnt[i], conf[i])
                 x, n, c = _disjoint_one(t1[i], h1, g[i], x, n, c)
