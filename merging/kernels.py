@@ -1,4 +1,4 @@
-"""Compiled (numba) chunk kernels of the CPU code paths: selection brackets, TIES and EMR.
+"""Compiled (numba) chunk kernels of the CPU code paths: selection brackets, TALL masks, Consensus, TIES and EMR.
 
 Each kernel makes one pass over a cache-sized chunk (``merging.chunks.map_chunks`` runs them on its threads;
 they release the GIL) and does the same IEEE operations, in the same order per element, as the whole-vector
@@ -17,6 +17,7 @@ _jit = njit(cache=True, nogil=True)
 BLOCK = 2048  # elements per L1-resident block when a kernel sweeps every task over one stretch
 _ONES = np.uint64(0x0101010101010101)
 _PACK = np.uint64(0x8040201008040201)  # (8 little-endian 0/1 bytes × this) >> 56 = those bits, first one highest
+_BITS = np.uint64(0x0102040810204080)  # byte q of a little-endian word: bit 7 − q (numpy packbits order)
 
 
 @_jit
@@ -67,6 +68,99 @@ def bracket(x, lo, hi, absolute):
             out[inside] = v
             inside += 1
     return below, on_lo, on_hi, out[:inside].copy()
+
+
+# ---------------------------------------------------------------- TALL masks and the Consensus filter
+
+
+@_jit
+def tall_bits(stack, rows, lambdas, mtl, start, stop, masks):
+    """For every task u (row rows[u] of stack) over [start, stop): mu = 1{|τu| > λu·|τMTL − τu|} (float32: |τMTL −
+    τu|, then ·λu) → bits of masks[u].  Task by task over the whole chunk (each row read as one stream; τMTL's
+    chunk, read from memory once, stays in L2), packed per L1-resident block.  mtl: [start, stop)."""
+    flags = np.empty(BLOCK, dtype=np.uint8)
+    for u in range(rows.size):
+        lam = lambdas[u]
+        for s in range(0, stop - start, BLOCK):
+            e = min(s + BLOCK, stop - start)
+            a, b = start + s, start + e
+            tau, m, f = stack[rows[u], a:b], mtl[s:e], flags[:e - s]
+            for i in range(e - s):
+                f[i] = abs(tau[i]) > abs(m[i] - tau[i]) * lam
+            pack(f, masks[u, a // 8:(b + 7) // 8])
+
+
+@njit(inline="always")
+def _count_bits(masks, a, b, planes, carry):
+    """c = Σu masks[u, a:b], bit-sliced: planes[p, j] holds binary digit p of the counts of byte j's 8 entries
+    (each row added with a ripple carry through the planes; 8 entries per byte operation)."""
+    n = b - a
+    planes[:, :n] = 0
+    for u in range(masks.shape[0]):
+        c = carry[:n]
+        c[:] = masks[u, a:b]
+        for p in range(planes.shape[0]):
+            plane = planes[p, :n]
+            for j in range(n):
+                x = plane[j] & c[j]
+                plane[j] ^= c[j]
+                c[j] = x
+
+
+@njit(inline="always")
+def _at_least(planes, n, k, keep, equal):
+    """keep[j] = the bits 1{c ≥ k} of byte j's 8 counts (bit-sliced in planes), digit by digit from the highest:
+    greater |= equal ∧ cp ∧ ¬kp, equal ∧= (cp = kp); then c ≥ k = greater ∨ equal (keep holds greater; equal is
+    scratch)."""
+    keep[:n] = 0
+    equal[:n] = 0xFF
+    for p in range(planes.shape[0] - 1, -1, -1):
+        plane = planes[p, :n]
+        if (k >> p) & 1:
+            for j in range(n):
+                equal[j] &= plane[j]
+        else:
+            for j in range(n):
+                keep[j] |= equal[j] & plane[j]
+                equal[j] &= ~plane[j]
+    for j in range(n):
+        keep[j] |= equal[j]
+
+
+@njit(inline="always")
+def _unpack(byte):
+    """The 8 bits of ``byte`` as little-endian 0/1 bytes, the highest first (the inverse of :func:`pack`)."""
+    spread = (np.uint64(byte) * _ONES) & _BITS  # byte q: bit 7 − q in place; + 0x7F sets bit 7 of nonzero bytes
+    return ((spread + _ONES * np.uint64(0x7F)) >> np.uint64(7)) & _ONES
+
+
+@_jit
+def consensus_keep(masks, k, factor, start, stop, kept, vector):
+    """Over [start, stop) of the packed masks (T, ⌈P/8⌉): c = Σu mu (bit-sliced counts, :func:`_count_bits`); keep
+    = c ≥ k; kept[u] = mu ∧ keep (packed); vector ← (vector where keep, else 0)·factor.  Returns #keep.  vector:
+    [start, stop)."""
+    digits = 1
+    while (1 << digits) <= max(masks.shape[0], k):  # c ≤ T and k both fit in the planes
+        digits += 1
+    planes, carry = np.empty((digits, BLOCK // 8), np.uint8), np.empty(BLOCK // 8, np.uint8)
+    keep, flags = np.empty(BLOCK // 8, np.uint8), np.empty(BLOCK, np.uint8)
+    words, total = flags.view(np.uint64), 0
+    for s in range(0, stop - start, BLOCK):
+        e = min(s + BLOCK, stop - start)
+        a, b = (start + s) // 8, (start + e + 7) // 8
+        _count_bits(masks, a, b, planes, carry)
+        _at_least(planes, b - a, k, keep, carry)
+        for u in range(masks.shape[0]):
+            row, out = masks[u, a:b], kept[u, a:b]
+            for j in range(b - a):
+                out[j] = row[j] & keep[j]
+        for j in range(b - a):
+            words[j] = _unpack(keep[j])
+        chunk, f = vector[s:e], flags[:e - s]
+        for i in range(e - s):  # a select, not a branch: vectorised
+            chunk[i] = (chunk[i] if f[i] else np.float32(0)) * factor
+            total += f[i]
+    return total
 
 
 @njit(inline="always")

@@ -1,13 +1,15 @@
 """The compiled chunk kernels (merging/kernels.py) against plain numpy written from their definitions, bit for bit:
-packed bits, the selection bracket, numpy's float64 pairwise sums, and EMR's rescalers end to end."""
+packed bits, the selection bracket, TALL masks and the Consensus filter, numpy's float64 pairwise sums, and EMR's
+rescalers end to end."""
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from engine_fixtures import space as make_space
-from merging import kernels, run_merge
+from merging import TaskVectorSpace, chunks, kernels, run_merge
 from merging.methods import emr
+from merging.param_index import ParamEntry, ParamIndex
 
 floats = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, 1e-30, 3e38, float("inf"), -float("inf")]) | \
     st.floats(-1e6, 1e6, width=32)
@@ -36,6 +38,89 @@ def test_bracket_counts_and_gathers_as_numpy(data, picks, absolute):
     below, on_lo, on_hi, inside = kernels.bracket(x, lo, hi, absolute)
     assert (below, on_lo, on_hi) == (np.sum(v < lo), np.sum(v == lo), np.sum(v == hi))
     assert np.array_equal(inside.view(np.int32), v[(v > lo) & (v < hi)].view(np.int32))
+
+
+def tied_values(rng, shape):
+    """float32 draws from few values (ties, ±0) mixed with normal ones."""
+    few = np.array([0.0, -0.0, 0.25, -0.5, 1.0, 1.5, -2.0], dtype=np.float32)
+    normal = rng.standard_normal(shape).astype(np.float32)
+    return np.where(rng.random(shape) < 0.5, rng.choice(few, shape), normal)
+
+
+spans = st.integers(1, 5000)  # odd sizes, across kernels.BLOCK (2048)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=spans, T=st.integers(1, 9), seed=st.integers(0, 2**31), cut=st.floats(0, 1))
+def test_tall_bits_are_the_definition(n, T, seed, cut):
+    """mu = 1{|τu| > λu·|τMTL − τu|} in float32, packed as numpy; rows in any order, two chunks split at a byte
+    boundary; λ = 0, 1 and τMTL = 2τu, = τu make ties on the threshold."""
+    rng = np.random.default_rng(seed)
+    stack = tied_values(rng, (T + 2, n))
+    rows = rng.permutation(T + 2)[:T].astype(np.int64)
+    mtl = tied_values(rng, n)
+    mtl[::3], mtl[1::3] = 2 * stack[rows[0], ::3], stack[rows[-1], 1::3]
+    lambdas = rng.choice(np.array([0.0, 0.3, 0.6, 1.0, 2.0], dtype=np.float32), T)
+    masks = np.full((T, (n + 7) // 8), 0xAA, dtype=np.uint8)
+    split = int(cut * n) // 8 * 8
+    for a, b in ((0, split), (split, n)):
+        kernels.tall_bits(stack, rows, lambdas, mtl[a:b], a, b, masks)
+    taus = stack[rows]
+    expected = np.abs(taus) > np.abs(mtl - taus) * lambdas[:, None]
+    assert np.array_equal(masks, np.packbits(expected, axis=1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=spans, T=st.sampled_from([1, 2, 3, 4, 7, 8, 9, 15, 16, 300]), seed=st.integers(0, 2**31),
+       k=st.integers(0, 302), density=st.floats(0, 1), factor=st.sampled_from([0.3, -0.7, 1.0, 0.0]),
+       cut=st.floats(0, 1))
+def test_consensus_keep_is_the_definition(n, T, seed, k, density, factor, cut):
+    """c = Σu mu, keep = c ≥ k (k above T too), kept = m ∧ keep packed as numpy, vector = (vector where keep, else
+    +0)·λ bit for bit (−0 where λ < 0), the kept count; two chunks split at a byte boundary."""
+    rng = np.random.default_rng(seed)
+    bits = rng.random((T, n)) < density
+    masks = np.packbits(bits, axis=1)
+    vector = tied_values(rng, n)
+    keep = bits.sum(0) >= k
+    expected = np.where(keep, vector, np.float32(0)) * np.float32(factor)
+    kept = np.full_like(masks, 0xAA)
+    split = int(cut * n) // 8 * 8
+    total = sum(kernels.consensus_keep(masks, k, np.float32(factor), a, b, kept, vector[a:b])
+                for a, b in ((0, split), (split, n)))
+    assert total == np.count_nonzero(keep)
+    assert np.array_equal(kept, np.packbits(bits & keep, axis=1))
+    assert np.array_equal(vector.view(np.int32), expected.view(np.int32))
+
+
+def odd_space(T: int, P: int = 5001) -> TaskVectorSpace:
+    """A one-tensor space of P (odd) tied values, without −0 (where Σt τt's CPU path keeps −0 the torch one adds it to
+    +0)."""
+    taus = torch.from_numpy(tied_values(np.random.default_rng(T), (T, P)) + np.float32(0))
+    index = ParamIndex([ParamEntry("w", (P,), 0, P, torch.float32, "block.00", "mlp.c_fc")])
+    return TaskVectorSpace(index, {"__order__": ["w"]}, torch.zeros(P), taus, [f"t{i}" for i in range(T)])
+
+
+@pytest.mark.parametrize("view", ["stack", "subset", "bfloat16"])
+@pytest.mark.parametrize("T", [1, 5, 8])
+def test_tall_and_consensus_kernels_equal_the_torch_path(monkeypatch, view, T):
+    """TALL masks, kept masks, vector and count of the kernels (every task per chunk, or one task per pass where
+    the τt are not float32 views of the stack) are the torch path's bits, for k = 0 … T."""
+    sp = odd_space(T + 1)
+    sp = {"stack": sp.subset(list(range(T))), "subset": sp.subset(list(range(T, 0, -1))),
+          "bfloat16": TaskVectorSpace(sp.index, sp.base, sp.theta0, sp.stack[:T].to(torch.bfloat16),
+                                      sp.task_names[:T])}[view]
+    monkeypatch.setattr(chunks, "CHUNK", 1024)
+    lambdas = [0.2 + 0.15 * t for t in range(T)]
+    for k in range(T + 1):
+        params = {"k": k, "lam": 0.7, "tall_lambda": lambdas}
+        monkeypatch.setattr(chunks, "NUMPY_KERNELS", True)
+        fast = run_merge(sp, "consensus", params)
+        monkeypatch.setattr(chunks, "NUMPY_KERNELS", False)
+        plain = run_merge(sp, "consensus", params)
+        assert torch.equal(fast.delta.view(torch.int32), plain.delta.view(torch.int32))
+        assert fast.info == plain.info
+        for name in ("tall", "consensus_keep"):
+            assert torch.equal(fast.masks[name].packed, plain.masks[name].packed)
 
 
 sizes = st.integers(1, 1200)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import kernels
 from ..chunks import map_chunks, use_numpy
 from ..maskset import MaskSet
 from ..params import Param, ParameterError
@@ -19,7 +20,8 @@ from .tall import BASE, TALL_LAMBDA, TIES_K, multitask_vector, tall_masks
 
 def consensus_filter(masks: MaskSet, vector: torch.Tensor, k: int, lam: float, kept: MaskSet) -> int:
     """In place: vector ← λ · (1{c ≥ k} ⊙ vector) with c = Σt mt, and kept_t = mt ∧ 1{c ≥ k}; returns how many
-    entries are kept.  On CPU one chunked pass over the packed masks (no P-sized temporaries)."""
+    entries are kept.  On CPU one compiled chunked pass over the packed masks
+    (:func:`merging.kernels.consensus_keep`)."""
     if not (use_numpy(masks.packed) and use_numpy(vector)):
         agreement = torch.zeros(masks.numel, dtype=torch.int32, device=vector.device)
         for t in range(masks.T):
@@ -30,20 +32,7 @@ def consensus_filter(masks: MaskSet, vector: torch.Tensor, k: int, lam: float, k
         vector.masked_fill_(~keep, 0.0).mul_(lam)
         return int(torch.count_nonzero(keep))
     packed, out, values, factor = masks.packed.numpy(), kept.packed.numpy(), vector.numpy(), np.float32(lam)
-
-    def body(a: int, b: int) -> int:
-        rows = packed[:, a // 8:(b + 7) // 8]
-        agreement = np.zeros(b - a, dtype=np.uint8 if masks.T < 256 else np.int32)
-        for row in rows:
-            agreement += np.unpackbits(row, count=b - a)
-        drop = agreement < k
-        np.bitwise_and(rows, np.packbits(~drop), out=out[:, a // 8:(b + 7) // 8])  # same bit layout
-        chunk = values[a:b]
-        chunk[drop] = 0.0
-        chunk *= factor
-        return b - a - int(np.count_nonzero(drop))
-
-    return sum(map_chunks(values.size, body))
+    return sum(map_chunks(values.size, lambda a, b: kernels.consensus_keep(packed, k, factor, a, b, out, values[a:b])))
 
 
 def run(space, params, progress, context=None) -> MergeResult:

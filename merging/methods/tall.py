@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import kernels
 from ..chunks import map_chunks, use_numpy
 from ..maskset import MaskSet
 from ..params import Param
@@ -34,21 +35,31 @@ def multitask_vector(space, base: str, ties_k: float, progress):
 
 
 def tall_masks(space, tau_mtl: torch.Tensor, lambdas, progress) -> MaskSet:
+    """mt = 1{|τt| > λt·|τMTL − τt|} for every task.  On CPU the compiled chunk kernel
+    (:func:`merging.kernels.tall_bits`): every task per chunk when the τt are views of one float32 stack, else one
+    task per pass."""
     masks = MaskSet.empty(space.task_names, space.P, space.device, "tall")
-    for t in range(space.T):
-        progress(t / space.T, f"TALL mask {space.task_names[t]}")
-        tau = space.tau(t)
-        if not (use_numpy(tau) and use_numpy(tau_mtl)):
+    if not use_numpy(tau_mtl):
+        for t in range(space.T):
+            progress(t / space.T, f"TALL mask {space.task_names[t]}")
+            tau = space.tau(t)
             masks.set(t, tau.abs() > lambdas[t] * (tau_mtl - tau).abs())
-            continue
-        src, mtl, row, lam = tau.numpy(), tau_mtl.numpy(), masks.packed[t].numpy(), np.float32(lambdas[t])
+        return masks
+    mtl, packed = tau_mtl.numpy(), masks.packed.numpy()
+    lams = np.array([lambdas[t] for t in range(space.T)], dtype=np.float32)
 
-        def body(a: int, b: int) -> None:  # chunked: no P-sized temporaries
-            other = np.abs(mtl[a:b] - src[a:b])
-            other *= lam
-            row[a // 8:(b + 7) // 8] = np.packbits(np.abs(src[a:b]) > other)
+    def sweep(stack, rows, first: int, stop: int) -> None:  # tasks first … stop − 1
+        map_chunks(space.P, lambda a, b: kernels.tall_bits(stack, rows, lams[first:stop], mtl[a:b], a, b,
+                                                           packed[first:stop]))
 
-        map_chunks(src.size, body)
+    views = space.float32_rows()
+    if views is not None:
+        progress(0.0, "TALL masks")
+        sweep(*views, 0, space.T)
+    else:
+        for t in range(space.T):
+            progress(t / space.T, f"TALL mask {space.task_names[t]}")
+            sweep(space.tau(t).numpy()[None], np.zeros(1, dtype=np.int64), t, t + 1)
     return masks
 
 
