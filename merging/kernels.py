@@ -13,7 +13,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_jit = njit(cache=True, nogil=True)
+_jit = njit(cache=True, nogil=True, error_model="numpy")  # IEEE division (inf, NaN), as torch
 BLOCK = 2048  # elements per L1-resident block when a kernel sweeps every task over one stretch
 _ONES = np.uint64(0x0101010101010101)
 _PACK = np.uint64(0x8040201008040201)  # (8 little-endian 0/1 bytes × this) >> 56 = those bits, first one highest
@@ -375,3 +375,57 @@ def emr_chunk(stack, rows, start, stop, cuts, uni, packed, numer, denom):
         segment_sums(magnitude, masks[t], cuts, denom[t])
     for i in range(n):
         uni[start + i] = magnitude[i] if positive[i] else -magnitude[i]
+
+
+@njit(inline="always")
+def _sign(v):
+    """torch.sign(v) as float32: 1, 0 or −1."""
+    return np.float32((v > 0) - (v < 0))
+
+
+@njit(inline="always")
+def _pcb_clip(v, low, high, span, spread):
+    """PCB's a = clamp(|v|, low, high) and Norm(a) = (a − low) / span (0 without ``spread``)."""
+    a = min(max(abs(v), low), high)
+    return a, (a - low) / span if spread else np.float32(0)
+
+
+@_jit
+def pcb_direction(tau, low, high, span, spread, direction):
+    """direction += sign(τ)·Norm(a) (PCB's Σj ñj, one task)."""
+    for i in range(tau.size):
+        direction[i] += _sign(tau[i]) * _pcb_clip(tau[i], low, high, span, spread)[1]
+
+
+@_jit
+def pcb_beta_args(tau, direction, low, high, span, spread, T, intra, inter):
+    """intra = Norm(a)²·T and inter = τ·direction: the arguments of PCB's exp and tanh, which torch evaluates (so
+    the CPU and GPU paths share torch's exp/tanh)."""
+    for i in range(tau.size):
+        n = _pcb_clip(tau[i], low, high, span, spread)[1]
+        intra[i] = n * n * T
+        inter[i] = tau[i] * direction[i]
+
+
+@_jit
+def mul_max(x, y):
+    """x ← x·y; returns max(x) (NaN if any is NaN, as torch.max)."""
+    top = np.float32(-np.inf)
+    for i in range(x.size):
+        x[i] *= y[i]
+        if x[i] > top or x[i] != x[i]:
+            top = x[i] if top == top else top
+    return top
+
+
+@_jit
+def pcb_score(beta, tau, low, high, floor, scale, scaled, scored, keep):
+    """PCB's s = (max(β, floor) − floor) / scale (0 without ``scaled``) into beta, scored = sign(τ)·s·a and the
+    bits of s > 0 into the packed row ``keep``."""
+    flags = np.empty(beta.size, dtype=np.uint8)
+    for i in range(beta.size):
+        s = (max(beta[i], floor) - floor) / scale if scaled else np.float32(0)
+        beta[i] = s
+        flags[i] = s > 0
+        scored[i] = _sign(tau[i]) * s * min(max(abs(tau[i]), low), high)
+    pack(flags, keep)

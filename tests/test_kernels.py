@@ -177,3 +177,37 @@ def test_emr_rescalers_vector_and_masks_bit_for_bit(monkeypatch, T, chunk):
     assert result.task_scales == scales
     assert torch.equal(result.delta.view(torch.int32), torch.from_numpy(uni).view(torch.int32))
     assert torch.equal(result.masks["emr"].to_bool(), torch.from_numpy(masks))
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.lists(st.floats(-1e3, 1e3, width=32) | st.sampled_from([0.0, -0.0, 1.0, -1.0]), min_size=1,
+                     max_size=90), bounds=st.tuples(st.floats(0, 1), st.floats(0, 1)), T=st.integers(1, 20),
+       floor_at=st.floats(0, 1), scaled=st.booleans())
+def test_pcb_kernels_are_the_torch_ops_of_their_definitions(data, bounds, T, floor_at, scaled):
+    tau = torch.tensor(data, dtype=torch.float32)
+    magnitudes = np.sort(np.abs(tau.numpy()))
+    low, high = (magnitudes[int(b * (magnitudes.size - 1))] for b in sorted(bounds))
+    span, spread = np.float32(high - low), bool(high > low)
+    a = tau.abs().clamp(float(low), float(high))
+    norm = (a - float(low)) / float(span) if spread else torch.zeros_like(a)
+    direction = torch.linspace(-2, 3, tau.numel())
+    expected = direction + torch.sign(tau) * norm
+    kernels.pcb_direction(tau.numpy(), low, high, span, spread, direction.numpy())
+    assert np.array_equal(direction.numpy().view(np.int32), expected.numpy().view(np.int32))
+
+    intra, inter = np.empty_like(tau.numpy()), np.empty_like(tau.numpy())
+    kernels.pcb_beta_args(tau.numpy(), direction.numpy(), low, high, span, spread, np.float32(T), intra, inter)
+    assert np.array_equal(intra, (norm.square() * T).numpy()) and np.array_equal(inter, (tau * direction).numpy())
+    beta = torch.from_numpy(intra).exp() * torch.from_numpy(inter).tanh()
+    got = torch.from_numpy(intra).exp_()
+    assert kernels.mul_max(got.numpy(), torch.from_numpy(inter).tanh_().numpy()) == beta.max()
+    assert torch.equal(got, beta)
+
+    floor = np.float32(np.sort(beta.numpy())[int(floor_at * (beta.numel() - 1))])
+    scale = np.float32(beta.max() - floor) if scaled else np.float32(1)
+    s = (beta.clamp(min=float(floor)) - float(floor)) / float(scale) if scaled else torch.zeros_like(beta)
+    scored, keep = np.empty_like(intra), np.zeros((beta.numel() + 7) // 8, dtype=np.uint8)
+    kernels.pcb_score(beta.numpy(), tau.numpy(), low, high, floor, scale, scaled, scored, keep)
+    assert np.array_equal(beta.numpy().view(np.int32), s.numpy().view(np.int32))
+    assert np.array_equal(scored.view(np.int32), (torch.sign(tau) * s * a).numpy().view(np.int32))
+    assert np.array_equal(keep, np.packbits((s > 0).numpy()))

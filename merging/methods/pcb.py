@@ -12,9 +12,11 @@ Order statistics use the exact selection of :mod:`merging.select`; memory is O(P
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ..chunks import map_ranges, scratch
+from .. import kernels
+from ..chunks import map_ranges, scratch, use_numpy
 from ..maskset import MaskSet
 from ..params import Param
 from ..registry import MergeMethod, MergeResult, register
@@ -25,19 +27,20 @@ INTER = Param("inter", str, "tanh_sum", "inter-balancing: tanh_sum = tanh(τt �
               "sum_tanh = Σj tanh(ñt ⊙ ñj) (pcb_ES.py)", choices=("tanh_sum", "sum_tanh"))
 
 
-def _order_stat(x: torch.Tensor, position: int) -> torch.Tensor:
-    """Element ``position`` (0-based) of sorted(x)."""
-    return kth_smallest(x, min(max(position, 0), x.numel() - 1) + 1)
+def _order_stat(x: torch.Tensor, position: int, absolute: bool = False) -> torch.Tensor:
+    """Element ``position`` (0-based, clamped to the valid range) of sorted(x) (of sorted |x| with ``absolute``)."""
+    return kth_smallest(x, min(max(position, 0), x.numel() - 1) + 1, absolute=absolute)
 
 
 class _Clip:
     """Task t's clip bounds [low, high] (order statistics of |τt|, computed once) and the per-chunk a_t, Norm(a_t)."""
 
-    def __init__(self, magnitude: torch.Tensor, q: float):
-        n = magnitude.numel()
-        self.low, self.high = _order_stat(magnitude, int(n * q)), _order_stat(magnitude, int(n * (1 - q) - 1))
+    def __init__(self, tau: torch.Tensor, q: float):
+        n = tau.numel()
+        self.low, self.high = _order_stat(tau, int(n * q), True), _order_stat(tau, int(n * (1 - q) - 1), True)
         self.span = self.high - self.low
         self.spread = bool(self.span > 0)
+        self.args = tuple(np.float32(v) for v in (self.low, self.high, self.span)) + (self.spread,)  # for kernels
 
     def clipped(self, tau: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """a_t = clamp(|τt|, low, high) into ``out``."""
@@ -51,9 +54,10 @@ class _Clip:
 
 def balanced_terms(space, params, progress, add) -> MaskSet:
     """Steps 1–4: call ``add(t, a, b, s_t, s_t ⊙ τc,t)`` for every task t and range [a, b) of the vector (cache-sized
-    chunks on CPU, concurrently for different ranges; the whole vector on GPU; both give the same bits: the chunk
-    bodies are elementwise torch ops); returns PCB's keep masks 1{s_t > 0}.  Beyond the stack: direction, one
-    (P,) workspace (|τt|, then β_t) and per-thread chunk buffers."""
+    chunks on CPU, concurrently for different ranges; the whole vector on GPU); returns PCB's keep masks 1{s_t > 0}.
+    On CPU the chunk bodies are compiled kernels (:mod:`merging.kernels`) around torch's exp and tanh, elsewhere
+    elementwise torch ops: the same IEEE operations, so the same bits.  Beyond the stack: direction, one (P,)
+    workspace (β_t) and per-thread chunk buffers."""
     T, P, q, r = space.T, space.P, params["clip_q"], params["r"]
     keeps = MaskSet.empty(space.task_names, P, space.device, "pcb_keep")
     work = space.workspace()
@@ -61,20 +65,28 @@ def balanced_terms(space, params, progress, add) -> MaskSet:
     tanh_sum = params["inter"] == "tanh_sum"
     clips = []
     direction = torch.zeros(P, dtype=torch.float32, device=space.device) if tanh_sum else None
+    compiled = use_numpy(work)
     for t in range(T):
         progress(t / (2 * T), f"normalise {space.task_names[t]}")
         tau = space.tau(t)
-        over(lambda a, b: torch.abs(tau[a:b], out=work[a:b]))
-        clip = _Clip(work, q)
+        clip = _Clip(tau, q)
         clips.append(clip)
-        if tanh_sum:  # direction += sign(τt) · Norm(a_t)
+        if tanh_sum and compiled and use_numpy(tau):  # direction += sign(τt) · Norm(a_t)
+            over(lambda a, b: kernels.pcb_direction(tau[a:b].numpy(), *clip.args, direction[a:b].numpy()))
+        elif tanh_sum:
             over(lambda a, b: direction[a:b].add_(torch.sign(tau[a:b], out=scratch(work[a:b], 0))
                                                   .mul_(clip.norm(tau[a:b], work[a:b]))))
     for t in range(T):
         progress((T + t) / (2 * T), f"balance and drop {space.task_names[t]}")
         tau, clip = space.tau(t), clips[t]
+        fused = compiled and use_numpy(tau)
 
         def beta(a: int, b: int) -> torch.Tensor:  # β_t = exp(T · Norm(a_t)²) ⊙ inter_t into work; its maximum
+            if tanh_sum and fused:
+                intra, inter = work[a:b], scratch(work[a:b], 0)
+                kernels.pcb_beta_args(tau[a:b].numpy(), direction[a:b].numpy(), *clip.args, np.float32(T),
+                                      intra.numpy(), inter.numpy())
+                return torch.tensor(kernels.mul_max(intra.exp_().numpy(), inter.tanh_().numpy()))
             norm = clip.norm(tau[a:b], work[a:b])
             if tanh_sum:
                 inter = torch.mul(tau[a:b], direction[a:b], out=scratch(norm, 0)).tanh_()
@@ -92,9 +104,15 @@ def balanced_terms(space, params, progress, add) -> MaskSet:
         scale = top - floor if bool(top > floor) else None
 
         def score(a: int, b: int) -> None:  # s_t = Norm(max(β_t, floor)) in place; s_t ⊙ sign(τt) ⊙ a_t
-            s = work[a:b].clamp_(min=floor).sub_(floor).div_(scale) if scale is not None else work[a:b].zero_()
-            keeps.set_chunk(t, a, s > 0)
-            scored = torch.sign(tau[a:b], out=scratch(s, 0)).mul_(s).mul_(clip.clipped(tau[a:b], scratch(s, 1)))
+            s, scored = work[a:b], scratch(work[a:b], 0)
+            if fused:
+                kernels.pcb_score(s.numpy(), tau[a:b].numpy(), *clip.args[:2], np.float32(floor),
+                                  np.float32(scale if scale is not None else 1), scale is not None, scored.numpy(),
+                                  keeps.packed[t, a // 8:(b + 7) // 8].numpy())
+            else:
+                s = s.clamp_(min=floor).sub_(floor).div_(scale) if scale is not None else s.zero_()
+                keeps.set_chunk(t, a, s > 0)
+                scored = torch.sign(tau[a:b], out=scored).mul_(s).mul_(clip.clipped(tau[a:b], scratch(s, 1)))
             add(t, a, b, s, scored)
 
         over(score)
