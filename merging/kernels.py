@@ -1,4 +1,4 @@
-"""Compiled (numba) chunk kernels of the CPU code paths: selection brackets, TALL masks, Consensus, TIES and EMR.
+"""Compiled (numba) chunk kernels of the CPU code paths: selection brackets, TALL masks, Consensus, TIES, EMR and PCB.
 
 Each kernel makes one pass over a cache-sized chunk (``merging.chunks.map_chunks`` runs them on its threads;
 they release the GIL) and does the same IEEE operations, in the same order per element, as the whole-vector
@@ -429,3 +429,62 @@ def pcb_score(beta, tau, low, high, floor, scale, scaled, scored, keep):
         flags[i] = s > 0
         scored[i] = _sign(tau[i]) * s * min(max(abs(tau[i]), low), high)
     pack(flags, keep)
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """The number of set bits of a uint64, as int64 (LLVM's ctpop: one instruction where the CPU has it)."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    if isinstance(x, types.Integer) and x.bitwidth == 64 and not x.signed:
+        return types.int64(x), codegen
+    return None
+
+
+@_jit
+def agreement_counts(words, counts, inter):
+    """Over 64-bit words (T, W) of packed masks: counts[c] += #positions where c = Σt mt (c ≥ 1; bit-sliced
+    binary counters, ripple-carry, then the AND of the planes matching c's bits) and inter[i, j] += #(mi ∧ mj)
+    (i ≤ j), all by popcounts; in blocks of words that stay in L1, each loop over one block's words."""
+    T, W = words.shape
+    digits = 1
+    while (1 << digits) <= T:
+        digits += 1
+    size = BLOCK // 8
+    planes, carry, equal = np.empty((digits, size), np.uint64), np.empty(size, np.uint64), np.empty(size, np.uint64)
+    for s in range(0, W, size):
+        e = min(s + size, W)
+        n = e - s
+        planes[:, :n] = 0
+        for t in range(T):
+            c = carry[:n]
+            c[:] = words[t, s:e]
+            for p in range(digits):
+                plane = planes[p, :n]
+                for w in range(n):
+                    x = plane[w] & c[w]
+                    plane[w] ^= c[w]
+                    c[w] = x
+        for c in range(1, T + 1):
+            eq = equal[:n]
+            eq[:] = ~np.uint64(0)
+            for p in range(digits):
+                plane = planes[p, :n]
+                if (c >> p) & 1:
+                    for w in range(n):
+                        eq[w] &= plane[w]
+                else:
+                    for w in range(n):
+                        eq[w] &= ~plane[w]
+            total = 0
+            for w in range(n):
+                total += _popcount(eq[w])
+            counts[c] += total
+        for i in range(T):
+            row = words[i, s:e]
+            for j in range(i, T):
+                other, total = words[j, s:e], 0
+                for w in range(n):
+                    total += _popcount(row[w] & other[w])
+                inter[i, j] += total

@@ -3,10 +3,10 @@
 For T masks m_t over P parameters: agreement c = Σt m_t ∈ {0..T}; c = 0 are *catastrophic* weights (active for
 no task), c = 1 *selfish* (exactly one task), c ≥ 2 *general* (Wang et al., ICML 2024).  Everything is computed
 in one chunked pass over the packed masks and returned as small pandas tables; no P-sized data leaves the
-engine.  On CPU the pass never unpacks a bit: the T rows of a segment are added as bit-sliced binary counters
-(⌈log2(T+1)⌉ planes of 64-bit words, ripple-carry), the positions with agreement c are the AND of the planes
-matching c's bits, and every count is a popcount of words; pairwise intersections are popcounts of
-ANDed rows.  On GPU: per-tensor bincount of the unpacked columns and a T×T matmul.
+engine.  On CPU the pass never unpacks a bit: a compiled kernel (:func:`merging.kernels.agreement_counts`) adds the
+T rows of a segment as bit-sliced binary counters (⌈log2(T+1)⌉ planes of 64-bit words, ripple-carry), the positions
+with agreement c are the AND of the planes matching c's bits, and every count is a popcount of words; pairwise
+intersections are popcounts of ANDed rows.  On GPU: per-tensor bincount of the unpacked columns and a T×T matmul.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import kernels
 from .chunks import map_items, use_numpy
 from .maskset import MaskSet
 from .param_index import ParamIndex
@@ -73,28 +74,10 @@ def _segment_counts(packed: np.ndarray, start: int, stop: int) -> tuple[np.ndarr
     rows[:, :hi - lo] = packed[:, lo:hi]
     rows[:, 0] &= np.uint8(0xFF >> (start % 8))  # numpy packbits order: bit 0 of a row is the high bit
     rows[:, hi - lo - 1] &= np.uint8((0xFF << (7 - (stop - 1) % 8)) & 0xFF)
-    words = rows.view(np.uint64)
-    planes = np.zeros((T.bit_length(), words.shape[1]), dtype=np.uint64)
-    carry, new = np.empty_like(planes[0]), np.empty_like(planes[0])
-    for row in words:  # planes += row, bit-sliced
-        np.copyto(carry, row)
-        for plane in planes:
-            np.bitwise_and(plane, carry, out=new)
-            plane ^= carry
-            carry, new = new, carry
-    inverse = ~planes
-    counts = np.zeros(T + 1, dtype=np.int64)
-    equal = np.empty_like(planes[0])
-    for c in range(1, T + 1):
-        np.copyto(equal, planes[0] if c & 1 else inverse[0])
-        for b in range(1, len(planes)):
-            equal &= planes[b] if c >> b & 1 else inverse[b]
-        counts[c] = int(np.bitwise_count(equal).sum(dtype=np.int64))
+    counts, inter = np.zeros(T + 1, dtype=np.int64), np.zeros((T, T), dtype=np.int64)
+    kernels.agreement_counts(rows.view(np.uint64), counts, inter)
     counts[0] = (stop - start) - counts[1:].sum()
-    inter = np.zeros((T, T), dtype=np.int64)
-    for i in range(T):
-        for j in range(i, T):
-            inter[i, j] = inter[j, i] = int(np.bitwise_count(words[i] & words[j]).sum(dtype=np.int64))
+    inter = np.triu(inter) + np.triu(inter, 1).T
     return counts, inter
 
 
