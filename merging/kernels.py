@@ -92,8 +92,8 @@ def tall_bits(stack, rows, lambdas, mtl, start, stop, masks):
 
 @njit(inline="always")
 def _count_bits(masks, a, b, planes, carry):
-    """c = Σu masks[u, a:b], bit-sliced: planes[p, j] holds binary digit p of the counts of byte j's 8 entries
-    (each row added with a ripple carry through the planes; 8 entries per byte operation)."""
+    """c = Σu masks[u, a:b], bit-sliced: planes[p, j] holds binary digit p of the counts of word j's entries
+    (each row added with a ripple carry through the planes; 8 or 64 entries per operation on bytes or uint64)."""
     n = b - a
     planes[:, :n] = 0
     for u in range(masks.shape[0]):
@@ -456,16 +456,7 @@ def agreement_counts(words, counts, inter):
     for s in range(0, W, size):
         e = min(s + size, W)
         n = e - s
-        planes[:, :n] = 0
-        for t in range(T):
-            c = carry[:n]
-            c[:] = words[t, s:e]
-            for p in range(digits):
-                plane = planes[p, :n]
-                for w in range(n):
-                    x = plane[w] & c[w]
-                    plane[w] ^= c[w]
-                    c[w] = x
+        _count_bits(words, s, e, planes, carry)
         for c in range(1, T + 1):
             eq = equal[:n]
             eq[:] = ~np.uint64(0)
