@@ -226,10 +226,16 @@ def test_shipped_task_arithmetic_keeps_most_of_the_fine_tuned_accuracy(shipped_r
     assert acc["averaging"] <= acc["ta"] and acc["ta"] > acc["theta0"], shipped_rows
 
 
+def test_shipped_pcb_and_tall_masks_do_what_their_papers_report(shipped_rows):
+    """PCB ≥ TA; TALL masks recover ≥ 97 % of the fine-tuned accuracy (normalized)."""
+    acc = {k: a for k, (a, _) in shipped_rows.items()}
+    assert acc["pcb"] >= acc["ta"], shipped_rows
+    assert shipped_rows["tall"][1] >= 0.97, shipped_rows
+
+
 @pytest.mark.xfail(strict=True, reason="issue 10 targets the shipped zoo misses (README: the demo zoo)")
 def test_shipped_zoo_orders_the_methods_as_clip_does(shipped_rows):
-    """The rest of issue 10's targets: TA ≥ θ0 + 10 points; TIES, Consensus TA, PCB ≥ TA; TALL ≥ 97 % normalized."""
+    """The rest of issue 10's targets: TA ≥ θ0 + 10 points; TIES and Consensus TA ≥ TA."""
     acc = {k: a for k, (a, _) in shipped_rows.items()}
     assert acc["ta"] >= acc["theta0"] + 0.10, shipped_rows
-    assert min(acc["ties"], acc["consensus"], acc["pcb"]) >= acc["ta"], shipped_rows
-    assert shipped_rows["tall"][1] >= 0.97, shipped_rows
+    assert min(acc["ties"], acc["consensus"]) >= acc["ta"], shipped_rows
