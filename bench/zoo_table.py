@@ -41,7 +41,8 @@ ROWS = {
     "tall": ("TALL mask + TA", "tall", {"base": "ta"}, "select"),
     "adamerging_task": ("AdaMerging (task-wise)", "adamerging", {"granularity": "task"}, "default"),
     "adamerging_layer": ("AdaMerging (layer-wise)", "adamerging", {"granularity": "layer"}, "default"),
-    "calm": ("CALM", "calm", {}, "default"),
+    "calm": ("CALM (lr auto, the default)", "calm", {}, "default"),
+    "calm_lr1e7": ("CALM (official lr 1e7)", "calm", {"lr": 1e7}, "default"),
     # the official lr 1e7 fits ViT-B/32's per-weight gradients; a 0.7 M-parameter model's are far larger
     "calm_lr1e5": ("CALM (lr 1e5)", "calm", {"lr": 1e5}, "default"),
     "tsvm": ("TSV-M", "tsvm", {}, "select"),

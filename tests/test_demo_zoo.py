@@ -46,10 +46,11 @@ def test_tokenize_is_open_clips_bpe_cut_to_the_architectures_context():
     assert torch.equal(tokens[0, :length - 1], full[:length - 1]) and tokens[0, -1] == 49407  # end of text kept
 
 
-def test_pretraining_fits_captions_and_clamps_the_temperature():
+def test_pretraining_fits_captions_and_clamps_the_temperature(monkeypatch):
     from open_clip.loss import ClipLoss
 
-    images, captions = demo_tasks.pretraining_pairs("shapes", 16, 0.0)
+    monkeypatch.setattr(demo_tasks, "CAPTION_CONFUSION", 0.0)
+    images, captions = demo_tasks.pretraining_pairs("shapes", 8, 0.0)  # one image per class: distinct captions
     x, tokens = to_input(images), tokenize(captions)
 
     def clip_loss(model):
@@ -57,7 +58,7 @@ def test_pretraining_fits_captions_and_clamps_the_temperature():
             return ClipLoss()(model.encode_image(x, normalize=True), model.encode_text(tokens, normalize=True),
                               model.logit_scale.exp()).item()
 
-    schedule = replace(PRETRAIN, steps=25, batch_size=16, lr=3e-3, warmup=1)
+    schedule = replace(PRETRAIN, steps=25, batch_size=8, lr=3e-3, warmup=1)
     torch.manual_seed(0)
     before = clip_loss(build_clip(ARCHITECTURE))  # pretrain's own seeded initialisation
     model = pretrain(x, tokens, schedule, 0, torch.device("cpu"))
@@ -226,10 +227,16 @@ def test_shipped_task_arithmetic_keeps_most_of_the_fine_tuned_accuracy(shipped_r
     assert acc["averaging"] <= acc["ta"] and acc["ta"] > acc["theta0"], shipped_rows
 
 
+def test_shipped_pcb_and_tall_masks_do_what_their_papers_report(shipped_rows):
+    """PCB ≥ TA; TALL masks recover ≥ 97 % of the fine-tuned accuracy (normalized)."""
+    acc = {k: a for k, (a, _) in shipped_rows.items()}
+    assert acc["pcb"] >= acc["ta"], shipped_rows
+    assert shipped_rows["tall"][1] >= 0.97, shipped_rows
+
+
 @pytest.mark.xfail(strict=True, reason="issue 10 targets the shipped zoo misses (README: the demo zoo)")
 def test_shipped_zoo_orders_the_methods_as_clip_does(shipped_rows):
-    """The rest of issue 10's targets: TA ≥ θ0 + 10 points; TIES, Consensus TA, PCB ≥ TA; TALL ≥ 97 % normalized."""
+    """The rest of issue 10's targets: TA ≥ θ0 + 10 points; TIES and Consensus TA ≥ TA."""
     acc = {k: a for k, (a, _) in shipped_rows.items()}
     assert acc["ta"] >= acc["theta0"] + 0.10, shipped_rows
-    assert min(acc["ties"], acc["consensus"], acc["pcb"]) >= acc["ta"], shipped_rows
-    assert shipped_rows["tall"][1] >= 0.97, shipped_rows
+    assert min(acc["ties"], acc["consensus"]) >= acc["ta"], shipped_rows

@@ -39,7 +39,7 @@ BUILD_THREADS = 1  # torch's intra-op CPU threads during a build (part of what m
 class BuildConfig:
     seed: int = 0
     n_pretrain: int = 2500  # captioned pretraining images per task, in memory only
-    pretrain_shift: float = 0.0  # the fraction of them moved into the tasks' domain
+    pretrain_shift: float = 1.0  # the fraction of them moved into the tasks' domain (θ0 knows the domain)
     n_train: int = 3000  # per task, in memory only (fine-tuning)
     n_val: int = 150  # per task, shipped (selection of λ, unlabeled data for CALM/AdaMerging)
     n_test: int = 300  # per task, shipped (reported accuracies)

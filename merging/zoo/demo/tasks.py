@@ -467,10 +467,18 @@ def sample(task: str, split: str, index: int, seed: int = 0) -> tuple[Image.Imag
     return shift(generator.draw(rng, label, split), rng), label
 
 
+CAPTION_CONFUSION = 0.7
+
+
 def caption(task: str, label: int, rng: Rng) -> str:
-    """One of the task's templates filled with the class name."""
+    """One of the task's templates filled with a class name: the image's own, except that an odd-numbered class is
+    named by its even partner (label − 1) with probability CAPTION_CONFUSION.  Like web alt-text that confuses
+    similar classes, this leaves θ0's image features able to tell the pair apart (half their captions do) but its
+    zero-shot head misaligned on half the classes, as CLIP's is on MNIST or EuroSAT (strong linear probes, weak
+    zero-shot); fine-tuning through the frozen head realigns them."""
     generator = TASKS[task]
-    return str(rng.choice(generator.templates)).replace("{}", generator.classnames[label])
+    named = label - 1 if label % 2 == 1 and rng.random() < CAPTION_CONFUSION else label
+    return str(rng.choice(generator.templates)).replace("{}", generator.classnames[named])
 
 
 def pretraining_pairs(task: str, n: int, shift_p: float, seed: int = 0) -> tuple[np.ndarray, list[str]]:
