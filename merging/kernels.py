@@ -91,6 +91,15 @@ def tall_bits(stack, rows, lambdas, mtl, start, stop, masks):
 
 
 @njit(inline="always")
+def _digits(n):
+    """The binary digits needed for the counts 0 … n: ⌊log2 n⌋ + 1 (1 for n = 0)."""
+    digits = 1
+    while (1 << digits) <= n:
+        digits += 1
+    return digits
+
+
+@njit(inline="always")
 def _count_bits(masks, a, b, planes, carry):
     """c = Σu masks[u, a:b], bit-sliced: planes[p, j] holds binary digit p of the counts of word j's entries
     (each row added with a ripple carry through the planes; 8 or 64 entries per operation on bytes or uint64)."""
@@ -139,9 +148,7 @@ def consensus_keep(masks, k, factor, start, stop, kept, vector):
     """Over [start, stop) of the packed masks (T, ⌈P/8⌉): c = Σu mu (bit-sliced counts, :func:`_count_bits`); keep
     = c ≥ k; kept[u] = mu ∧ keep (packed); vector ← (vector where keep, else 0)·factor.  Returns #keep.  vector:
     [start, stop)."""
-    digits = 1
-    while (1 << digits) <= max(masks.shape[0], k):  # c ≤ T and k both fit in the planes
-        digits += 1
+    digits = _digits(max(masks.shape[0], k))  # c ≤ T and k both fit in the planes
     planes, carry = np.empty((digits, BLOCK // 8), np.uint8), np.empty(BLOCK // 8, np.uint8)
     keep, flags = np.empty(BLOCK // 8, np.uint8), np.empty(BLOCK, np.uint8)
     words, total = flags.view(np.uint64), 0
@@ -384,17 +391,22 @@ def _sign(v):
 
 
 @njit(inline="always")
-def _pcb_clip(v, low, high, span, spread):
-    """PCB's a = clamp(|v|, low, high) and Norm(a) = (a − low) / span (0 without ``spread``)."""
-    a = min(max(abs(v), low), high)
-    return a, (a - low) / span if spread else np.float32(0)
+def _clamp_abs(v, low, high):
+    """PCB's a = clamp(|v|, low, high)."""
+    return min(max(abs(v), low), high)
+
+
+@njit(inline="always")
+def _pcb_norm(v, low, high, span, spread):
+    """PCB's Norm(a) = (a − low) / span (0 without ``spread``)."""
+    return (_clamp_abs(v, low, high) - low) / span if spread else np.float32(0)
 
 
 @_jit
 def pcb_direction(tau, low, high, span, spread, direction):
     """direction += sign(τ)·Norm(a) (PCB's Σj ñj, one task)."""
     for i in range(tau.size):
-        direction[i] += _sign(tau[i]) * _pcb_clip(tau[i], low, high, span, spread)[1]
+        direction[i] += _sign(tau[i]) * _pcb_norm(tau[i], low, high, span, spread)
 
 
 @_jit
@@ -402,7 +414,7 @@ def pcb_beta_args(tau, direction, low, high, span, spread, T, intra, inter):
     """intra = Norm(a)²·T and inter = τ·direction: the arguments of PCB's exp and tanh, which torch evaluates (so
     the CPU and GPU paths share torch's exp/tanh)."""
     for i in range(tau.size):
-        n = _pcb_clip(tau[i], low, high, span, spread)[1]
+        n = _pcb_norm(tau[i], low, high, span, spread)
         intra[i] = n * n * T
         inter[i] = tau[i] * direction[i]
 
@@ -427,7 +439,7 @@ def pcb_score(beta, tau, low, high, floor, scale, scaled, scored, keep):
         s = (max(beta[i], floor) - floor) / scale if scaled else np.float32(0)
         beta[i] = s
         flags[i] = s > 0
-        scored[i] = _sign(tau[i]) * s * min(max(abs(tau[i]), low), high)
+        scored[i] = _sign(tau[i]) * s * _clamp_abs(tau[i], low, high)
     pack(flags, keep)
 
 
@@ -448,9 +460,7 @@ def agreement_counts(words, counts, inter):
     binary counters, ripple-carry, then the AND of the planes matching c's bits) and inter[i, j] += #(mi ∧ mj)
     (i ≤ j), all by popcounts; in blocks of words that stay in L1, each loop over one block's words."""
     T, W = words.shape
-    digits = 1
-    while (1 << digits) <= T:
-        digits += 1
+    digits = _digits(T)
     size = BLOCK // 8
     planes, carry, equal = np.empty((digits, size), np.uint64), np.empty(size, np.uint64), np.empty(size, np.uint64)
     for s in range(0, W, size):

@@ -77,7 +77,7 @@ def _segment_counts(packed: np.ndarray, start: int, stop: int) -> tuple[np.ndarr
     counts, inter = np.zeros(T + 1, dtype=np.int64), np.zeros((T, T), dtype=np.int64)
     kernels.agreement_counts(rows.view(np.uint64), counts, inter)
     counts[0] = (stop - start) - counts[1:].sum()
-    inter = np.triu(inter) + np.triu(inter, 1).T
+    inter += np.triu(inter, 1).T  # the kernel fills i ≤ j
     return counts, inter
 
 

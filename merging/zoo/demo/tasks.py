@@ -473,9 +473,9 @@ CAPTION_CONFUSION = 0.7
 def caption(task: str, label: int, rng: Rng) -> str:
     """One of the task's templates filled with a class name: the image's own, except that an odd-numbered class is
     named by its even partner (label − 1) with probability CAPTION_CONFUSION.  Like web alt-text that confuses
-    similar classes, this leaves θ0's image features able to tell the pair apart (half their captions do) but its
-    zero-shot head misaligned on half the classes, as CLIP's is on MNIST or EuroSAT (strong linear probes, weak
-    zero-shot); fine-tuning through the frozen head realigns them."""
+    similar classes, this leaves θ0's image features able to tell the pair apart (the rest of their captions do)
+    but its zero-shot head misaligned on half the classes, as CLIP's is on MNIST or EuroSAT (strong linear probes,
+    weak zero-shot); fine-tuning through the frozen head realigns them."""
     generator = TASKS[task]
     named = label - 1 if label % 2 == 1 and rng.random() < CAPTION_CONFUSION else label
     return str(rng.choice(generator.templates)).replace("{}", generator.classnames[named])
