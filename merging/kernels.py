@@ -101,19 +101,33 @@ def _digits(n):
 
 @njit(inline="always")
 def _count_bits(masks, a, b, planes, carry):
-    """c = Σu masks[u, a:b], bit-sliced: planes[p, j] holds binary digit p of the counts of word j's entries
-    (each row added with a ripple carry through the planes; 8 or 64 entries per operation on bytes or uint64)."""
-    n = b - a
+    """c = Σu masks[u, a:b], bit-sliced: planes[p, j] holds binary digit p of the counts of word j's entries (8 or
+    64 entries per operation on bytes or uint64).  Rows are taken two at a time: a full adder puts their sum and
+    digit 0 into digit 0 and a carry of weight 2, which ripples through the planes it can reach (after u rows
+    c ≤ u); an odd last row ripples from digit 0."""
+    n, T = b - a, masks.shape[0]
     planes[:, :n] = 0
-    for u in range(masks.shape[0]):
-        c = carry[:n]
-        c[:] = masks[u, a:b]
-        for p in range(planes.shape[0]):
+    c, low = carry[:n], planes[0, :n]
+    u = 0
+    while u < T:
+        x = masks[u, a:b]
+        if u + 1 < T:
+            y = masks[u + 1, a:b]
+            for j in range(n):
+                s = x[j] ^ y[j]
+                c[j] = (x[j] & y[j]) | (low[j] & s)
+                low[j] ^= s
+            first, u = 1, u + 2
+        else:
+            for j in range(n):
+                c[j] = x[j]
+            first, u = 0, u + 1
+        for p in range(first, min(planes.shape[0], _digits(u))):
             plane = planes[p, :n]
             for j in range(n):
-                x = plane[j] & c[j]
+                t = plane[j] & c[j]
                 plane[j] ^= c[j]
-                c[j] = x
+                c[j] = t
 
 
 @njit(inline="always")
@@ -454,38 +468,77 @@ def _popcount(typingctx, x):
     return None
 
 
+@njit(inline="always")
+def _pair_popcounts(words, n, i, j, inter):
+    """inter[i, j..j+3] += popcount(mi ∧ mj') over words[:, :n], one load of row i shared by four partners."""
+    x, a, b, c, d = words[i, :n], words[j, :n], words[j + 1, :n], words[j + 2, :n], words[j + 3, :n]
+    ta = tb = tc = td = 0
+    for w in range(n):
+        ta += _popcount(x[w] & a[w])
+        tb += _popcount(x[w] & b[w])
+        tc += _popcount(x[w] & c[w])
+        td += _popcount(x[w] & d[w])
+    inter[i, j] += ta
+    inter[i, j + 1] += tb
+    inter[i, j + 2] += tc
+    inter[i, j + 3] += td
+
+
 @_jit
-def agreement_counts(words, counts, inter):
-    """Over 64-bit words (T, W) of packed masks: counts[c] += #positions where c = Σt mt (c ≥ 1; bit-sliced
-    binary counters, ripple-carry, then the AND of the planes matching c's bits) and inter[i, j] += #(mi ∧ mj)
-    (i ≤ j), all by popcounts; in blocks of words that stay in L1, each loop over one block's words."""
-    T, W = words.shape
+def agreement_counts(flat, stride, first, T, W, counts, inter):
+    """Over W 64-bit words of T packed mask rows (row u: bytes first + u·stride … + 8W of ``flat``, read in place
+    whatever their alignment): counts[c] += #positions where c = Σt mt (1 ≤ c ≤ T) and inter[i, j] += #(mi ∧ mj)
+    (i ≤ j), all by popcounts, block by block (each block's words copied into one L1-resident (T, ·) buffer).
+
+    c is held bit-sliced (``_count_bits``).  For v = 1 … T, N(v) = popcount of the AND of the planes of v's set
+    bits = #positions whose c contains v's bits (N(v) = 0 for v > T, since such a c ≥ v); each AND extends the one
+    of v without its highest bit.  Möbius inversion over the subsets then gives
+    counts[c] = Σ_{v ⊇ c, v ≤ T} (−1)^{|v| − |c|} N(v): T ANDs and T popcounts per word, whatever T."""
     digits = _digits(T)
     size = BLOCK // 8
-    planes, carry, equal = np.empty((digits, size), np.uint64), np.empty(size, np.uint64), np.empty(size, np.uint64)
+    words, planes, carry = np.empty((T, size), np.uint64), np.empty((digits, size), np.uint64), np.empty(size, np.uint64)
+    subsets = np.empty((T + 1, size), np.uint64)
+    hits = np.zeros(T + 1, np.int64)
     for s in range(0, W, size):
-        e = min(s + size, W)
-        n = e - s
-        _count_bits(words, s, e, planes, carry)
-        for c in range(1, T + 1):
-            eq = equal[:n]
-            eq[:] = ~np.uint64(0)
-            for p in range(digits):
-                plane = planes[p, :n]
-                if (c >> p) & 1:
-                    for w in range(n):
-                        eq[w] &= plane[w]
-                else:
-                    for w in range(n):
-                        eq[w] &= ~plane[w]
-            total = 0
+        n = min(size, W - s)
+        for u in range(T):  # an explicit loop: a slice assignment would check for overlap and stage a copy
+            at = first + u * stride + 8 * s
+            row, source = words[u, :n], flat[at:at + 8 * n].view(np.uint64)
             for w in range(n):
-                total += _popcount(eq[w])
-            counts[c] += total
+                row[w] = source[w]
+        _count_bits(words, 0, n, planes, carry)
+        for v in range(1, T + 1):
+            high = _digits(v) - 1
+            rest, plane, total = v ^ (1 << high), planes[high, :n], 0
+            if rest == 0:  # v = 2^high: N(v) = popcount(plane)
+                below = plane
+            elif rest & (rest - 1) == 0:
+                below = planes[_digits(rest) - 1, :n]
+            else:
+                below = subsets[rest, :n]
+            if v + (2 << high) <= T:  # v is the rest of a larger v': keep its AND
+                sub = subsets[v, :n]
+                for w in range(n):
+                    sub[w] = below[w] & plane[w]
+                    total += _popcount(sub[w])
+            else:
+                for w in range(n):
+                    total += _popcount(below[w] & plane[w])
+            hits[v] += total
         for i in range(T):
-            row = words[i, s:e]
-            for j in range(i, T):
-                other, total = words[j, s:e], 0
+            j = i
+            while j + 4 <= T:
+                _pair_popcounts(words, n, i, j, inter)
+                j += 4
+            row = words[i, :n]
+            for k in range(j, T):
+                other, total = words[k, :n], 0
                 for w in range(n):
                     total += _popcount(row[w] & other[w])
-                inter[i, j] += total
+                inter[i, k] += total
+    for c in range(1, T + 1):
+        total = 0
+        for v in range(c, T + 1):
+            if v & c == c:
+                total += -hits[v] if _popcount(np.uint64(v ^ c)) & 1 else hits[v]
+        counts[c] += total

@@ -66,18 +66,35 @@ def _segments(index: ParamIndex, chunk: int) -> list[tuple[int, int, int]]:
             for start in range(entry.offset, entry.offset + entry.numel, chunk)]
 
 
-def _segment_counts(packed: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of agreement c = 0..T and the T×T intersections over bits [start, stop) of packed rows (T, B)."""
-    T = packed.shape[0]
+def _edge_words(packed: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Bits [start, stop) of packed rows (T, B), at most 64 of them, copied into (T, 16) zero-padded bytes."""
     lo, hi = start // 8, (stop + 7) // 8
-    rows = np.zeros((T, -(-(hi - lo) // 8) * 8), dtype=np.uint8)  # padded to whole 64-bit words
+    rows = np.zeros((packed.shape[0], 16), dtype=np.uint8)
     rows[:, :hi - lo] = packed[:, lo:hi]
     rows[:, 0] &= np.uint8(0xFF >> (start % 8))  # numpy packbits order: bit 0 of a row is the high bit
     rows[:, hi - lo - 1] &= np.uint8((0xFF << (7 - (stop - 1) % 8)) & 0xFF)
+    return rows
+
+
+def _segment_counts(packed: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of agreement c = 0..T and the T×T intersections (upper triangle) over bits [start, stop) of packed
+    rows (T, B).
+
+    The whole 64-bit words inside the range are read in place (a view of the rows' bytes); only the partial words
+    at its two ends are copied, masked, into a small buffer."""
+    T = packed.shape[0]
     counts, inter = np.zeros(T + 1, dtype=np.int64), np.zeros((T, T), dtype=np.int64)
-    kernels.agreement_counts(rows.view(np.uint64), counts, inter)
+    first, last = -(-start // 64) * 64, stop // 64 * 64
+    flat = packed.reshape(-1)
+    if first < last:
+        kernels.agreement_counts(flat, packed.shape[1], first // 8, T, (last - first) // 64, counts, inter)
+        edges = [(start, first), (last, stop)]
+    else:
+        edges = [(start, min(stop, start + 64)), (min(stop, start + 64), stop)]
+    for a, b in edges:
+        if a < b:
+            kernels.agreement_counts(_edge_words(packed, a, b).reshape(-1), 16, 0, T, 2, counts, inter)
     counts[0] = (stop - start) - counts[1:].sum()
-    inter += np.triu(inter, 1).T  # the kernel fills i ≤ j
     return counts, inter
 
 
@@ -90,6 +107,7 @@ def _popcount_histogram(masks: MaskSet, index: ParamIndex, chunk: int):
     for (e, _, _), (counts, pairs) in zip(segments, parts):
         hist[e] += counts
         inter += pairs
+    inter += np.triu(inter, 1).T  # the kernel fills i ≤ j
     inter = torch.from_numpy(inter.astype(np.float64))
     return torch.from_numpy(hist), inter.diagonal(), inter
 
@@ -106,16 +124,22 @@ def entry_sums(index: ParamIndex, values: torch.Tensor) -> np.ndarray:
 
 
 def _grouped(index: ParamIndex, hist: torch.Tensor, key: str) -> pd.DataFrame:
-    counts = pd.DataFrame(hist.numpy(), columns=range(hist.shape[1]))
-    counts[key] = [getattr(e, key) for e in index.entries]
-    summed = counts.groupby(key, sort=False).sum()
-    order = index.layer_order() if key == "layer" else list(summed.index)
-    long = summed.loc[order].reset_index().melt(id_vars=key, var_name="c", value_name="count")
-    long["c"] = long["c"].astype(int)
-    long["fraction"] = long["count"] / long.groupby(key)["count"].transform("sum")
-    long["class"] = long["c"].map(agreement_class)
-    long[key] = pd.Categorical(long[key], categories=order, ordered=True)
-    return long.sort_values([key, "c"]).reset_index(drop=True)
+    """Long table (key, c, count, fraction, class) of the per-tensor histograms summed by layer or kind, in layer
+    order (kinds in order of appearance), c ascending; fraction = count / the group's parameters."""
+    keys = [getattr(e, key) for e in index.entries]
+    order = index.layer_order() if key == "layer" else list(dict.fromkeys(keys))
+    where = {name: i for i, name in enumerate(order)}
+    rows = np.array([where.get(name, -1) for name in keys], dtype=np.int64)
+    summed = np.zeros((len(order), hist.shape[1]), dtype=np.int64)
+    np.add.at(summed, rows[rows >= 0], hist.numpy()[rows >= 0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = summed / summed.sum(1, keepdims=True)
+    c = np.tile(np.arange(hist.shape[1], dtype=np.int64), len(order))
+    classes = np.array([agreement_class(v) for v in range(hist.shape[1])], dtype=object)
+    return pd.DataFrame({key: pd.Categorical.from_codes(np.repeat(np.arange(len(order)), hist.shape[1]),
+                                                        categories=order, ordered=True),
+                         "c": c, "count": summed.reshape(-1), "fraction": fraction.reshape(-1),
+                         "class": classes[c]})
 
 
 def mask_statistics(masks: MaskSet, index: ParamIndex) -> MaskStats:

@@ -77,7 +77,7 @@ def test_sign_conflict_table_matches_dense(monkeypatch):
 
 
 @settings(max_examples=40, deadline=None)
-@given(T=st.integers(1, 11), sizes=st.lists(st.integers(1, 300), min_size=1, max_size=6),
+@given(T=st.integers(1, 40), sizes=st.lists(st.integers(1, 300), min_size=1, max_size=6),
        chunk=st.sampled_from([8, 16, 24, 64, 1 << 21]), density=st.floats(0.0, 1.0), seed=st.integers(0, 99))
 def test_popcount_counts_equal_unpacked_counts(T, sizes, chunk, density, seed):
     """The CPU pass (bit-sliced counters over packed words) against the unpacking bincount/matmul pass."""
