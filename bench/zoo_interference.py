@@ -7,10 +7,14 @@ points cannot show Task Arithmetic gaining much at T = 8.  Also prints each task
 gain Task Arithmetic can at most keep at that λ).  With ``--by-layer``, where the drop comes from: for every block,
 and every tensor outside the blocks, the mean over pairs of A[t, t] − accuracy of θ0 + τt + τs restricted to that
 group (a drop far larger for one group than the others names the weights the tasks fight over; on a zoo whose
-tasks each need their own pixel statistics it is the patch embedding ``conv1``).
+tasks each need their own pixel statistics it is the patch embedding ``conv1``).  With ``--features``, weight
+disentanglement at the level of the image features (Ortiz-Jimenez et al., 2023, "Task arithmetic in the tangent
+space"): D[t, s] = mean over task t's images of ‖f(θ0 + τs)(x) − f(θ0)(x)‖ ÷ the same for τt (f: unit-norm
+image features); entries near 0 off the diagonal mean τs leaves task t's inputs alone, as ViT task vectors
+largely do, entries near 1 that every task vector rewrites every task's features.
 
     python bench/zoo_interference.py                       # the demo zoo
-    python bench/zoo_interference.py --zoo path/to/zoo --split test --by-layer
+    python bench/zoo_interference.py --zoo path/to/zoo --split test --by-layer --features
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from merging.evaluation import Evaluator  # noqa: E402
 from merging.zoo import load_zoo  # noqa: E402
@@ -36,6 +41,7 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--by-layer", action="store_true", help="also split the drop by block / tensor")
+    parser.add_argument("--features", action="store_true", help="also the feature-level disentanglement matrix")
     args = parser.parse_args()
 
     zoo = load_zoo(args.zoo)
@@ -61,6 +67,8 @@ def main() -> None:
         print(f"θ0 + {lam}·τt on its own task: {alone:.1f} %")
     if args.by_layer:
         by_group(space, names, np.diag(pairs), accuracy)
+    if args.features:
+        feature_moves(evaluator, space, names, args.split)
 
 
 def by_group(space, names, alone, accuracy) -> None:
@@ -81,6 +89,29 @@ def by_group(space, names, alone, accuracy) -> None:
         norm = np.sqrt(np.mean([sum(float(space.tau(t)[part].square().sum()) for part in slices)
                                 for t in range(len(names))]))
         print(f"{group:>28} {np.mean(drops):10.1f} {norm:8.3f}")
+
+
+def feature_moves(evaluator, space, names, split) -> None:
+    """D[t, s]: how far τs moves task t's unit image features, relative to τt (see the module docstring)."""
+    images = {t: [x for x, _ in evaluator.batches(t, split)] for t in names}
+
+    @torch.inference_mode()
+    def features(delta) -> dict[str, torch.Tensor]:
+        evaluator.load_flat(space, delta)
+        return {t: torch.cat([torch.nn.functional.normalize(evaluator.encoder(x.to(evaluator.device)).float(), dim=-1)
+                              for x in batches]) for t, batches in images.items()}
+
+    base = features(None)
+    moved = [features(space.tau(s)) for s in range(len(names))]
+    D = np.array([[float((moved[s][t] - base[t]).norm(dim=-1).mean() / (moved[i][t] - base[t]).norm(dim=-1).mean())
+                   for s in range(len(names))] for i, t in enumerate(names)])
+    corner = "images / τs"
+    width = max(len(corner), *map(len, names))
+    print(f"{corner:>{width}} " + " ".join(f"{n[:8]:>8}" for n in names))
+    for t, name in enumerate(names):
+        print(f"{name:>{width}} " + " ".join(f"{v:8.2f}" for v in D[t]))
+    print(f"mean off-diagonal feature move (1 = as far as the task's own vector): "
+          f"{(D.sum() - np.trace(D)) / (len(names) * (len(names) - 1)):.2f}")
 
 
 if __name__ == "__main__":
