@@ -397,6 +397,26 @@ class Service:
         progress(1.0, "done")
         return view
 
+    def tune(self, zoo_id: str, method: str, params: Mapping[str, Any] | None = None, progress=None,
+             owner: str = "") -> dict | None:
+        """``params`` with the method's λ (TALL: λt per task) chosen on held-out data (the validation split, else
+        the training one, as sweeps) by :func:`merging.selection.select` (the rule of the README's tables), ready
+        for :meth:`merge`; None when no such split has a head and images for every task."""
+        from merging.selection import select
+
+        progress = as_progress(progress)
+        entry = self.zoo(zoo_id, owner)
+        space = self._space(entry, None)
+        split = next((s for s in SWEEP_SPLITS if not set(space.task_names) - set(entry.evaluable(s))), None)
+        if split is None:
+            return None
+        with entry.lock:
+            evaluator = entry.evaluator(space.device)
+            reference = entry.reference(split, space.task_names, evaluator, progress.sub(0.0, 0.2))
+            chosen = select(entry.zoo, space, method, params, split, reference=reference, evaluator=evaluator,
+                            progress=progress.sub(0.2, 1.0))
+        return plain(chosen.params)
+
     @staticmethod
     def _statistics(stats: Mapping, result) -> dict:
         order = ("catastrophic", "selfish", "general")  # c = 0, 1, ≥ 2; named so only for TALL masks

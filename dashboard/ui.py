@@ -387,15 +387,17 @@ class Dashboard:
             raise error(exc) from None
 
     # ---------------------------------------------------------------- guide
-    def on_guide(self, index: int):
-        """"Explore": the step's method and parameters in the Merge tab."""
+    def on_guide(self, index: int, found: dict | None = None):
+        """"Explore": the step's method and parameters (the λ it chose on validation, once run) in the Merge tab;
+        the sweep step opens the Sweep tab on its method."""
         step = guide.STEPS[index]
+        params = {**step.params, **((found or {}).get(f"params{index + 1}") or {})}
         values = []
         for name, panel in self.panels.items():
             for widget in panel.widgets:
-                value = step.params.get(widget.param.name, gr.skip()) if name == step.method else gr.skip()
-                values.append(value)
-        return [gr.Tabs(selected="merge"), step.method, *values]
+                value = params.get(widget.param.name, gr.skip()) if name == step.method else gr.skip()
+                values.append(gr.skip() if isinstance(value, (list, tuple)) else value)  # per-task λt: not a field
+        return [gr.Tabs(selected="sweep" if step.figure == "sweep" else "merge"), step.method, *values]
 
     def guide_handler(self, index: int) -> Callable:
         def run_step(zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
@@ -413,18 +415,27 @@ class Dashboard:
                                      request, "guide sweep", progress)
                 figure, (text, headline) = sweep_figure(record), guide.sweep_finding(record.table(), "lam")
             else:
-                view = self.submit(lambda p: self.service.merge(zoo_id, step.method, step.params, None, p, who),
-                                   request, f"guide {step.method}", progress)
+                def run(p):  # p: the job's Progress
+                    tuned = self.service.tune(zoo_id, step.method, step.params, p.sub(0.0, 0.7), who) \
+                        if step.tune else None
+                    return tuned, self.service.merge(zoo_id, step.method, tuned or step.params, None,
+                                                     p.sub(0.7 if step.tune else 0.0, 1.0), who)
+
+                tuned, view = self.submit(run, request, f"guide {step.method}", progress)
                 figure = view.figures(step.mask_kind).get(step.figure) or figures.placeholder(
                     "no figure: this zoo has no heads or test data")
                 tall = view.stats.get("tall")
                 text, headline = guide.finding(index, view.accuracy, view.tables,
                                                tall.class_fractions() if tall is not None else None, found,
                                                view.result.info if view.result is not None else None)
+                if step.tune:
+                    text += guide.tuning_note(step.method, tuned)
                 text += f" (run #{view.id})"
         except Stopped as stop:
             return gr.skip(), f"**Cancelled** ({escape(stop)}).", gr.skip()
         found = {**(found or {}), **({str(index + 1): headline} if headline is not None else {})}
+        if step.tune and step.figure != "sweep" and tuned is not None:
+            found[f"params{index + 1}"] = tuned
         return figure, text, found
 
     # ---------------------------------------------------------------- layout
@@ -451,7 +462,8 @@ class Dashboard:
                                 with gr.Row():
                                     step_buttons.append(gr.Button(f"Run step {i + 1}", size="sm", variant="primary",
                                                                   elem_id=f"guide-{i + 1}"))
-                                    explore_buttons.append(gr.Button("Explore in Merge & see", size="sm",
+                                    where = "Sweep" if step.figure == "sweep" else "Merge & see"
+                                    explore_buttons.append(gr.Button(f"Explore in {where}", size="sm",
                                                                      elem_id=f"guide-explore-{i + 1}"))
                                 result_md = gr.Markdown("", elem_id=f"guide-result-{i + 1}",
                                                         elem_classes="progress-slot")
@@ -606,9 +618,10 @@ class Dashboard:
                 button.click(self.guide_handler(i), [zoo_state, found], [plot, result_md, found],
                              api_visibility="private", show_progress_on=result_md, **WORK)
             for i, button in enumerate(explore_buttons):
-                chosen = button.click(lambda i=i: self.on_guide(i), None, [tabs, method, *[
+                chosen = button.click(lambda found, i=i: self.on_guide(i, found), found, [tabs, method, *[
                     w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
-                merge_after(merge_chain(chosen))
+                if guide.STEPS[i].figure != "sweep":  # the sweep step leaves the user on the Sweep tab to run one
+                    merge_after(merge_chain(chosen))
             cancel_btn.click(self.on_cancel, None, status, api_name="cancel", **QUICK)
             gr.on([mask_kind.input, table_choice.input], self.on_view, [run_state, mask_kind, table_choice],
                   self.run_targets[:-1], api_visibility="private", **QUICK)

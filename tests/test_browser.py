@@ -179,6 +179,7 @@ def test_guide_runs_each_step_in_place_beside_its_text(page, app):
     record = app[1].dashboard.service.history.records()[-1]
     assert record.method == "ties" and f"run #{record.id}" in result
     assert f"{100 * record.mean_accuracy:.1f} %" in result  # the sentence quotes the recorded number
+    assert f"λ = {record.params['lam']:g}, chosen on validation" in result  # and the λ the merge used
     text, plot = page.locator("#guide-result-2").bounding_box(), page.locator("#guide-plot-2").bounding_box()
     assert plot["x"] > text["x"] + text["width"] - 1 and abs(plot["y"] - text["y"]) < 400  # side by side
     assert page.locator("#guide-plot-2").is_visible()  # still on the Guide tab
@@ -187,6 +188,15 @@ def test_guide_runs_each_step_in_place_beside_its_text(page, app):
     page.wait_for_function("document.querySelector('#run-summary').innerText.includes('ties')")
     page.wait_for_selector("#plot-table .js-plotly-plot .trace")
     assert page.locator("#method input").input_value() == "TIES-Merging"
+    explored = app[1].dashboard.service.history.records()[-1]
+    assert explored.id != record.id and explored.params == record.params  # the λ step 2 chose, not the default
+    runs = len(app[1].dashboard.service.history.records())
+    page.get_by_role("tab", name="Guide").click()
+    page.click("#guide-explore-5")  # the sweep step opens the Sweep tab on Task Arithmetic, and merges nothing
+    page.wait_for_function("document.querySelector('#sweep-settings')?.innerText.includes('Task Arithmetic')")
+    assert page.locator("#sweep-values").is_visible()
+    page.wait_for_timeout(1500)
+    assert len(app[1].dashboard.service.history.records()) == runs
 
 
 def test_compare_runs_and_annotate_one(page, app):

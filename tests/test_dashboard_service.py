@@ -158,6 +158,21 @@ def test_sweep_defaults_to_the_paper_grid(service, entry):
     assert sorted(set(table["lam"])) == pytest.approx([0.1 * i for i in range(1, 11)])
 
 
+def test_tune_chooses_lambda_on_validation_by_the_selection_rule(service, entry):
+    from merging.selection import select
+    from merging.sweep import best_point
+
+    tuned = service.tune(entry.id, "task_arithmetic", {})
+    swept = service.sweep(entry.id, ["task_arithmetic"], {"lam": None}).table()  # every λ, normalized, on val
+    best = best_point(swept, {"lam": sorted(set(swept["lam"]))}).point["lam"]
+    assert tuned == {"lam": pytest.approx(best)}
+    tall = service.tune(entry.id, "tall", {})
+    expected = select(entry.zoo, entry.space, "tall", {}, "val", device="cpu").params["tall_lambda"]
+    assert tall == {"tall_lambda": pytest.approx(expected)} and len(expected) == 3
+    view = service.merge(entry.id, "tall", tall)  # the per-task λt go straight into a merge
+    assert view.record.params["tall_lambda"] == pytest.approx(expected)
+
+
 def test_exports_are_atomic_files_in_the_session_folder(service, entry, zoo_dir):
     view = service.merge(entry.id, "dare", {"p": 0.5, "seed": 3})
     path = service.export_checkpoint(view.id, "open_clip", "alice")
