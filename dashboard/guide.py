@@ -21,7 +21,7 @@ drown out another's.  The methods below are different answers to "which changes 
 step: it merges the loaded zoo (test accuracy, averaged over its tasks), draws the step's figure beside the text and
 says what the numbers show.  As in the papers, each step's strength λ is first chosen on the zoo's
 **validation** images (never the test ones the figures report; step 5 shows that choice).  Every run is also
-listed in **Compare & download** (press Refresh there).
+listed in **Compare & download**.
 """
 
 

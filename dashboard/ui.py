@@ -529,7 +529,7 @@ class Dashboard:
                 with gr.Tab("Sweep", id="sweep") as sweep_tab:
                     sweeps = SweepTab(self)
                     sweeps.build(first)
-                with gr.Tab("Compare & download", id="compare"):
+                with gr.Tab("Compare & download", id="compare") as compare_tab:
                     runs_table = gr.Dataframe(self.service.history.table(viewer=""), elem_id="runs-table",
                                               label="runs, newest first (sort by a column header; filter to search)",
                                               interactive=False, show_search="filter", pinned_columns=1,
@@ -632,6 +632,7 @@ class Dashboard:
             refresh.click(self.on_history, show_deleted, history_targets, api_name="history", **QUICK)
             show_deleted.change(self.on_history, show_deleted, history_targets, api_visibility="private", **QUICK)
             demo.load(self.on_history, show_deleted, history_targets, api_visibility="private", **QUICK)
+            compare_tab.select(self.on_history, show_deleted, history_targets, api_visibility="private", **QUICK)
             cmp_btn.click(self.on_compare, cmp_runs, [cmp_table, cmp_plot, cmp_parallel, cmp_md], api_name="compare",
                           **QUICK)
             edit_run.input(self.on_edit_pick, edit_run, [edit_name, edit_tags, edit_notes, edit_md],

@@ -184,6 +184,11 @@ def test_guide_runs_each_step_in_place_beside_its_text(page, app):
     assert plot["x"] > text["x"] + text["width"] - 1 and abs(plot["y"] - text["y"]) < 400  # side by side
     assert page.locator("#guide-plot-2").is_visible()  # still on the Guide tab
     _shot(page, "06-guide-steps")
+    page.get_by_role("tab", name="Compare & download").click()  # the Guide's runs are listed there, no Refresh
+    page.click("#compare-runs input")
+    page.get_by_role("option", name=record.label(), exact=True).wait_for()
+    page.keyboard.press("Escape")
+    page.get_by_role("tab", name="Guide").click()
     page.click("#guide-explore-2")
     page.wait_for_function("document.querySelector('#run-summary').innerText.includes('ties')")
     page.wait_for_selector("#plot-table .js-plotly-plot .trace")
