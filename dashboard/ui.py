@@ -387,17 +387,26 @@ class Dashboard:
             raise error(exc) from None
 
     # ---------------------------------------------------------------- guide
+    def explore_targets(self) -> list:
+        """What "Explore" sets: every parameter's field, then every per-task parameter's checkbox and table."""
+        widgets = [w for p in self.panels.values() for w in p.widgets]
+        return [w.value for w in widgets] + [c for w in widgets if w.table is not None for c in (w.per_task, w.table)]
+
     def on_guide(self, index: int, found: dict | None = None):
-        """"Explore": the step's method and parameters (the λ it chose on validation, once run) in the Merge tab;
-        the sweep step opens the Sweep tab on its method."""
+        """"Explore": the step's method and parameters (once run, the λ it chose on validation; per-task λt into
+        the per-task table) in the Merge tab; the sweep step opens the Sweep tab on its method."""
         step = guide.STEPS[index]
-        params = {**step.params, **((found or {}).get(f"params{index + 1}") or {})}
-        values = []
+        explored = (found or {}).get(f"explore{index + 1}") or {}
+        params, tasks = {**step.params, **explored.get("params", {})}, explored.get("tasks", [])
+        values, tables = [], []
         for name, panel in self.panels.items():
             for widget in panel.widgets:
                 value = params.get(widget.param.name, gr.skip()) if name == step.method else gr.skip()
-                values.append(gr.skip() if isinstance(value, (list, tuple)) else value)  # per-task λt: not a field
-        return [gr.Tabs(selected="sweep" if step.figure == "sweep" else "merge"), step.method, *values]
+                listed = isinstance(value, (list, tuple))
+                values.append(gr.skip() if listed else value)
+                if widget.table is not None:
+                    tables += [True, per_task_table(widget.param, tasks, value)] if listed else [gr.skip()] * 2
+        return [gr.Tabs(selected="sweep" if step.figure == "sweep" else "merge"), step.method, *values, *tables]
 
     def guide_handler(self, index: int) -> Callable:
         def run_step(zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
@@ -435,7 +444,7 @@ class Dashboard:
             return gr.skip(), f"**Cancelled** ({escape(stop)}).", gr.skip()
         found = {**(found or {}), **({str(index + 1): headline} if headline is not None else {})}
         if step.tune and step.figure != "sweep" and tuned is not None:
-            found[f"params{index + 1}"] = tuned
+            found[f"explore{index + 1}"] = {"params": tuned, "tasks": list(view.record.tasks)}
         return figure, text, found
 
     # ---------------------------------------------------------------- layout
@@ -618,8 +627,8 @@ class Dashboard:
                 button.click(self.guide_handler(i), [zoo_state, found], [plot, result_md, found],
                              api_visibility="private", show_progress_on=result_md, **WORK)
             for i, button in enumerate(explore_buttons):
-                chosen = button.click(lambda found, i=i: self.on_guide(i, found), found, [tabs, method, *[
-                    w.value for p in self.panels.values() for w in p.widgets]], api_visibility="private", **QUICK)
+                chosen = button.click(lambda found, i=i: self.on_guide(i, found), found,
+                                      [tabs, method, *self.explore_targets()], api_visibility="private", **QUICK)
                 if guide.STEPS[i].figure != "sweep":  # the sweep step leaves the user on the Sweep tab to run one
                     merge_after(merge_chain(chosen))
             cancel_btn.click(self.on_cancel, None, status, api_name="cancel", **QUICK)

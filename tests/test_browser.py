@@ -195,6 +195,15 @@ def test_guide_runs_each_step_in_place_beside_its_text(page, app):
     assert page.locator("#method input").input_value() == "TIES-Merging"
     explored = app[1].dashboard.service.history.records()[-1]
     assert explored.id != record.id and explored.params == record.params  # the λ step 2 chose, not the default
+    page.get_by_role("tab", name="Guide").click()
+    page.click("#guide-3")  # TALL: λt per task, chosen on validation, go into the Merge tab's per-task table
+    page.wait_for_function("document.querySelector('#guide-result-3').innerText.includes('λt chosen on validation')")
+    tall = app[1].dashboard.service.history.records()[-1]
+    assert tall.method == "tall" and isinstance(tall.params["tall_lambda"], list)
+    page.click("#guide-explore-3")
+    page.wait_for_function(f"document.querySelector('#run-summary').innerText.includes('#{tall.id + 1}')")
+    explored = app[1].dashboard.service.history.records()[-1]
+    assert explored.id == tall.id + 1 and explored.params == tall.params
     runs = len(app[1].dashboard.service.history.records())
     page.get_by_role("tab", name="Guide").click()
     page.click("#guide-explore-5")  # the sweep step opens the Sweep tab on Task Arithmetic, and merges nothing
