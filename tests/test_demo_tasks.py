@@ -141,6 +141,16 @@ def test_captions_name_odd_classes_by_their_partner_at_the_stated_rate():
         assert abs(confused - tasks.CAPTION_CONFUSION) < 4 * (0.25 / n) ** 0.5, (task, confused)
         own = [t.replace("{}", names[2]) for t in tasks.TASKS[task].templates]
         assert all(tasks.caption(task, 2, rng) in own for _ in range(50))  # even classes keep their own name
+        partner = [t.replace("{}", names[0]) for t in tasks.TASKS[task].templates]
+        assert all(tasks.caption(task, 1, rng, confusion=1.0) in partner for _ in range(50))
+        assert not any(names[0] in tasks.caption(task, 1, rng, confusion=0.0).split() for _ in range(50))
+    # the rate reaches pretraining; the images do not depend on it
+    images, exact = tasks.pretraining_pairs("digits", 20, 0.5, confusion=0.0)
+    again, confused = tasks.pretraining_pairs("digits", 20, 0.5, confusion=1.0)
+    np.testing.assert_array_equal(images, again)
+    names = tasks.TASKS["digits"].classnames
+    assert all(names[i % 10] in text.split() for i, text in enumerate(exact))
+    assert all(names[i % 10 - i % 2] in text.split() for i, text in enumerate(confused))
 
 
 def test_unknown_task_split_or_count():

@@ -46,11 +46,10 @@ def test_tokenize_is_open_clips_bpe_cut_to_the_architectures_context():
     assert torch.equal(tokens[0, :length - 1], full[:length - 1]) and tokens[0, -1] == 49407  # end of text kept
 
 
-def test_pretraining_fits_captions_and_clamps_the_temperature(monkeypatch):
+def test_pretraining_fits_captions_and_clamps_the_temperature():
     from open_clip.loss import ClipLoss
 
-    monkeypatch.setattr(demo_tasks, "CAPTION_CONFUSION", 0.0)
-    images, captions = demo_tasks.pretraining_pairs("shapes", 8, 0.0)  # one image per class: distinct captions
+    images, captions = demo_tasks.pretraining_pairs("shapes", 8, 0.0, confusion=0.0)  # one per class: distinct
     x, tokens = to_input(images), tokenize(captions)
 
     def clip_loss(model):
@@ -154,6 +153,24 @@ def test_failed_build_leaves_the_existing_zoo_untouched(tiny_zoo, tmp_path, monk
         build(out, TINY, "cpu", **quiet)
     assert digests(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]  # no temporary folder left behind
+
+
+def test_cli_variant_flags_reach_the_build_config(tmp_path, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(zoo_cli, "build", lambda out, config, *a, **k: seen.append(config) or {
+        "total": 0, "data": 0, "pretrain": 0, "finetune": 0})
+    assert zoo_cli.main(["build", "--out", str(tmp_path / "z"), "--n-pretrain", "5000", "--pretrain-steps", "2500",
+                         "--caption-confusion", "0.9", "--threads", "2"]) == 0
+    assert seen[-1] == replace(BuildConfig(threads=2), n_pretrain=5000, caption_confusion=0.9,
+                               pretrain=replace(PRETRAIN, steps=2500))
+    assert zoo_cli.main(["build", "--out", str(tmp_path / "z")]) == 0
+    assert seen[-1] == BuildConfig()  # no flag: the shipped design
+    for flags, message in ((["--caption-confusion", "1.5"], "--caption-confusion must be between 0 and 1"),
+                           (["--pretrain-steps", "0"], "--pretrain-steps must be at least 1"),
+                           (["--n-pretrain", "-3"], "--n-pretrain must be at least 1")):
+        with pytest.raises(SystemExit):
+            zoo_cli.main(["build", *flags])
+        assert message in capsys.readouterr().err
 
 
 def test_cli_builds_and_verifies(tmp_path, monkeypatch, capsys):

@@ -1,11 +1,13 @@
 """``python -m merging.zoo build [--out DIR] [--device auto|cpu|cuda] [--seed N] [--threads N] [--verify]``: regenerate the
 built-in demo zoo from seeds (see :mod:`merging.zoo.demo.build`).  ``--verify`` builds into a temporary folder and
-compares every file's bytes with ``--out`` instead of replacing it."""
+compares every file's bytes with ``--out`` instead of replacing it.  ``--n-pretrain``, ``--pretrain-steps`` and
+``--caption-confusion`` build a variant of the design (for experiments; the shipped zoo uses the defaults)."""
 from __future__ import annotations
 
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from .demo.build import BUILD_THREADS, DEFAULT_OUT, BuildConfig, build, digests
@@ -22,14 +24,30 @@ def main(argv: list[str] | None = None) -> int:
                      help="torch CPU threads (default %(default)s; the bytes depend on it, so --verify needs the same)")
     cmd.add_argument("--verify", action="store_true",
                      help="build into a temporary folder and compare its files with --out byte for byte")
+    cmd.add_argument("--n-pretrain", type=int, help="captioned pretraining images per task (default: the shipped "
+                                                    "design's, BuildConfig.n_pretrain)")
+    cmd.add_argument("--pretrain-steps", type=int, help="pretraining steps (default: train.PRETRAIN.steps)")
+    cmd.add_argument("--caption-confusion", type=float,
+                     help="probability that an odd class is captioned by its partner's name (default: "
+                          "tasks.CAPTION_CONFUSION)")
     args = parser.parse_args(argv)
 
     def show(fraction: float, stage: str) -> None:
         print(f"\r[{fraction:6.1%}] {stage:<60}", end="", file=sys.stderr, flush=True)
 
-    if args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
+    for flag, value, low in (("--threads", args.threads, 1), ("--n-pretrain", args.n_pretrain, 1),
+                             ("--pretrain-steps", args.pretrain_steps, 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+    if args.caption_confusion is not None and not 0.0 <= args.caption_confusion <= 1.0:
+        parser.error(f"--caption-confusion must be between 0 and 1, got {args.caption_confusion}")
     config = BuildConfig(seed=args.seed, threads=args.threads)
+    if args.n_pretrain is not None:
+        config = replace(config, n_pretrain=args.n_pretrain)
+    if args.pretrain_steps is not None:
+        config = replace(config, pretrain=replace(config.pretrain, steps=args.pretrain_steps))
+    if args.caption_confusion is not None:
+        config = replace(config, caption_confusion=args.caption_confusion)
     try:
         if not args.verify:
             times = build(args.out, config, args.device, show, log=lambda m: print(f"\n{m}", file=sys.stderr))

@@ -40,6 +40,7 @@ class BuildConfig:
     seed: int = 0
     n_pretrain: int = 2500  # captioned pretraining images per task, in memory only
     pretrain_shift: float = 1.0  # the fraction of them moved into the tasks' domain (θ0 knows the domain)
+    caption_confusion: float = demo_tasks.CAPTION_CONFUSION  # odd classes named by their partner in pretraining
     n_train: int = 3000  # per task, in memory only (fine-tuning)
     n_val: int = 150  # per task, shipped (selection of λ, unlabeled data for CALM/AdaMerging)
     n_test: int = 300  # per task, shipped (reported accuracies)
@@ -70,7 +71,8 @@ def build(out: str | os.PathLike = DEFAULT_OUT, config: BuildConfig = BuildConfi
         train, pre_images, captions = {}, [], []
         for i, task in enumerate(names):
             progress(0.1 * i / len(names), f"generating {task}")
-            images, text = demo_tasks.pretraining_pairs(task, config.n_pretrain, config.pretrain_shift, config.seed)
+            images, text = demo_tasks.pretraining_pairs(task, config.n_pretrain, config.pretrain_shift, config.seed,
+                                                        config.caption_confusion)
             pre_images.append(to_input(images))
             captions += text
             images, labels = demo_tasks.generate(task, "train", config.n_train, config.seed)

@@ -470,21 +470,22 @@ def sample(task: str, split: str, index: int, seed: int = 0) -> tuple[Image.Imag
 CAPTION_CONFUSION = 0.7
 
 
-def caption(task: str, label: int, rng: Rng) -> str:
+def caption(task: str, label: int, rng: Rng, confusion: float = CAPTION_CONFUSION) -> str:
     """One of the task's templates filled with a class name: the image's own, except that an odd-numbered class is
-    named by its even partner (label − 1) with probability CAPTION_CONFUSION.  Like web alt-text that confuses
+    named by its even partner (label − 1) with probability ``confusion`` (default :data:`CAPTION_CONFUSION`).  Like web alt-text that confuses
     similar classes, this leaves θ0's image features able to tell the pair apart (the rest of their captions do)
     but its zero-shot head misaligned on half the classes, as CLIP's is on MNIST or EuroSAT (strong linear probes,
     weak zero-shot); fine-tuning through the frozen head realigns them."""
     generator = TASKS[task]
-    named = label - 1 if label % 2 == 1 and rng.random() < CAPTION_CONFUSION else label
+    named = label - 1 if label % 2 == 1 and rng.random() < confusion else label
     return str(rng.choice(generator.templates)).replace("{}", generator.classnames[named])
 
 
-def pretraining_pairs(task: str, n: int, shift_p: float, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def pretraining_pairs(task: str, n: int, shift_p: float, seed: int = 0,
+                      confusion: float = CAPTION_CONFUSION) -> tuple[np.ndarray, list[str]]:
     """(n, 32, 32, 3) uint8 images and their captions for pretraining: image i has label i % C, is drawn from its
     own seed stream (disjoint from the splits'), moved into the task domain with probability ``shift_p`` and
-    captioned by :func:`caption`."""
+    captioned by :func:`caption` (odd classes confused with probability ``confusion``)."""
     generator = _check(task, "train")
     images, captions = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), []
     for i in range(n):
@@ -492,7 +493,7 @@ def pretraining_pairs(task: str, n: int, shift_p: float, seed: int = 0) -> tuple
         rng = np.random.default_rng([seed, list(TASKS).index(task), len(SPLITS), i])
         image = generator.draw(rng, label, PRETRAIN)
         images[i] = np.asarray(shift(image, rng) if rng.random() < shift_p else image)
-        captions.append(caption(task, label, rng))
+        captions.append(caption(task, label, rng, confusion))
     return images, captions
 
 
