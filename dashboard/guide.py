@@ -10,6 +10,8 @@ from typing import Mapping
 
 import pandas as pd
 
+from merging.sweep import best_point
+
 INTRO = """\
 ### What is model merging?
 Start from one **pretrained** image model and fine-tune a copy of it on each task (digits, colours, shapes …).
@@ -151,15 +153,16 @@ def finding(index: int, accuracy: pd.DataFrame, tables: Mapping[str, pd.DataFram
 
 
 def sweep_finding(table: pd.DataFrame, param: str = "lam") -> tuple[str, float]:
-    """What a λ sweep (``param``, task, accuracy, normalized; validation split) shows: the best λ by mean
-    normalized accuracy (the rule of :func:`merging.selection.select` and of the figure's ★; ties to the
-    smallest λ), its mean accuracy, whether it lies on the grid's edge, and the ends of the grid."""
-    groups = table.groupby(param)
-    mean, normalized = groups["accuracy"].mean().sort_index() * 100, groups["normalized"].mean().sort_index() * 100
-    best = float(normalized.index[normalized.to_numpy().argmax()])
-    text = (f"Mean normalized validation accuracy peaks at **λ = {best:g}** ({normalized[best]:.1f} % of the "
-            f"fine-tunes'; mean accuracy {mean[best]:.1f} %); λ = {mean.index[0]:g} gives {mean.iloc[0]:.1f} % "
-            f"and λ = {mean.index[-1]:g} gives {mean.iloc[-1]:.1f} %.")
-    if best in (mean.index[0], mean.index[-1]):
+    """What a λ sweep (``param``, task, accuracy, normalized; validation split) shows: the best λ by
+    :func:`merging.sweep.best_point` (highest mean normalized accuracy: the figure's ★ and the rule of
+    :func:`merging.selection.select`), its mean accuracy, whether it lies on the grid's edge, and the ends of the
+    grid."""
+    mean = table.groupby(param)["accuracy"].mean().sort_index() * 100
+    best = best_point(table, {param: list(mean.index)})
+    value = best.point[param]
+    text = (f"Mean normalized validation accuracy peaks at **λ = {value:g}** ({100 * best.mean_normalized:.1f} % "
+            f"of the fine-tunes'; mean accuracy {mean[value]:.1f} %); λ = {mean.index[0]:g} gives "
+            f"{mean.iloc[0]:.1f} % and λ = {mean.index[-1]:g} gives {mean.iloc[-1]:.1f} %.")
+    if best.on_edge:
         text += " The best value lies on the grid's edge: a wider grid may find a better one."
-    return text, float(mean[best])
+    return text, float(mean[value])

@@ -91,6 +91,10 @@ class ZooEntry:
         manifest = self.zoo.manifest
         return [t for t in self.zoo.task_names if manifest.task(t).head is not None and split in self.zoo.splits(t)]
 
+    def held_out_split(self, tasks: Sequence[str]) -> str | None:
+        """The first of :data:`SWEEP_SPLITS` on which every task has a head and images (None: none has)."""
+        return next((s for s in SWEEP_SPLITS if not set(tasks) - set(self.evaluable(s))), None)
+
     def reference(self, split: str, tasks: Sequence[str], evaluator, progress=None,
                   model: str = "individual") -> dict[str, float]:
         """Accuracy of the fine-tuned models (``model="individual"``: the denominator of normalized accuracy) or
@@ -407,7 +411,7 @@ class Service:
         progress = as_progress(progress)
         entry = self.zoo(zoo_id, owner)
         space = self._space(entry, None)
-        split = next((s for s in SWEEP_SPLITS if not set(space.task_names) - set(entry.evaluable(s))), None)
+        split = entry.held_out_split(space.task_names)
         if split is None:
             return None
         with entry.lock:
@@ -486,8 +490,8 @@ class Service:
         if total > MAX_SWEEP_POINTS:
             raise UserError(f"sweep values: {total} merges asked for, at most {MAX_SWEEP_POINTS} per sweep")
         space = self._space(entry, tasks)
-        split = next((s for s in SWEEP_SPLITS if all(s in entry.zoo.splits(t) for t in space.task_names)), None)
-        if split is None or set(space.task_names) - set(entry.evaluable(split)):
+        split = entry.held_out_split(space.task_names)
+        if split is None:
             raise UserError("a sweep needs a head and validation (or training) images for every task")
         fixed = {}
         for spec in specs:  # the Merge tab's values (validated) that apply, less the swept ones

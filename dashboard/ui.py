@@ -415,7 +415,7 @@ class Dashboard:
 
     def on_guide_step(self, index: int, zoo_id: str, found: dict, request: gr.Request, progress=gr.Progress()):
         """Run step ``index`` in place: its figure, what the numbers show, and the session's headline numbers."""
-        who, step = owner(request), guide.STEPS[index]
+        who, step, tuned = owner(request), guide.STEPS[index], None
         try:
             zoo_id = self.current_zoo(zoo_id, progress)
             if step.figure == "sweep":
@@ -443,7 +443,7 @@ class Dashboard:
         except Stopped as stop:
             return gr.skip(), f"**Cancelled** ({escape(stop)}).", gr.skip()
         found = {**(found or {}), **({str(index + 1): headline} if headline is not None else {})}
-        if step.tune and step.figure != "sweep" and tuned is not None:
+        if tuned is not None:
             found[f"explore{index + 1}"] = {"params": tuned, "tasks": list(view.record.tasks)}
         return figure, text, found
 
