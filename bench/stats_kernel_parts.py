@@ -1,0 +1,79 @@
+"""Where the mask statistics' kernel spends its time: one 32,768-word block of T = 20 random packed rows, one
+thread, medians of 21: the whole ``kernels.agreement_counts``, its block copy alone, and copy + the T(T+1)/2 pair
+AND-popcounts (the same loops, from ``merging.kernels``); then how two threads scale on it (each thread running
+the whole kernel on its own copy of the block: 2× the work).
+
+    python bench/stats_kernel_parts.py
+"""
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from numba import njit  # noqa: E402
+
+from merging import kernels  # noqa: E402
+
+T, W, size = 20, 32768, kernels.BLOCK // 8
+rng = np.random.default_rng(0)
+flat = rng.integers(0, 256, T * W * 8, dtype=np.uint8)
+@njit(nogil=True)
+def pairs_only(flat, T, W, inter):
+    words = np.empty((T, size), np.uint64)
+    for s in range(0, W, size):
+        n = min(size, W - s)
+        for u in range(T):
+            at = u * W * 8 + 8 * s
+            row, src = words[u, :n], flat[at:at + 8 * n].view(np.uint64)
+            for w in range(n):
+                row[w] = src[w]
+        for i in range(T):
+            j = i
+            while j + 4 <= T:
+                kernels._pair_popcounts(words, n, i, j, inter)
+                j += 4
+            for k in range(j, T):
+                t = 0
+                for w in range(n):
+                    t += kernels._popcount(words[i, w] & words[k, w])
+                inter[i, k] += t
+@njit(nogil=True)
+def copy_only(flat, T, W, out):
+    words = np.empty((T, size), np.uint64)
+    for s in range(0, W, size):
+        n = min(size, W - s)
+        for u in range(T):
+            at = u * W * 8 + 8 * s
+            row, src = words[u, :n], flat[at:at + 8 * n].view(np.uint64)
+            for w in range(n):
+                row[w] = src[w]
+        out[0] += words[0, 0]
+def med(f, r=21):
+    f(); ts = []
+    for _ in range(r):
+        a = time.perf_counter(); f(); ts.append(time.perf_counter() - a)
+    return statistics.median(ts)
+inter = np.zeros((T, T), np.int64); counts = np.zeros(T + 1, np.int64); out = np.zeros(1, np.uint64)
+full = med(lambda: kernels.agreement_counts(flat, W * 8, 0, T, W, counts, inter))
+pairs = med(lambda: pairs_only(flat, T, W, inter))
+copy = med(lambda: copy_only(flat, T, W, out))
+print(f"T={T}, {W} words/row, 1 thread: full {full*1e6:.0f} µs, copy {copy*1e6:.0f}, copy+pairs {pairs*1e6:.0f} "
+      f"→ pairs {(pairs-copy)*1e6:.0f} µs = {(pairs-copy)/(W*T*(T+1)/2)*1e9:.3f} ns per pair-word")
+
+
+copies = [(flat.copy(), np.zeros(T + 1, np.int64), np.zeros((T, T), np.int64)) for _ in range(2)]
+
+
+def twice() -> None:
+    threads = [threading.Thread(target=kernels.agreement_counts, args=(f, W * 8, 0, T, W, c, i)) for f, c, i in copies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+print(f"two threads, each the whole kernel: {med(twice) / full:.2f}× the time of one (2.00 = no parallel speed-up)")
