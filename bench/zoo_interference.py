@@ -11,7 +11,8 @@ tasks each need their own pixel statistics it is the patch embedding ``conv1``).
 disentanglement at the level of the image features (Ortiz-Jimenez et al., 2023, "Task arithmetic in the tangent
 space"): D[t, s] = mean over task t's images of ‖f(θ0 + τs)(x) − f(θ0)(x)‖ ÷ the same for τt (f: unit-norm
 image features); entries near 0 off the diagonal mean τs leaves task t's inputs alone, as ViT task vectors
-largely do, entries near 1 that every task vector rewrites every task's features.
+largely do, entries near 1 that every task vector rewrites every task's features.  With ``--trim K``, each
+task's accuracy at θ0 + (its τt's top K % by magnitude, TIES's trim) against θ0 + τt, and the kurtosis of τt.
 
     python bench/zoo_interference.py                       # the demo zoo
     python bench/zoo_interference.py --zoo path/to/zoo --split test --by-layer --features
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--by-layer", action="store_true", help="also split the drop by block / tensor")
     parser.add_argument("--features", action="store_true", help="also the feature-level disentanglement matrix")
+    parser.add_argument("--trim", type=float, metavar="K", help="also each task at θ0 + top K %% of its τt")
     args = parser.parse_args()
 
     zoo = load_zoo(args.zoo)
@@ -69,6 +71,8 @@ def main() -> None:
         by_group(space, names, np.diag(pairs), accuracy)
     if args.features:
         feature_moves(evaluator, space, names, args.split)
+    if args.trim is not None:
+        trimmed(space, names, np.diag(pairs), accuracy, args.trim)
 
 
 def by_group(space, names, alone, accuracy) -> None:
@@ -89,6 +93,23 @@ def by_group(space, names, alone, accuracy) -> None:
         norm = np.sqrt(np.mean([sum(float(space.tau(t)[part].square().sum()) for part in slices)
                                 for t in range(len(names))]))
         print(f"{group:>28} {np.mean(drops):10.1f} {norm:8.3f}")
+
+
+def trimmed(space, names, alone, accuracy, k: float) -> None:
+    """Each task at θ0 + top-k % of its own τt (by |τt|, as TIES trims) against θ0 + τt and θ0."""
+    from merging.select import top_fraction_threshold
+
+    rows = []
+    for t, name in enumerate(names):
+        tau = space.tau(t)
+        kept = torch.where(tau.abs() >= top_fraction_threshold(tau, k), tau, torch.zeros_like(tau))
+        x = (tau - tau.mean()) / tau.std()
+        rows.append((accuracy(t, None), alone[t], accuracy(t, kept), float(x.pow(4).mean())))
+        print(f"{name:>12}  θ0 {rows[-1][0]:5.1f}  θ0 + τt {rows[-1][1]:5.1f}  θ0 + top {k:g} % {rows[-1][2]:5.1f}  "
+              f"kurtosis {rows[-1][3]:.1f}")
+    pre, full, top, _ = np.array(rows).T
+    print(f"mean: θ0 {pre.mean():.1f}, θ0 + τt {full.mean():.1f}, θ0 + top {k:g} % {top.mean():.1f} — keeps "
+          f"{100 * (top.mean() - pre.mean()) / (full.mean() - pre.mean()):.0f} % of the fine-tuning gain")
 
 
 def feature_moves(evaluator, space, names, split) -> None:
