@@ -284,7 +284,7 @@ class SweepTab:
                                            self.metric, self.modifiers_json],
                            [self.state, self.plot, self.table, self.note, self.stored],
                            api_name="sweep", show_progress_on=self.note, **WORK)
-        self.cancel_btn.click(d.on_cancel, None, self.note, api_visibility="private", **QUICK)
+        self.cancel_btn.click(d.on_cancel, None, d.cancel_reply, api_visibility="private", **QUICK)
         self.metric.input(self.on_metric, [self.state, self.metric], self.plot, api_visibility="private", **QUICK)
         self.show_btn.click(self.on_show, [self.stored, self.metric], [self.state, self.plot, self.table, self.note],
                             api_name="sweep_show", **QUICK)

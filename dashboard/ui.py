@@ -299,7 +299,9 @@ class Dashboard:
     def on_cancel(self, request: gr.Request):
         """Cancel the caller's own jobs (never another session's, never the shared loads)."""
         cancelled = self.jobs.cancel_owner(owner(request))
-        return f"Cancelling {len(cancelled)} job(s)…" if cancelled else "Nothing to cancel."
+        message = f"Cancelling {len(cancelled)} job(s)…" if cancelled else "Nothing to cancel."
+        gr.Info(message)  # a toast: the status line is the job's own, and its "Cancelled" must not be overwritten
+        return message
 
     def on_unload(self, request: gr.Request) -> None:
         """A closed or reloaded tab cancels its session's jobs (shared loads and baselines are not its own; with
@@ -492,6 +494,7 @@ class Dashboard:
                             with gr.Row():
                                 merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
                                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                                self.cancel_reply = gr.Textbox("", visible=False, elem_id="cancel-reply")  # API
                             merge_progress = gr.Markdown("", elem_classes="progress-slot")
                             params_json = gr.Textbox(label="parameters sent (JSON)", interactive=False,
                                                      elem_id="params-json")
@@ -631,7 +634,7 @@ class Dashboard:
                                       [tabs, method, *self.explore_targets()], api_visibility="private", **QUICK)
                 if guide.STEPS[i].figure != "sweep":  # the sweep step leaves the user on the Sweep tab to run one
                     merge_after(merge_chain(chosen))
-            cancel_btn.click(self.on_cancel, None, status, api_name="cancel", **QUICK)
+            cancel_btn.click(self.on_cancel, None, self.cancel_reply, api_name="cancel", **QUICK)
             gr.on([mask_kind.input, table_choice.input], self.on_view, [run_state, mask_kind, table_choice],
                   self.run_targets[:-1], api_visibility="private", **QUICK)
 

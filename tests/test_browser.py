@@ -132,6 +132,9 @@ def test_cancel_stops_a_running_merge(page, app):
     _shot(page, "03-running")
     page.click("#cancel-btn")
     _status_has(page, "Cancelled")
+    # the cancel's own reply is a toast and never overwrites the job's final status, whichever arrives last
+    page.wait_for_function("document.body.innerText.includes('Cancelling 1 job')")
+    assert "Cancelled" in page.inner_text("#status")
     assert not app[1].dashboard.jobs.active()
     _shot(page, "04-cancelled")
 
