@@ -1,6 +1,6 @@
 """Where the mask statistics' kernel spends its time: one 32,768-word block of T = 20 random packed rows, one
-thread, medians of 21: the whole ``kernels.agreement_counts``, its block copy alone, and copy + the T(T+1)/2 pair
-AND-popcounts (the same loops, from ``merging.kernels``); then how two threads scale on it (each thread running
+thread, medians of 21: the whole ``kernels.agreement_histogram`` (one segment), its block copy alone, and copy +
+the T(T+1)/2 pair AND-popcounts (the same loops, from ``merging.kernels``); then how two threads scale on it (each thread running
 the whole kernel on its own copy of the block: 2× the work).
 
     python bench/stats_kernel_parts.py
@@ -57,19 +57,21 @@ def med(f, r=21):
     for _ in range(r):
         a = time.perf_counter(); f(); ts.append(time.perf_counter() - a)
     return statistics.median(ts)
-inter = np.zeros((T, T), np.int64); counts = np.zeros(T + 1, np.int64); out = np.zeros(1, np.uint64)
-full = med(lambda: kernels.agreement_counts(flat, W * 8, 0, T, W, counts, inter))
+inter = np.zeros((T, T), np.int64); hist = np.zeros((1, T + 1), np.int64); out = np.zeros(1, np.uint64)
+whole = np.array([[0, 0, W * 64]], np.int64)  # one segment: every bit of the rows
+full = med(lambda: kernels.agreement_histogram(flat, W * 8, T, whole, hist, inter))
 pairs = med(lambda: pairs_only(flat, T, W, inter))
 copy = med(lambda: copy_only(flat, T, W, out))
 print(f"T={T}, {W} words/row, 1 thread: full {full*1e6:.0f} µs, copy {copy*1e6:.0f}, copy+pairs {pairs*1e6:.0f} "
       f"→ pairs {(pairs-copy)*1e6:.0f} µs = {(pairs-copy)/(W*T*(T+1)/2)*1e9:.3f} ns per pair-word")
 
 
-copies = [(flat.copy(), np.zeros(T + 1, np.int64), np.zeros((T, T), np.int64)) for _ in range(2)]
+copies = [(flat.copy(), np.zeros((1, T + 1), np.int64), np.zeros((T, T), np.int64)) for _ in range(2)]
 
 
 def twice() -> None:
-    threads = [threading.Thread(target=kernels.agreement_counts, args=(f, W * 8, 0, T, W, c, i)) for f, c, i in copies]
+    threads = [threading.Thread(target=kernels.agreement_histogram, args=(f, W * 8, T, whole, h, i))
+               for f, h, i in copies]
     for thread in threads:
         thread.start()
     for thread in threads:

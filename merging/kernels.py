@@ -484,61 +484,94 @@ def _pair_popcounts(words, n, i, j, inter):
     inter[i, j + 3] += td
 
 
+@njit(inline="always")
+def _position_mask(a, b):
+    """The bits of positions a … b − 1 (0 ≤ a < b ≤ 64) of a 64-bit word read little-endian from packbits bytes."""
+    mask = np.uint64(0)
+    for p in range(a, b):
+        mask |= np.uint64(1) << np.uint64(8 * (p // 8) + 7 - p % 8)
+    return mask
+
+
+@njit(inline="always")
+def _load_words(flat, at, n, row):
+    """row[:n] = the n little-endian 64-bit words at byte ``at`` of ``flat``, read in place whatever their alignment;
+    bytes past the end of ``flat`` read as 0."""
+    whole = min(n, max(flat.size - at, 0) // 8)
+    source = flat[at:at + 8 * whole].view(np.uint64)
+    for w in range(whole):  # an explicit loop: a slice assignment would check for overlap and stage a copy
+        row[w] = source[w]
+    for w in range(whole, n):
+        word = np.uint64(0)
+        for q in range(min(8, flat.size - at - 8 * w)):
+            word |= np.uint64(flat[at + 8 * w + q]) << np.uint64(8 * q)
+        row[w] = word
+
+
 @_jit
-def agreement_counts(flat, stride, first, T, W, counts, inter):
-    """Over W 64-bit words of T packed mask rows (row u: bytes first + u·stride … + 8W of ``flat``, read in place
-    whatever their alignment): counts[c] += #positions where c = Σt mt (1 ≤ c ≤ T) and inter[i, j] += #(mi ∧ mj)
-    (i ≤ j), all by popcounts, block by block (each block's words copied into one L1-resident (T, ·) buffer).
+def agreement_histogram(flat, stride, T, segments, hist, inter):
+    """For each segment (e, start, stop) of T packed mask rows (row u: bytes u·stride … of ``flat``):
+    hist[e, c] += #positions in bits [start, stop) where c = Σt mt (1 ≤ c ≤ T), and inter[i, j] += #(mi ∧ mj)
+    (i ≤ j), all by popcounts, in L1-resident blocks of words (the first and last word masked to the segment).
 
     c is held bit-sliced (``_count_bits``).  For v = 1 … T, N(v) = popcount of the AND of the planes of v's set
     bits = #positions whose c contains v's bits (N(v) = 0 for v > T, since such a c ≥ v); each AND extends the one
     of v without its highest bit.  Möbius inversion over the subsets then gives
-    counts[c] = Σ_{v ⊇ c, v ≤ T} (−1)^{|v| − |c|} N(v): T ANDs and T popcounts per word, whatever T."""
+    hist[e, c] = Σ_{v ⊇ c, v ≤ T} (−1)^{|v| − |c|} N(v): T ANDs and T popcounts per word, whatever T."""
     digits = _digits(T)
     size = BLOCK // 8
     words, planes, carry = np.empty((T, size), np.uint64), np.empty((digits, size), np.uint64), np.empty(size, np.uint64)
     subsets = np.empty((T + 1, size), np.uint64)
     hits = np.zeros(T + 1, np.int64)
-    for s in range(0, W, size):
-        n = min(size, W - s)
-        for u in range(T):  # an explicit loop: a slice assignment would check for overlap and stage a copy
-            at = first + u * stride + 8 * s
-            row, source = words[u, :n], flat[at:at + 8 * n].view(np.uint64)
-            for w in range(n):
-                row[w] = source[w]
-        _count_bits(words, 0, n, planes, carry)
-        for v in range(1, T + 1):
-            high = _digits(v) - 1
-            rest, plane, total = v ^ (1 << high), planes[high, :n], 0
-            if rest == 0:  # v = 2^high: N(v) = popcount(plane)
-                below = plane
-            elif rest & (rest - 1) == 0:
-                below = planes[_digits(rest) - 1, :n]
-            else:
-                below = subsets[rest, :n]
-            if v + (2 << high) <= T:  # v is the rest of a larger v': keep its AND
-                sub = subsets[v, :n]
-                for w in range(n):
-                    sub[w] = below[w] & plane[w]
-                    total += _popcount(sub[w])
-            else:
-                for w in range(n):
-                    total += _popcount(below[w] & plane[w])
-            hits[v] += total
-        for i in range(T):
-            j = i
-            while j + 4 <= T:
-                _pair_popcounts(words, n, i, j, inter)
-                j += 4
-            row = words[i, :n]
-            for k in range(j, T):
-                other, total = words[k, :n], 0
-                for w in range(n):
-                    total += _popcount(row[w] & other[w])
-                inter[i, k] += total
-    for c in range(1, T + 1):
-        total = 0
-        for v in range(c, T + 1):
-            if v & c == c:
-                total += -hits[v] if _popcount(np.uint64(v ^ c)) & 1 else hits[v]
-        counts[c] += total
+    for g in range(segments.shape[0]):
+        e, start, stop = segments[g, 0], segments[g, 1], segments[g, 2]
+        hits[:] = 0
+        w0, w1 = start // 64, (stop + 63) // 64
+        for s in range(w0, w1, size):
+            n = min(size, w1 - s)
+            for u in range(T):
+                _load_words(flat, u * stride + 8 * s, n, words[u])
+            if s == w0:
+                head = _position_mask(start % 64, 64)
+                for u in range(T):
+                    words[u, 0] &= head
+            if s + n == w1 and stop % 64:
+                tail = _position_mask(0, stop % 64)
+                for u in range(T):
+                    words[u, n - 1] &= tail
+            _count_bits(words, 0, n, planes, carry)
+            for v in range(1, T + 1):
+                high = _digits(v) - 1
+                rest, plane, total = v ^ (1 << high), planes[high, :n], 0
+                if rest == 0:  # v = 2^high: N(v) = popcount(plane)
+                    below = plane
+                elif rest & (rest - 1) == 0:
+                    below = planes[_digits(rest) - 1, :n]
+                else:
+                    below = subsets[rest, :n]
+                if v + (2 << high) <= T:  # v is the rest of a larger v': keep its AND
+                    sub = subsets[v, :n]
+                    for w in range(n):
+                        sub[w] = below[w] & plane[w]
+                        total += _popcount(sub[w])
+                else:
+                    for w in range(n):
+                        total += _popcount(below[w] & plane[w])
+                hits[v] += total
+            for i in range(T):
+                j = i
+                while j + 4 <= T:
+                    _pair_popcounts(words, n, i, j, inter)
+                    j += 4
+                row = words[i, :n]
+                for k in range(j, T):
+                    other, total = words[k, :n], 0
+                    for w in range(n):
+                        total += _popcount(row[w] & other[w])
+                    inter[i, k] += total
+        for c in range(1, T + 1):
+            total = 0
+            for v in range(c, T + 1):
+                if v & c == c:
+                    total += -hits[v] if _popcount(np.uint64(v ^ c)) & 1 else hits[v]
+            hist[e, c] += total

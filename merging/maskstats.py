@@ -3,10 +3,10 @@
 For T masks m_t over P parameters: agreement c = Σt m_t ∈ {0..T}; c = 0 are *catastrophic* weights (active for
 no task), c = 1 *selfish* (exactly one task), c ≥ 2 *general* (Wang et al., ICML 2024).  Everything is computed
 in one chunked pass over the packed masks and returned as small pandas tables; no P-sized data leaves the
-engine.  On CPU the pass never unpacks a bit: a compiled kernel (:func:`merging.kernels.agreement_counts`) adds the
-T rows of a segment as bit-sliced binary counters (⌈log2(T+1)⌉ planes of 64-bit words, ripple-carry), the positions
-with agreement c are the AND of the planes matching c's bits, and every count is a popcount of words; pairwise
-intersections are popcounts of ANDed rows.  On GPU: per-tensor bincount of the unpacked columns and a T×T matmul.
+engine.  On CPU the pass never unpacks a bit: a compiled kernel (:func:`merging.kernels.agreement_histogram`, one
+call per thread over its share of the per-tensor segments) adds the T rows as bit-sliced binary counters
+(⌈log2(T+1)⌉ planes of 64-bit words, full adders), gets the counts of each c from subset popcounts of the planes
+by Möbius inversion, and the pairwise intersections from popcounts of ANDed rows.  On GPU: per-tensor bincount of the unpacked columns and a T×T matmul.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import kernels
-from .chunks import map_items, use_numpy
+from .chunks import map_items, threads, use_numpy
 from .maskset import MaskSet
 from .param_index import ParamIndex
 
@@ -66,47 +66,20 @@ def _segments(index: ParamIndex, chunk: int) -> list[tuple[int, int, int]]:
             for start in range(entry.offset, entry.offset + entry.numel, chunk)]
 
 
-def _edge_words(packed: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Bits [start, stop) of packed rows (T, B), at most 64 of them, copied into (T, 16) zero-padded bytes."""
-    lo, hi = start // 8, (stop + 7) // 8
-    rows = np.zeros((packed.shape[0], 16), dtype=np.uint8)
-    rows[:, :hi - lo] = packed[:, lo:hi]
-    rows[:, 0] &= np.uint8(0xFF >> (start % 8))  # numpy packbits order: bit 0 of a row is the high bit
-    rows[:, hi - lo - 1] &= np.uint8((0xFF << (7 - (stop - 1) % 8)) & 0xFF)
-    return rows
-
-
-def _segment_counts(packed: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of agreement c = 0..T and the T×T intersections (upper triangle) over bits [start, stop) of packed
-    rows (T, B).
-
-    The whole 64-bit words inside the range are read in place (a view of the rows' bytes); only the partial words
-    at its two ends are copied, masked, into a small buffer."""
-    T = packed.shape[0]
-    counts, inter = np.zeros(T + 1, dtype=np.int64), np.zeros((T, T), dtype=np.int64)
-    first, last = -(-start // 64) * 64, stop // 64 * 64
-    flat = packed.reshape(-1)
-    if first < last:
-        kernels.agreement_counts(flat, packed.shape[1], first // 8, T, (last - first) // 64, counts, inter)
-        edges = [(start, first), (last, stop)]
-    else:
-        edges = [(start, min(stop, start + 64)), (min(stop, start + 64), stop)]
-    for a, b in edges:
-        if a < b:
-            kernels.agreement_counts(_edge_words(packed, a, b).reshape(-1), 16, 0, T, 2, counts, inter)
-    counts[0] = (stop - start) - counts[1:].sum()
-    return counts, inter
-
-
 def _popcount_histogram(masks: MaskSet, index: ParamIndex, chunk: int):
+    """One compiled call per thread, each over an interleaved share of the segments (no per-segment Python)."""
     packed, T = masks.packed.numpy(), masks.T
-    segments = _segments(index, max(chunk - chunk % 8, 8))
-    parts = map_items(segments, lambda e, start, stop: _segment_counts(packed, start, stop))
-    hist = np.zeros((len(index), T + 1), dtype=np.int64)
-    inter = np.zeros((T, T), dtype=np.int64)
-    for (e, _, _), (counts, pairs) in zip(segments, parts):
-        hist[e] += counts
-        inter += pairs
+    segments = np.array(_segments(index, max(chunk - chunk % 8, 8)), dtype=np.int64).reshape(-1, 3)
+    n = threads()
+
+    def part(share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hist, inter = np.zeros((len(index), T + 1), dtype=np.int64), np.zeros((T, T), dtype=np.int64)
+        kernels.agreement_histogram(packed.reshape(-1), packed.shape[1], T, share, hist, inter)
+        return hist, inter
+
+    parts = map_items([(segments[i::n],) for i in range(min(n, len(segments)))], part)
+    hist, inter = sum(h for h, _ in parts), sum(i for _, i in parts)
+    hist[:, 0] = [entry.numel for entry in index.entries] - hist[:, 1:].sum(1)
     inter += np.triu(inter, 1).T  # the kernel fills i ≤ j
     inter = torch.from_numpy(inter.astype(np.float64))
     return torch.from_numpy(hist), inter.diagonal(), inter

@@ -96,3 +96,19 @@ def test_popcount_counts_equal_unpacked_counts(T, sizes, chunk, density, seed):
     c = m.sum(0)
     for e, entry in enumerate(index.entries):  # and against the plain count
         assert popcount[0][e].tolist() == torch.bincount(c[entry.slice], minlength=T + 1).tolist()
+
+
+@pytest.mark.parametrize("T,chunk", [(3, 1 << 21), (20, 24_000), (9, 40_008)])
+def test_popcount_counts_over_many_word_blocks(T, chunk):
+    """Tensors and segments longer than one L1 block of words, starting and ending inside words."""
+    import merging.maskstats as maskstats
+    from merging.param_index import ParamIndex
+    index = ParamIndex.from_state_dict({"a": torch.zeros(40_003), "b": torch.zeros(17), "c": torch.zeros(70_001)})
+    m = torch.rand(T, index.numel, generator=torch.Generator().manual_seed(T)) < 0.3
+    hist, active, inter = maskstats.per_entry_histogram(MaskSet.from_bool(m, [f"t{i}" for i in range(T)], "x"),
+                                                        index, chunk)
+    c = m.sum(0)
+    for e, entry in enumerate(index.entries):
+        assert hist[e].tolist() == torch.bincount(c[entry.slice], minlength=T + 1).tolist()
+    dense = m.to(torch.float64)
+    assert torch.equal(inter, dense @ dense.T) and torch.equal(active, m.sum(1).to(torch.float64))
