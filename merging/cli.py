@@ -28,7 +28,7 @@ import pandas as pd
 from .atomic import check_output_folder, check_output_path, clean_stale_temp
 from .diskstack import parse_size
 from .params import ParameterError, parse_assignments
-from .progress import Cancelled
+from .progress import Cancelled, TerminalProgress
 from .recipe import RecipeError, load_recipe, make_recipe, verify_inputs, write_recipe
 from .registry import UnknownMethodError, get_method, list_methods, list_modifiers, resolve_modifiers, run_merge
 from .space import CheckpointError, TaskVectorSpace
@@ -224,7 +224,7 @@ def _merge(args) -> None:
     files = _checkpoint_files(space, zoo, args)
     if args.recipe:
         verify_inputs(args.recipe_loaded, list(files.values()))
-    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
+    result = run_merge(space, method, params, progress=TerminalProgress(), context=_context(method, zoo, space),
                        modifiers=modifiers)
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
     print("parameters:", ", ".join(f"{k}={v}" for k, v in result.params.items()) or "none")
@@ -283,7 +283,7 @@ def _stats(args) -> None:
     params, modifiers = parse_assignments(args.set), _modifiers(args)
     zoo, _ = _source(args)
     space = _space(args, zoo)
-    result = run_merge(space, method, params, progress=_stderr_progress, context=_context(method, zoo, space),
+    result = run_merge(space, method, params, progress=TerminalProgress(), context=_context(method, zoo, space),
                        modifiers=modifiers)
     if not result.masks:
         raise ParameterError(f"{method.title} produces no masks; try tall, emr, consensus, ties, dare or pcb")
@@ -323,7 +323,7 @@ def _sweep(args) -> None:
     if args.ray:
         runner = RayRunner(None if args.ray == "local" else args.ray)
     table = sweep(zoo, space, method.name, grid, parse_assignments(args.set), _modifiers(args), args.split,
-                  runner, _stderr_progress, plugin)
+                  runner, TerminalProgress(), plugin)
     names = list(grid)
     means = table.groupby(names, sort=False)["normalized"].mean()
     _print(f"mean normalized {args.split} accuracy", means.unstack(names[-1]) if len(names) == 2 else
@@ -347,12 +347,6 @@ def _context(method, zoo, space):
     if zoo is None:
         raise CheckpointError(f"{method.title} needs unlabeled data: give --zoo")
     return zoo.data_context(space.task_names, split="val", device=space.device)
-
-
-def _stderr_progress(fraction: float, stage: str) -> None:
-    print(f"\r[{fraction:6.1%}] {stage:<60}", end="", file=sys.stderr, flush=True)
-    if fraction >= 1.0:
-        print(file=sys.stderr)
 
 
 def main(argv=None) -> int:

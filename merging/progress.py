@@ -6,7 +6,10 @@ unit boundary and nothing half-computed is returned.
 """
 from __future__ import annotations
 
+import math
+import sys
 import threading
+import time
 from typing import Callable, Optional
 
 ProgressFn = Callable[[float, str], None]
@@ -53,3 +56,22 @@ def as_progress(progress: "Progress | ProgressFn | None") -> Progress:
     if isinstance(progress, Progress):
         return progress
     return Progress(progress)
+
+
+class TerminalProgress:
+    """A :data:`ProgressFn` for command lines: on a terminal one line rewritten in place; into a file or pipe (a
+    log), a line per ``every`` seconds and the last one, so logs stay readable."""
+
+    def __init__(self, stream=None, every: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.every, self.clock, self._last = stream or sys.stderr, every, clock, -math.inf
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        if self.live:
+            print(f"\r[{fraction:6.1%}] {stage:<60}", end="\n" if fraction >= 1.0 else "", file=self.stream,
+                  flush=True)
+            return
+        now = self.clock()
+        if fraction >= 1.0 or now - self._last >= self.every:
+            self._last = now
+            print(f"[{fraction:6.1%}] {stage}", file=self.stream, flush=True)

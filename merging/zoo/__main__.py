@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from ..progress import TerminalProgress
 from .demo.build import BUILD_THREADS, DEFAULT_OUT, BuildConfig, build, digests
 
 
@@ -32,9 +33,6 @@ def main(argv: list[str] | None = None) -> int:
                           "tasks.CAPTION_CONFUSION)")
     args = parser.parse_args(argv)
 
-    def show(fraction: float, stage: str) -> None:
-        print(f"\r[{fraction:6.1%}] {stage:<60}", end="", file=sys.stderr, flush=True)
-
     for flag, value, low in (("--threads", args.threads, 1), ("--n-pretrain", args.n_pretrain, 1),
                              ("--pretrain-steps", args.pretrain_steps, 1)):
         if value is not None and value < low:
@@ -50,14 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, caption_confusion=args.caption_confusion)
     try:
         if not args.verify:
-            times = build(args.out, config, args.device, show, log=lambda m: print(f"\n{m}", file=sys.stderr))
+            show = TerminalProgress()
+            times = build(args.out, config, args.device, show,
+                          log=lambda m: print(f"\n{m}" if show.live else m, file=sys.stderr))
             print(f"\nbuilt {args.out} in {times['total']:.0f} s "
                   f"(data {times['data']:.0f} s, pretraining {times['pretrain']:.0f} s, "
                   f"fine-tuning {times['finetune']:.0f} s)")
             return 0
         with tempfile.TemporaryDirectory() as scratch:
             fresh = Path(scratch) / "zoo"
-            build(fresh, config, args.device, show, log=lambda m: None)
+            build(fresh, config, args.device, TerminalProgress(), log=lambda m: None)
             old, new = digests(args.out), digests(fresh)
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
