@@ -12,7 +12,8 @@ disentanglement at the level of the image features (Ortiz-Jimenez et al., 2023, 
 space"): D[t, s] = mean over task t's images of ‖f(θ0 + τs)(x) − f(θ0)(x)‖ ÷ the same for τt (f: unit-norm
 image features); entries near 0 off the diagonal mean τs leaves task t's inputs alone, as ViT task vectors
 largely do, entries near 1 that every task vector rewrites every task's features.  With ``--trim K``, each
-task's accuracy at θ0 + (its τt's top K % by magnitude, TIES's trim) against θ0 + τt, and the kurtosis of τt.
+task's accuracy at θ0 + (its τt's top K % by magnitude, TIES's trim) against θ0 + τt, the kurtosis of τt, the
+share of ‖τt‖² its top K % holds, and how many tasks keep each parameter (against independent top-K % sets).
 
     python bench/zoo_interference.py                       # the demo zoo
     python bench/zoo_interference.py --zoo path/to/zoo --split test --by-layer --features
@@ -96,20 +97,30 @@ def by_group(space, names, alone, accuracy) -> None:
 
 
 def trimmed(space, names, alone, accuracy, k: float) -> None:
-    """Each task at θ0 + top-k % of its own τt (by |τt|, as TIES trims) against θ0 + τt and θ0."""
+    """Each task at θ0 + top-k % of its own τt (by |τt|, as TIES trims) against θ0 + τt and θ0; the share of ‖τt‖²
+    the top k % holds (a Gaussian's top 20 %: 0.65); how many tasks keep each parameter, against independent draws."""
+    from math import comb
+
     from merging.select import top_fraction_threshold
 
-    rows = []
+    rows, keeps = [], torch.zeros(space.P, dtype=torch.int64)
     for t, name in enumerate(names):
         tau = space.tau(t)
-        kept = torch.where(tau.abs() >= top_fraction_threshold(tau, k), tau, torch.zeros_like(tau))
+        keep = tau.abs() >= top_fraction_threshold(tau, k)
+        kept = torch.where(keep, tau, torch.zeros_like(tau))
+        keeps += keep
         x = (tau - tau.mean()) / tau.std()
-        rows.append((accuracy(t, None), alone[t], accuracy(t, kept), float(x.pow(4).mean())))
+        rows.append((accuracy(t, None), alone[t], accuracy(t, kept), float(x.pow(4).mean()),
+                     float(kept.double().square().sum() / tau.double().square().sum())))
         print(f"{name:>12}  θ0 {rows[-1][0]:5.1f}  θ0 + τt {rows[-1][1]:5.1f}  θ0 + top {k:g} % {rows[-1][2]:5.1f}  "
-              f"kurtosis {rows[-1][3]:.1f}")
-    pre, full, top, _ = np.array(rows).T
+              f"kurtosis {rows[-1][3]:.1f}  energy share {rows[-1][4]:.2f}")
+    pre, full, top, _, _ = np.array(rows).T
     print(f"mean: θ0 {pre.mean():.1f}, θ0 + τt {full.mean():.1f}, θ0 + top {k:g} % {top.mean():.1f} — keeps "
           f"{100 * (top.mean() - pre.mean()) / (full.mean() - pre.mean()):.0f} % of the fine-tuning gain")
+    T, q = len(names), k / 100
+    found = torch.bincount(keeps, minlength=T + 1).double() / space.P
+    print(f"share of parameters kept by c tasks (independent top-{k:g} % sets in brackets): " + ", ".join(
+        f"{c}: {found[c]:.3f} ({comb(T, c) * q ** c * (1 - q) ** (T - c):.3f})" for c in range(T + 1)))
 
 
 def feature_moves(evaluator, space, names, split) -> None:
