@@ -86,12 +86,13 @@ def main(argv=None) -> None:
     from dashboard.ui import create_app, launch
 
     torch.set_num_threads(args.threads)
-    zoo = args.zoo if args.zoo and Path(args.zoo).exists() else None
+    # command-line paths are the shell's, relative to the working folder (the app's own path box is root-relative)
+    zoo = str(Path(args.zoo).resolve()) if args.zoo and Path(args.zoo).exists() else None
     if args.zoo and zoo is None:
         print(f"mergescope: zoo {args.zoo} not found; starting without one (load a zoo in the app)")
     roots = args.zoo_roots or [DEMO_ZOO, zoos_folder(data_dir)]
     settings = Settings(data_dir, device=args.device, upload_limit=int(args.upload_limit_mb * 2**20),
-                        zoo_roots=[Path(r) for r in roots], jobs_per_session=args.jobs_per_session)
+                        zoo_roots=[Path(r).resolve() for r in roots], jobs_per_session=args.jobs_per_session)
     demo = create_app(settings, zoo, slots=args.gpu_slots)
     launch(demo, args.host, args.port, auth=args.logins)
 

@@ -376,6 +376,20 @@ def test_hosting_flags_roots_job_limit_and_login(monkeypatch, tmp_path, capsys):
         app_module.parse_args(["--jobs-per-session", "0"])
 
 
+def test_command_line_paths_are_relative_to_the_working_folder(monkeypatch, tmp_path, zoo_dir):
+    """``python app.py --zoo zoo --zoo-root .`` from the zoo's parent opens that zoo (not <root>/zoo)."""
+    import dashboard.ui as ui
+    from dashboard.service import Service
+    app_module, seen = _app_module(), {}
+    monkeypatch.setattr(ui, "create_app", lambda settings, zoo, slots: seen.update(settings=settings, zoo=zoo))
+    monkeypatch.setattr(ui, "launch", lambda *args, **kwargs: None)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.chdir(zoo_dir.parent)
+    app_module.main(["--zoo", zoo_dir.name, "--zoo-root", ".", "--data-dir", str(tmp_path / "data")])
+    assert seen["zoo"] == str(zoo_dir.resolve())
+    assert Service(seen["settings"]).load_zoo(seen["zoo"]).zoo.task_names == ["task0", "task1", "task2"]
+
+
 def test_a_merge_before_any_load_uses_the_default_zoo(app):
     client = _client(app)  # no /load_zoo call: the page may not have finished loading the default zoo yet
     out = client.predict("task_arithmetic", "{}", [], api_name="/merge")
