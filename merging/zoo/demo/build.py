@@ -32,13 +32,13 @@ from .train import ARCHITECTURE, FINETUNE, PRETRAIN, Schedule, finetune, pretrai
 
 DEFAULT_OUT = Path(__file__).resolve().parents[3] / "assets" / "demo-zoo"
 ZOO_NAME = "mergescope demo zoo"
-BUILD_THREADS = 1  # torch's intra-op CPU threads during a build (part of what makes the bytes reproducible)
+BUILD_THREADS = 2  # torch's intra-op CPU threads during a build (part of what makes the bytes reproducible)
 
 
 @dataclass(frozen=True)
 class BuildConfig:
     seed: int = 0
-    n_pretrain: int = 2500  # captioned pretraining images per task, in memory only
+    n_pretrain: int = 5000  # captioned pretraining images per task, in memory only
     pretrain_shift: float = 1.0  # the fraction of them moved into the tasks' domain (θ0 knows the domain)
     caption_confusion: float = demo_tasks.CAPTION_CONFUSION  # odd classes named by their partner in pretraining
     n_train: int = 3000  # per task, in memory only (fine-tuning)

@@ -467,7 +467,7 @@ def sample(task: str, split: str, index: int, seed: int = 0) -> tuple[Image.Imag
     return shift(generator.draw(rng, label, split), rng), label
 
 
-CAPTION_CONFUSION = 0.7
+CAPTION_CONFUSION = 0.9
 
 
 def caption(task: str, label: int, rng: Rng, confusion: float = CAPTION_CONFUSION) -> str:

@@ -45,7 +45,7 @@ class Schedule:
     warmup: int
 
 
-PRETRAIN = Schedule(steps=1000, batch_size=256, lr=1e-3, weight_decay=0.1, warmup=50)
+PRETRAIN = Schedule(steps=2500, batch_size=256, lr=1e-3, weight_decay=0.1, warmup=50)
 FINETUNE = Schedule(steps=200, batch_size=128, lr=5e-4, weight_decay=0.1, warmup=15)
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps its learned temperature 1/τ at 100
 
