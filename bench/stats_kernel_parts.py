@@ -1,7 +1,7 @@
 """Where the mask statistics' kernel spends its time: one 32,768-word block of T = 20 random packed rows, one
 thread, medians of 21: the whole ``kernels.agreement_histogram`` (one segment), its block copy alone, and copy +
-the T(T+1)/2 pair AND-popcounts (the same loops, from ``merging.kernels``); then how two threads scale on it (each thread running
-the whole kernel on its own copy of the block: 2× the work).
+the T(T+1)/2 pair AND-popcounts (the same loops, from ``merging.kernels``); then how two threads scale on it (each
+thread running the whole kernel on its own copy of the block: 2× the work).
 
     python bench/stats_kernel_parts.py
 """

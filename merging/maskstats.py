@@ -6,7 +6,8 @@ in one chunked pass over the packed masks and returned as small pandas tables; n
 engine.  On CPU the pass never unpacks a bit: a compiled kernel (:func:`merging.kernels.agreement_histogram`, one
 call per thread over its share of the per-tensor segments) adds the T rows as bit-sliced binary counters
 (⌈log2(T+1)⌉ planes of 64-bit words, full adders), gets the counts of each c from subset popcounts of the planes
-by Möbius inversion, and the pairwise intersections from popcounts of ANDed rows.  On GPU: per-tensor bincount of the unpacked columns and a T×T matmul.
+by Möbius inversion, and the pairwise intersections from popcounts of ANDed rows.  On GPU: per-tensor bincount
+of the unpacked columns and a T×T matmul.
 """
 from __future__ import annotations
 
