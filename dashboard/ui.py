@@ -494,7 +494,7 @@ class Dashboard:
                             with gr.Row():
                                 merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
                                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
-                                self.cancel_reply = gr.Textbox("", visible=False, elem_id="cancel-reply")  # API
+                            self.cancel_reply = gr.Textbox("", visible=False, elem_id="cancel-reply")  # the API's
                             merge_progress = gr.Markdown("", elem_classes="progress-slot")
                             params_json = gr.Textbox(label="parameters sent (JSON)", interactive=False,
                                                      elem_id="params-json")
