@@ -1,7 +1,7 @@
 """Where the mask statistics' kernel spends its time: one 32,768-word block of T = 20 random packed rows, one
 thread, medians of 21: the whole ``kernels.agreement_histogram`` (one segment), its block copy alone, and copy +
-the T(T+1)/2 pair AND-popcounts (the same loops, from ``merging.kernels``); then how two threads scale on it (each
-thread running the whole kernel on its own copy of the block: 2× the work).
+the T(T+1)/2 pair AND-popcounts (the kernel's own helpers, from ``merging.kernels``); then how two threads scale
+on it (each thread running the whole kernel on its own copy of the block: 2× the work).
 
     python bench/stats_kernel_parts.py
 """
@@ -27,30 +27,15 @@ def pairs_only(flat, T, W, inter):
     for s in range(0, W, size):
         n = min(size, W - s)
         for u in range(T):
-            at = u * W * 8 + 8 * s
-            row, src = words[u, :n], flat[at:at + 8 * n].view(np.uint64)
-            for w in range(n):
-                row[w] = src[w]
-        for i in range(T):
-            j = i
-            while j + 4 <= T:
-                kernels._pair_popcounts(words, n, i, j, inter)
-                j += 4
-            for k in range(j, T):
-                t = 0
-                for w in range(n):
-                    t += kernels._popcount(words[i, w] & words[k, w])
-                inter[i, k] += t
+            kernels._load_words(flat, u * W * 8 + 8 * s, n, words[u])
+        kernels._block_pairs(words, n, T, inter)
 @njit(nogil=True)
 def copy_only(flat, T, W, out):
     words = np.empty((T, size), np.uint64)
     for s in range(0, W, size):
         n = min(size, W - s)
         for u in range(T):
-            at = u * W * 8 + 8 * s
-            row, src = words[u, :n], flat[at:at + 8 * n].view(np.uint64)
-            for w in range(n):
-                row[w] = src[w]
+            kernels._load_words(flat, u * W * 8 + 8 * s, n, words[u])
         out[0] += words[0, 0]
 def med(f, r=21):
     f(); ts = []

@@ -485,6 +485,22 @@ def _pair_popcounts(words, n, i, j, inter):
 
 
 @njit(inline="always")
+def _block_pairs(words, n, T, inter):
+    """inter[i, j] += popcount(mi ∧ mj) over words[:, :n] for all i ≤ j: four partners per load of row i."""
+    for i in range(T):
+        j = i
+        while j + 4 <= T:
+            _pair_popcounts(words, n, i, j, inter)
+            j += 4
+        row = words[i, :n]
+        for k in range(j, T):
+            other, total = words[k, :n], 0
+            for w in range(n):
+                total += _popcount(row[w] & other[w])
+            inter[i, k] += total
+
+
+@njit(inline="always")
 def _position_mask(a, b):
     """The bits of positions a … b − 1 (0 ≤ a < b ≤ 64) of a 64-bit word read little-endian from packbits bytes."""
     mask = np.uint64(0)
@@ -558,17 +574,7 @@ def agreement_histogram(flat, stride, T, segments, hist, inter):
                     for w in range(n):
                         total += _popcount(below[w] & plane[w])
                 hits[v] += total
-            for i in range(T):
-                j = i
-                while j + 4 <= T:
-                    _pair_popcounts(words, n, i, j, inter)
-                    j += 4
-                row = words[i, :n]
-                for k in range(j, T):
-                    other, total = words[k, :n], 0
-                    for w in range(n):
-                        total += _popcount(row[w] & other[w])
-                    inter[i, k] += total
+            _block_pairs(words, n, T, inter)
         for c in range(1, T + 1):
             total = 0
             for v in range(c, T + 1):
