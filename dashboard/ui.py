@@ -492,8 +492,8 @@ class Dashboard:
                             self.modifiers = modifier_picker.build_picker(self.service.modifiers())
                             tasks = gr.CheckboxGroup([], label="tasks to merge", elem_id="tasks")
                             with gr.Row():
-                                merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
-                                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                                merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn", min_width=100)
+                                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", min_width=100)
                             self.cancel_reply = gr.Textbox("", visible=False, elem_id="cancel-reply")  # the API's
                             merge_progress = gr.Markdown("", elem_classes="progress-slot")
                             params_json = gr.Textbox(label="parameters sent (JSON)", interactive=False,
