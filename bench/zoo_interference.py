@@ -14,9 +14,14 @@ image features); entries near 0 off the diagonal mean τs leaves task t's inputs
 largely do, entries near 1 that every task vector rewrites every task's features.  With ``--trim K``, each
 task's accuracy at θ0 + (its τt's top K % by magnitude, TIES's trim) against θ0 + τt, the kurtosis of τt, the
 share of ‖τt‖² its top K % holds, and how many tasks keep each parameter (against independent top-K % sets).
+With ``--decompose METHOD [k=v …]`` (repeatable), each task's share of that merge's δ: its own coefficient
+ct = ⟨δ, τt⟩ / ‖τt‖² (Task Arithmetic at λ: λ plus the cross terms), the interference ‖δ − ct τt‖ the other
+tasks add, task t's accuracy at θ0 + the same merge of the other T − 1 tasks (what they cost it) and at θ0 + δ
+(what adding task t to them gains back).
 
     python bench/zoo_interference.py                       # the demo zoo
     python bench/zoo_interference.py --zoo path/to/zoo --split test --by-layer --features
+    python bench/zoo_interference.py --decompose task_arithmetic lam=0.3 --decompose ties lam=0.8
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from merging.evaluation import Evaluator  # noqa: E402
+from merging.params import parse_assignments  # noqa: E402
+from merging.registry import run_merge  # noqa: E402
 from merging.zoo import load_zoo  # noqa: E402
 
 LAMBDAS = (0.1, 0.2, 0.3, 0.5, 1.0)
@@ -45,6 +52,8 @@ def main() -> None:
     parser.add_argument("--by-layer", action="store_true", help="also split the drop by block / tensor")
     parser.add_argument("--features", action="store_true", help="also the feature-level disentanglement matrix")
     parser.add_argument("--trim", type=float, metavar="K", help="also each task at θ0 + top K %% of its τt")
+    parser.add_argument("--decompose", nargs="+", action="append", default=[], metavar="METHOD [k=v]",
+                        help="also each task's own coefficient and interference in that merge (repeatable)")
     args = parser.parse_args()
 
     zoo = load_zoo(args.zoo)
@@ -74,6 +83,8 @@ def main() -> None:
         feature_moves(evaluator, space, names, args.split)
     if args.trim is not None:
         trimmed(space, names, np.diag(pairs), accuracy, args.trim)
+    for method, *assignments in args.decompose:
+        decompose(space, names, accuracy, method, parse_assignments(assignments, "--decompose"))
 
 
 def by_group(space, names, alone, accuracy) -> None:
@@ -121,6 +132,27 @@ def trimmed(space, names, alone, accuracy, k: float) -> None:
     found = torch.bincount(keeps, minlength=T + 1).double() / space.P
     print(f"share of parameters kept by c tasks (independent top-{k:g} % sets in brackets): " + ", ".join(
         f"{c}: {found[c]:.3f} ({comb(T, c) * q ** c * (1 - q) ** (T - c):.3f})" for c in range(T + 1)))
+
+
+def decompose(space, names, accuracy, method: str, params: dict) -> None:
+    """Per task t of ``method``'s merge δ: ct = ⟨δ, τt⟩ / ‖τt‖², ‖δ − ct τt‖, and the accuracy of θ0 + the same
+    merge without task t (against θ0 and θ0 + δ)."""
+    delta = run_merge(space, method, params).delta
+    print(f"{method} {params}: ‖δ‖ {float(delta.norm()):.2f}")
+    print(f"{'task':>12} {'‖τt‖':>6} {'ct':>6} {'‖δ − ct τt‖':>12} {'θ0':>6} {'θ0 + others':>12} {'θ0 + δ':>7}")
+    rows = []
+    for t, name in enumerate(names):
+        tau = space.tau(t).double()
+        own = float(delta.double() @ tau / (tau @ tau))
+        others = space.subset([n for n in names if n != name])
+        rows.append((own, float((delta.double() - own * tau).norm()), accuracy(t, None),
+                     accuracy(t, run_merge(others, method, params).delta), accuracy(t, delta)))
+        print(f"{name:>12} {float(tau.norm()):6.2f} {rows[-1][0]:6.2f} {rows[-1][1]:12.2f} {rows[-1][2]:6.1f} "
+              f"{rows[-1][3]:12.1f} {rows[-1][4]:7.1f}")
+    own, rest, pre, cost, merged = np.array(rows).T
+    print(f"mean: ct {own.mean():.2f}, interference {rest.mean():.2f}; the other tasks' merge costs "
+          f"{(pre - cost).mean():.1f} points, adding task t to it gains {(merged - cost).mean():.1f}, merged "
+          f"{merged.mean():.1f}")
 
 
 def feature_moves(evaluator, space, names, split) -> None:
