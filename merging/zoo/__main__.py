@@ -1,7 +1,8 @@
 """``python -m merging.zoo build [--out DIR] [--device auto|cpu|cuda] [--seed N] [--threads N] [--verify]``: regenerate the
 built-in demo zoo from seeds (see :mod:`merging.zoo.demo.build`).  ``--verify`` builds into a temporary folder and
-compares every file's bytes with ``--out`` instead of replacing it.  ``--n-pretrain``, ``--pretrain-steps`` and
-``--caption-confusion`` build a variant of the design (for experiments; the shipped zoo uses the defaults)."""
+compares every file's bytes with ``--out`` instead of replacing it.  ``--n-pretrain``, ``--pretrain-steps``,
+``--caption-confusion``, ``--finetune-optimizer``, ``--finetune-lr`` and ``--finetune-weight-decay`` build a variant of
+the design (for experiments; the shipped zoo uses the defaults)."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--caption-confusion", type=float,
                      help="probability that an odd class is captioned by its partner's name (default: "
                           "tasks.CAPTION_CONFUSION)")
+    cmd.add_argument("--finetune-optimizer", choices=("sgd", "adamw"),
+                     help="fine-tuning optimizer (default: train.FINETUNE.optimizer)")
+    cmd.add_argument("--finetune-lr", type=float, help="fine-tuning peak lr (default: train.FINETUNE.lr)")
+    cmd.add_argument("--finetune-weight-decay", type=float,
+                     help="fine-tuning weight decay (default: train.FINETUNE.weight_decay)")
     args = parser.parse_args(argv)
 
     for flag, value, low in (("--threads", args.threads, 1), ("--n-pretrain", args.n_pretrain, 1),
@@ -39,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} must be at least {low}, got {value}")
     if args.caption_confusion is not None and not 0.0 <= args.caption_confusion <= 1.0:
         parser.error(f"--caption-confusion must be between 0 and 1, got {args.caption_confusion}")
+    for flag, value in (("--finetune-lr", args.finetune_lr), ("--finetune-weight-decay", args.finetune_weight_decay)):
+        if value is not None and not (value >= 0 and value < float("inf")):
+            parser.error(f"{flag} must be a finite number >= 0, got {value}")
     config = BuildConfig(seed=args.seed, threads=args.threads)
     if args.n_pretrain is not None:
         config = replace(config, n_pretrain=args.n_pretrain)
@@ -46,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, pretrain=replace(config.pretrain, steps=args.pretrain_steps))
     if args.caption_confusion is not None:
         config = replace(config, caption_confusion=args.caption_confusion)
+    finetune = {k: v for k, v in (("optimizer", args.finetune_optimizer), ("lr", args.finetune_lr),
+                                  ("weight_decay", args.finetune_weight_decay)) if v is not None}
+    if finetune:
+        config = replace(config, finetune=replace(config.finetune, **finetune))
     try:
         if not args.verify:
             show = TerminalProgress()

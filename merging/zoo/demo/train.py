@@ -6,7 +6,12 @@
   The captions name what the image shows, so no task's factor is augmented away.
 * Heads: zero-shot, from the class names and templates through the text tower
   (:func:`merging.heads.zero_shot_weights`), frozen, as task_vectors does (Ilharco et al., 2023).
-* Fine-tuning: the image tower trained with cross-entropy through its frozen head (AdamW, cosine schedule).
+* Fine-tuning: the image tower trained with cross-entropy through its frozen head (cosine schedule).  task_vectors
+  fine-tunes with AdamW; the zoo uses SGD with momentum instead.  On this 0.7 M-parameter tower AdamW's per-weight
+  step normalisation moves nearly every weight alike: the task vectors come out near-Gaussian (kurtosis 3–4), the
+  top 20 % hold only 0.65 of ‖τt‖², and every trim-based merge (TIES, PCB) falls below Task Arithmetic.  SGD's steps
+  follow the gradient's size: kurtosis 12–30, the top 20 % hold 0.82–0.88 and keep the whole gain, and TIES and
+  PCB rank above Task Arithmetic as on ViT-B/32 (README: the demo zoo).
 
 Pixels are preprocessed exactly as the zoo's evaluation transform does for 32×32 images (÷255, CLIP mean/std), so
 the recorded accuracies are those :class:`merging.evaluation.Evaluator` measures on the exported PNGs.
@@ -37,16 +42,19 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class Schedule:
-    """AdamW (no weight decay on gains, biases and position embeddings), linear warm-up, cosine decay to 0."""
+    """``optimizer`` "adamw" or "sgd" (with ``momentum``); no weight decay on gains, biases and position embeddings;
+    linear warm-up, cosine decay to 0."""
     steps: int
     batch_size: int
     lr: float
     weight_decay: float
     warmup: int
+    optimizer: str = "adamw"
+    momentum: float = 0.9
 
 
 PRETRAIN = Schedule(steps=2500, batch_size=256, lr=1e-3, weight_decay=0.1, warmup=50)
-FINETUNE = Schedule(steps=200, batch_size=128, lr=5e-4, weight_decay=0.1, warmup=15)
+FINETUNE = Schedule(steps=200, batch_size=128, lr=3e-3, weight_decay=0.0, warmup=15, optimizer="sgd")
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps its learned temperature 1/τ at 100
 
 
@@ -68,11 +76,15 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float):
+def _optimizer(model: torch.nn.Module, schedule: Schedule):
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "positional" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "positional" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0}],
-                             lr=lr)
+    groups = [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": rest, "weight_decay": 0}]
+    if schedule.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum)
+    if schedule.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=schedule.lr)
+    raise ValueError(f"Schedule.optimizer must be 'adamw' or 'sgd', got {schedule.optimizer!r}")
 
 
 def initial_clip(seed: int, device: torch.device) -> torch.nn.Module:
@@ -90,10 +102,10 @@ def tokenize(texts: list[str]) -> torch.Tensor:
 
 def _train(model: torch.nn.Module, n: int, schedule: Schedule, generator: torch.Generator, loss_of, progress,
            name: str, after_step=lambda: None) -> None:
-    """``schedule.steps`` AdamW steps on ``loss_of(batch indices)``, batches drawn from range(n) by ``generator``;
+    """``schedule.steps`` optimizer steps on ``loss_of(batch indices)``, batches drawn from range(n) by ``generator``;
     ``after_step()`` after each."""
     device = next(model.parameters()).device
-    opt = _optimizer(model, schedule.lr, schedule.weight_decay)
+    opt = _optimizer(model, schedule)
     for step in range(schedule.steps):
         for group in opt.param_groups:
             group["lr"] = schedule.lr * _schedule(step, schedule.steps, schedule.warmup)
