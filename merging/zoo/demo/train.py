@@ -10,7 +10,7 @@
   fine-tunes with AdamW; the zoo uses SGD with momentum instead.  On this 0.7 M-parameter tower AdamW's per-weight
   step normalisation moves nearly every weight alike: the task vectors come out near-Gaussian (kurtosis 3–4), the
   top 20 % hold only 0.65 of ‖τt‖², and every trim-based merge (TIES, PCB) falls below Task Arithmetic.  SGD's steps
-  follow the gradient's size: kurtosis 12–30, the top 20 % hold 0.82–0.88 and keep the whole gain, and TIES and
+  follow the gradient's size: kurtosis 12–30, the top 20 % hold 0.82–0.88 and keep 98–101 % of the gain, and TIES and
   PCB rank above Task Arithmetic as on ViT-B/32 (README: the demo zoo).
 
 Pixels are preprocessed exactly as the zoo's evaluation transform does for 32×32 images (÷255, CLIP mean/std), so
