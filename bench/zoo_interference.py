@@ -138,14 +138,15 @@ def decompose(space, names, accuracy, method: str, params: dict) -> None:
     """Per task t of ``method``'s merge δ: ct = ⟨δ, τt⟩ / ‖τt‖², ‖δ − ct τt‖, and the accuracy of θ0 + the same
     merge without task t (against θ0 and θ0 + δ)."""
     delta = run_merge(space, method, params).delta
+    exact = delta.double()
     print(f"{method} {params}: ‖δ‖ {float(delta.norm()):.2f}")
     print(f"{'task':>12} {'‖τt‖':>6} {'ct':>6} {'‖δ − ct τt‖':>12} {'θ0':>6} {'θ0 + others':>12} {'θ0 + δ':>7}")
     rows = []
     for t, name in enumerate(names):
         tau = space.tau(t).double()
-        own = float(delta.double() @ tau / (tau @ tau))
+        own = float(exact @ tau / (tau @ tau))
         others = space.subset([n for n in names if n != name])
-        rows.append((own, float((delta.double() - own * tau).norm()), accuracy(t, None),
+        rows.append((own, float((exact - own * tau).norm()), accuracy(t, None),
                      accuracy(t, run_merge(others, method, params).delta), accuracy(t, delta)))
         print(f"{name:>12} {float(tau.norm()):6.2f} {rows[-1][0]:6.2f} {rows[-1][1]:12.2f} {rows[-1][2]:6.1f} "
               f"{rows[-1][3]:12.1f} {rows[-1][4]:7.1f}")

@@ -6,6 +6,7 @@ the design (for experiments; the shipped zoo uses the defaults)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from dataclasses import replace
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.caption_confusion is not None and not 0.0 <= args.caption_confusion <= 1.0:
         parser.error(f"--caption-confusion must be between 0 and 1, got {args.caption_confusion}")
     for flag, value in (("--finetune-lr", args.finetune_lr), ("--finetune-weight-decay", args.finetune_weight_decay)):
-        if value is not None and not (value >= 0 and value < float("inf")):
+        if value is not None and not (math.isfinite(value) and value >= 0):
             parser.error(f"{flag} must be a finite number >= 0, got {value}")
     config = BuildConfig(seed=args.seed, threads=args.threads)
     if args.n_pretrain is not None:
