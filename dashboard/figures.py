@@ -15,6 +15,7 @@ from typing import Mapping
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 CLASS_COLORS = {"catastrophic": "#d62728", "selfish": "#ff7f0e", "general": "#2ca02c"}
 MODEL_ORDER = ("pretrained", "individual", "merged", "TALL-reconstructed", "EMR-reconstructed")
@@ -245,10 +246,41 @@ def training_curve(history: pd.DataFrame, title: str = "") -> go.Figure:
     return _styled(fig, title or "Training curve", "update", "objective")
 
 
+def task_curves(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """Each task's entropy (top) and accuracy on its batches (bottom, where the images have labels) over the
+    updates of AdaMerging, as rolling means over 5 % of the steps: a task whose entropy falls while its accuracy
+    falls too is one the unlabeled objective misleads."""
+    steps = sorted(table["step"].unique())
+    window = max(1, round(len(steps) / 20))
+    has_accuracy = table["accuracy"].notna().any()
+    fig = make_subplots(rows=2 if has_accuracy else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    colours = TEMPLATE["layout"]["colorway"]
+    for i, (task, rows) in enumerate(table.groupby("task", sort=False)):
+        rows = rows.sort_values("step")
+        style = {"mode": "lines", "name": str(task), "legendgroup": str(task),
+                 "line": {"color": colours[i % len(colours)]}}
+        fig.add_trace(go.Scatter(x=rows["step"], y=rows["entropy"].rolling(window, min_periods=1).mean(), **style,
+                                 hovertemplate=f"{task}: entropy %{{y:.3f}} at step %{{x}}<extra></extra>"),
+                      row=1, col=1)
+        if has_accuracy:
+            accuracy = 100 * rows["accuracy"].astype(float).rolling(window, min_periods=1).mean()
+            fig.add_trace(go.Scatter(x=rows["step"], y=accuracy, **style, showlegend=False,
+                                     hovertemplate=f"{task}: %{{y:.1f}}% at step %{{x}}<extra></extra>"),
+                          row=2, col=1)
+    fig.update_layout(template=TEMPLATE)
+    fig = _styled(fig, title or f"Entropy and accuracy per task (mean of {window} steps)", height=560)
+    fig.update_yaxes(title_text="entropy", row=1, col=1)
+    if has_accuracy:
+        fig.update_yaxes(title_text="accuracy (%)", row=2, col=1)
+    fig.update_xaxes(title_text="update", row=2 if has_accuracy else 1, col=1)
+    return fig
+
+
 DEDICATED = {"sign_conflicts": (sign_conflict_bars, {"layer", "sign_conflicts", "sign_conflicts_rate"}),
              "coefficients": (coefficient_heatmap, {"task", "layer", "coefficient"}),
              "stages": (stage_accuracy, {"stage", "task", "tasks_merged", "accuracy"}),
-             "history": (training_curve, {"step"})}
+             "history": (training_curve, {"step"}),
+             "task_history": (task_curves, {"step", "task", "entropy", "accuracy"})}
 
 
 def method_table_figure(name: str, table: pd.DataFrame) -> go.Figure | None:

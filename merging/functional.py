@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -93,12 +93,14 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
 
 @dataclass
 class PassStats:
-    """Summed per-batch losses, accuracy counts (``counted`` = 0 without labels) and an extra regulariser."""
+    """Summed per-batch losses, accuracy counts (``counted`` = 0 without labels) and an extra regulariser;
+    ``by_task`` splits them per task: {task: (summed loss, batches, correct, counted)}."""
 
     total: float
     correct: int
     counted: int
     regulariser: float = 0.0
+    by_task: dict[str, tuple[float, int, int, int]] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -115,8 +117,7 @@ def batch_pass(theta: torch.Tensor, index: ParamIndex, batches: Sequence[Batch],
     params = param_views(theta.detach(), index)
     leaves = [view.requires_grad_(with_grad) for view in params.values()]
     total = torch.zeros((), device=theta.device)
-    correct = torch.zeros((), dtype=torch.long, device=theta.device)
-    counted = 0
+    losses, hits = [], []
     with torch.set_grad_enabled(with_grad):
         for batch in batches:
             out = logits_fn(params, batch.task, batch.images)
@@ -124,10 +125,17 @@ def batch_pass(theta: torch.Tensor, index: ParamIndex, batches: Sequence[Batch],
             if with_grad:
                 torch.autograd.backward(loss, inputs=leaves)
             total += loss.detach()
-            if batch.labels is not None:
-                correct += (out.detach().argmax(-1) == batch.labels).sum()
-                counted += batch.labels.numel()
-    stats = PassStats(float(total), int(correct), counted)  # one device sync per pass
+            losses.append(loss.detach().float())
+            hits.append(torch.zeros((), device=theta.device) if batch.labels is None
+                        else (out.detach().argmax(-1) == batch.labels).sum().float())
+    values = torch.stack([total.float(), *losses, *hits]).tolist() if batches else [0.0]  # one device sync
+    n, by_task = len(batches), {}
+    for batch, loss, hit in zip(batches, values[1:n + 1], values[n + 1:]):
+        summed, count, correct, counted = by_task.get(batch.task, (0.0, 0, 0, 0))
+        by_task[batch.task] = (summed + loss, count + 1, correct + int(hit),
+                               counted + (0 if batch.labels is None else batch.labels.numel()))
+    stats = PassStats(values[0], sum(r[2] for r in by_task.values()), sum(r[3] for r in by_task.values()),
+                      by_task=by_task)
     if not with_grad:
         return stats, None
     return stats, torch.cat([torch.zeros(v.numel(), device=v.device) if v.grad is None else v.grad.reshape(-1)

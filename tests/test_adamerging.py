@@ -103,6 +103,42 @@ def test_coefficients_are_clamped_and_tabled():
     assert task_wise.tables["coefficients"]["entry"].tolist() == ["(all)"] * space.T
 
 
+def test_batch_pass_splits_losses_and_hits_per_task_by_hand():
+    """Fixed logits per batch (the parameters unused): the per-task sums, batch counts and hits by hand."""
+    space, _ = tiny_setup()
+    from merging.unlabeled import Batch
+    table = {"a": torch.tensor([[2.0, 0.0], [0.0, 1.0]]), "b": torch.tensor([[0.0, 3.0], [5.0, 0.0]])}
+    batches = [Batch("a", torch.zeros(2, 1), None, torch.tensor([0, 0])),   # hits 1, loss 2 + 0
+               Batch("b", torch.zeros(2, 1), None, torch.tensor([1, 0])),   # hits 2, loss 3 + 0
+               Batch("a", torch.zeros(2, 1), None, torch.tensor([1, 1])),   # hits 1, loss 2 + 0
+               Batch("c", torch.zeros(2, 1), None, None)]                   # no labels
+    logits_fn = lambda params, task, images: table.get(task, table["a"])  # noqa: E731
+    loss_fn = lambda out, batch: out[:, 0].sum()  # noqa: E731
+    stats, grad = F.batch_pass(space.theta0, space.index, batches, logits_fn, loss_fn, with_grad=False)
+    assert grad is None
+    assert stats.by_task == {"a": (4.0, 2, 2, 4), "b": (5.0, 1, 2, 2), "c": (2.0, 1, 0, 0)}
+    assert (stats.total, stats.correct, stats.counted, stats.accuracy) == (11.0, 4, 6, 4 / 6)
+    empty, _ = F.batch_pass(space.theta0, space.index, [], logits_fn, loss_fn, with_grad=False)
+    assert (empty.total, empty.counted, empty.by_task, empty.accuracy) == (0.0, 0, {}, None)
+
+
+def test_task_history_adds_up_to_the_objective_and_accuracy():
+    space, ctx = tiny_setup()
+    params = {"steps": 3, "batch_size": 4, "batches_per_task": 2}
+    result = run_merge(space, "adamerging", params, context=ctx)
+    per_task, history = result.tables["task_history"], result.tables["history"]
+    assert list(per_task.columns) == ["step", "task", "entropy", "accuracy"]
+    assert len(per_task) == 3 * space.T and set(per_task["task"]) == set(space.task_names)
+    # the objective is Σ over every task's batches of the batch-mean entropy; the table holds each task's mean
+    objective = (2 * per_task["entropy"]).groupby(per_task["step"]).sum()
+    torch.testing.assert_close(torch.tensor(objective.to_numpy()), torch.tensor(history["entropy"].to_numpy()),
+                               rtol=1e-5, atol=1e-6, check_dtype=False)
+    accuracy = per_task["accuracy"].groupby(per_task["step"]).mean()  # every task has 2 × 4 labelled images
+    assert accuracy.tolist() == pytest.approx(history["accuracy"].tolist())
+    unlabeled = run_merge(space, "adamerging", {**params, "steps": 1}, context=tiny_setup(labels=False)[1])
+    assert unlabeled.tables["task_history"]["accuracy"].isna().all()
+
+
 def test_seeded_and_reproducible():
     space, ctx = tiny_setup(labels=False)
     messages = []

@@ -185,6 +185,23 @@ def test_calm_stage_accuracy_and_training_curve():
     assert figures.method_table_figure("stages", pd.DataFrame({"x": ["a"], "v": [1.0]})).data[0].type == "bar"
 
 
+def test_task_curves_draw_rolling_means_per_task():
+    steps = list(range(1, 41))  # 40 steps: a rolling mean over 2
+    table = pd.DataFrame({"step": steps * 2, "task": ["counts"] * 40 + ["digits"] * 40,
+                          "entropy": [float(s) for s in steps] + [1.0] * 40,
+                          "accuracy": [0.5, 0.7] * 20 + [None] * 40})
+    fig = figures.method_table_figure("task_history", table)
+    assert [t.name for t in fig.data] == ["counts", "counts", "digits", "digits"]
+    assert [t.showlegend for t in fig.data] == [None, False, None, False]  # one legend entry per task
+    assert fig.data[0].line.color == fig.data[1].line.color != fig.data[2].line.color
+    np.testing.assert_allclose(fig.data[0].y[:3], [1.0, 1.5, 2.5])
+    np.testing.assert_allclose(fig.data[1].y[:3], [50.0, 60.0, 60.0])
+    assert fig.data[1].yaxis == "y2" and fig.layout.yaxis2.title.text == "accuracy (%)"
+    assert "mean of 2 steps" in fig.layout.title.text
+    unlabeled = figures.method_table_figure("task_history", table.assign(accuracy=None))
+    assert [t.name for t in unlabeled.data] == ["counts", "digits"] and "yaxis2" not in unlabeled.layout
+
+
 def test_parallel_coordinates_use_parameters_every_run_has():
     points = pd.DataFrame({"run": ["#1 ties", "#2 ta"], "method": ["ties", "task_arithmetic"], "k": [20.0, None],
                            "lam": [1.0, 0.3], "mean accuracy %": [61.0, 58.0]})

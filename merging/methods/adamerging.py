@@ -4,7 +4,8 @@
 one λ per named parameter) or one per task (task-wise).  λ starts at ``init`` (0.3 = Task Arithmetic) and is
 learned with Adam (lr 1e-3) to minimise the prediction entropy H(softmax(logits)) on unlabeled images: each
 step sums the batch-mean entropy of ``batches_per_task`` batches of ``batch_size`` images of every task (as the
-official loop), then clamps λ to [0, 1].  The merged vector is built in O(P) memory by
+official loop), then clamps λ to [0, 1].  Tables: the coefficients, the objective per step, and each task's
+entropy and batch accuracy per step (``task_history``).  The merged vector is built in O(P) memory by
 :func:`merging.functional.weighted_task_sum`, whose backward gives ∂L/∂λ_{t,l} = Σ_{p∈l} τt[p]·∂L/∂θ[p].
 """
 from __future__ import annotations
@@ -53,6 +54,14 @@ def adamerging_step(coefficients: torch.Tensor, optimizer: torch.optim.Optimizer
     return stats
 
 
+def task_rows(step: int, stats: F.PassStats) -> list[dict]:
+    """One row per task of a step: its mean batch entropy and, where the images have labels (reporting only), the
+    accuracy on its batches — where entropy falls while accuracy falls too, the proxy misleads the method."""
+    return [{"step": step, "task": task, "entropy": summed / batches,
+             "accuracy": correct / counted if counted else None}
+            for task, (summed, batches, correct, counted) in stats.by_task.items()]
+
+
 def coefficient_table(coefficients: torch.Tensor, space) -> pd.DataFrame:
     """One row per task and coefficient: task, entry, layer, kind, coefficient (task-wise: entry "(all)")."""
     values = coefficients.detach().cpu().tolist()
@@ -84,7 +93,7 @@ def run(space, params, progress, context=None) -> MergeResult:
     def logits_fn(params, task, images):
         return F.logits(context.encoder, context.heads[task], params, images, p["amp"])
 
-    history = []
+    history, per_task = [], []
     with F.eval_mode(context.encoder, *context.heads.values()):
         for step in range(p["steps"]):
             tic = time.perf_counter()
@@ -92,13 +101,15 @@ def run(space, params, progress, context=None) -> MergeResult:
             stats = adamerging_step(coefficients, optimizer, space, batches, logits_fn, lengths)
             history.append({"step": step + 1, "entropy": stats.total, "accuracy": stats.accuracy,
                             "seconds": time.perf_counter() - tic})
+            per_task += task_rows(step + 1, stats)
             acc = "" if stats.accuracy is None else f", acc {stats.accuracy:.1%}"
             progress((step + 1) / p["steps"], f"AdaMerging step {step + 1}/{p['steps']}: entropy {stats.total:.4f}{acc}")
     with torch.no_grad():
         delta = F.weighted_task_sum(coefficients, space, lengths)
     return MergeResult("adamerging", p, delta,
                        tables={"coefficients": coefficient_table(coefficients, space),
-                               "history": pd.DataFrame(history, columns=["step", "entropy", "accuracy", "seconds"])},
+                               "history": pd.DataFrame(history, columns=["step", "entropy", "accuracy", "seconds"]),
+                               "task_history": pd.DataFrame(per_task, columns=["step", "task", "entropy", "accuracy"])},
                        info={"granularity": p["granularity"],
                              "final_entropy": history[-1]["entropy"] if history else None})
 
