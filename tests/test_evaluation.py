@@ -70,6 +70,17 @@ def test_zero_shot_head_matches_reference(zoo, reference_clip):
     torch.testing.assert_close(head(features), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_zero_shot_heads_do_not_depend_on_the_first_callers_mode(zoo_dir):
+    """The first head request may come from inside an evaluation (inference mode, autocast): the heads must be the
+    same bits as when a merge method asks first, or merges through them would depend on the order of requests."""
+    plain = load_zoo(zoo_dir).head("task1").weight
+    for mode in (torch.inference_mode, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):
+        fresh = load_zoo(zoo_dir)
+        with mode():
+            weight = fresh.head("task1").weight.clone()
+        assert weight.dtype == torch.float32 and weight.equal(plain)
+
+
 def _plain_samples(zoo_dir, task: str, split: str):
     if task == "task0":
         return [(p, CLASSES.index(c)) for c in CLASSES
@@ -159,6 +170,11 @@ def test_data_context_and_data_errors(zoo, zoo_dir, tmp_path):
     assert set(context.heads) == set(context.unlabeled) == {"task0", "task1"}
     with pytest.raises(ValueError, match="test data"):
         zoo.data_context(split="test")
+    test_time = zoo.data_context(split="test", device="cpu", test_time=True)  # the official codes' protocol
+    for task in ("task0", "task1"):
+        images = torch.stack([x for x, _ in test_time.unlabeled[task]])
+        assert images.equal(torch.stack([x for x, _ in zoo.dataset(task, "test")]))
+        assert not images.equal(torch.stack([x for x, _ in context.unlabeled[task]])[:len(images)])
     from merging.data import csv_dataset
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\n" + f"{zoo_dir / 'data/task1/val/cat/0.png'},zebra\n")

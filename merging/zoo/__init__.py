@@ -155,7 +155,16 @@ class Zoo:
         return weight, bias
 
     def zero_shot_heads(self, tasks: Sequence[str], device: str | torch.device | None = "auto") -> dict:
-        """Build zero-shot head weights for ``tasks`` with one text tower (the pretrained checkpoint's)."""
+        """Build zero-shot head weights for ``tasks`` with one text tower (the pretrained checkpoint's).
+
+        The tower is built outside inference mode and runs in float32 whatever the caller's mode (an evaluation
+        asks for a head inside ``torch.inference_mode`` and, on CUDA, float16 autocast): built in inference mode it
+        encodes the prompts to other last bits (≈ 3e-6 here), under autocast to other values, and the heads — and
+        every merge that learns through them — would depend on which caller came first."""
+        with torch.inference_mode(False), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return self._zero_shot_heads(tasks, device)
+
+    def _zero_shot_heads(self, tasks: Sequence[str], device) -> dict:
         import open_clip
 
         checkpoint = load_checkpoint(self.manifest.pretrained, keep_text=True)
@@ -192,10 +201,15 @@ class Zoo:
         return open_split(spec.data[split], self.transform, spec.classnames)
 
     def data_context(self, tasks: Sequence[str] | None = None, split: str = "val",
-                     device: str | torch.device | None = "auto", batch_size: int = 128) -> DataContext:
-        """The pretrained encoder, the tasks' heads and their ``split`` images, for data-driven methods."""
-        if split == "test":
-            raise ValueError("data-driven merging must not see test data; use split='val' or 'train'")
+                     device: str | torch.device | None = "auto", batch_size: int = 128,
+                     test_time: bool = False) -> DataContext:
+        """The pretrained encoder, the tasks' heads and their ``split`` images, for data-driven methods.
+
+        ``split="test"`` needs ``test_time=True``: test-time adaptation on the unlabeled test images, the protocol
+        of AdaMerging's and CALM's official code (their loaders are the test sets; the labels only report)."""
+        if split == "test" and not test_time:
+            raise ValueError("data-driven merging must not see test data; use split='val' or 'train' "
+                             "(or test_time=True for the official codes' test-time adaptation)")
         tasks = list(tasks) if tasks is not None else self.task_names
         device = pick_device(device)
         return DataContext(self.encoder(device), {t: self.head(t, device) for t in tasks},
