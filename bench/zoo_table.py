@@ -3,7 +3,8 @@
 Protocol of the papers: each method's λ is chosen on the validation split (shared λ by mean normalized
 accuracy; TALL's λt per task; LiNeS's β, with the method at λ = 1 as the official code), other hyperparameters
 at their defaults; CALM and AdaMerging learn from the unlabeled validation images, PCB + ES searches λt on the
-labeled ones; every row is then measured once on the test split.  Normalized accuracy =
+labeled ones (the rows marked "test-time" adapt on the unlabeled test images instead, as AdaMerging's and CALM's
+official code do); every row is then measured once on the test split.  Normalized accuracy =
 merged / fine-tuned test accuracy per task.  The time column is the wall time of the row (selection included).
 
     python bench/zoo_table.py                          # the demo zoo, all rows
@@ -29,7 +30,8 @@ from merging.registry import get_method, run_merge  # noqa: E402
 from merging.selection import select, select_modifier  # noqa: E402
 from merging.zoo import load_zoo  # noqa: E402
 
-# row label → (method, fixed parameters, how to set the rest: "select" on val or "default")
+# row label → (method, fixed parameters, how to set the rest: "select" on val, "default", or "test-time": the
+# defaults, adapting on the unlabeled test images)
 ROWS = {
     "averaging": ("Weight averaging", "averaging", {}, "default"),
     "ta": ("Task Arithmetic", "task_arithmetic", {}, "select"),
@@ -41,7 +43,10 @@ ROWS = {
     "tall": ("TALL mask + TA", "tall", {"base": "ta"}, "select"),
     "adamerging_task": ("AdaMerging (task-wise)", "adamerging", {"granularity": "task"}, "default"),
     "adamerging_layer": ("AdaMerging (layer-wise)", "adamerging", {"granularity": "layer"}, "default"),
+    "adamerging_layer_tt": ("AdaMerging (layer-wise, test-time)", "adamerging", {"granularity": "layer"},
+                            "test-time"),
     "calm": ("CALM (lr auto, the default)", "calm", {}, "default"),
+    "calm_tt": ("CALM (lr auto, test-time)", "calm", {}, "test-time"),
     "calm_lr1e7": ("CALM (official lr 1e7)", "calm", {"lr": 1e7}, "default"),
     # the official lr 1e7 fits ViT-B/32's per-weight gradients; a 0.7 M-parameter model's are far larger
     "calm_lr1e5": ("CALM (lr 1e5)", "calm", {"lr": 1e5}, "default"),
@@ -92,7 +97,7 @@ def main() -> None:
                                               / base["finetuned"]), None),
             _row("Individual (fine-tuned)", base.assign(accuracy=base["finetuned"], normalized=1.0), None)]
     space = zoo.build_space(device=args.device)
-    context = None
+    contexts = {}
     for key in args.rows:
         label, method, fixed, how = ROWS[key]
         start = time.perf_counter()
@@ -105,9 +110,10 @@ def main() -> None:
                                      evaluator=evaluator)
             result, params = chosen.result, {**chosen.params, "lines": chosen.modifiers[0][1]}
         else:
-            if get_method(method).needs_data and context is None:
-                context = zoo.data_context(split="val", device=args.device)
-            result = run_merge(space, method, fixed, context=context)
+            split = "test" if how == "test-time" else "val"
+            if get_method(method).needs_data and split not in contexts:
+                contexts[split] = zoo.data_context(split=split, device=args.device, test_time=split == "test")
+            result = run_merge(space, method, fixed, context=contexts.get(split))
             params = dict(result.params)
         table = evaluate_result(zoo, space, result, reference=reference, evaluator=evaluator)
         rows.append(_row(label, table, time.perf_counter() - start, params))

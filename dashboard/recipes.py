@@ -39,7 +39,8 @@ def export_recipe(service: "Service", run_id: int, viewer: str, folder: Path | N
     modifiers = [(m.name, values) for m, values in
                  resolve_modifiers([(m["name"], m["params"]) for m in record.modifiers], len(record.tasks))]
     recipe = make_recipe(entry.zoo.root / "run.recipe.yaml", spec.name, params, record.tasks,
-                         checkpoint_files(entry, record.tasks), zoo=entry.path, modifiers=modifiers)
+                         checkpoint_files(entry, record.tasks), zoo=entry.path, modifiers=modifiers,
+                         data=service.data_split(entry, spec, record.tasks))
     target = Path(folder or service.session_dir(viewer) / "exports") / f"run{record.id}-{safe_name(spec.name)}{SUFFIX}"
     return write_recipe(target, recipe)
 

@@ -349,13 +349,19 @@ class Service:
             return entry.space
         return entry.space.subset(tasks)
 
-    def _context(self, entry: ZooEntry, method, tasks: Sequence[str]):
+    @staticmethod
+    def data_split(entry: ZooEntry, method, tasks: Sequence[str]) -> str | None:
+        """The split a data-driven method learns from (val, else train; never test), None for the others."""
         if not method.needs_data:
             return None
         splits = [s for s in SWEEP_SPLITS if all(s in entry.zoo.splits(t) for t in tasks)]
         if not splits:
             raise UserError(f"{method.title} needs unlabeled validation or training images for every task")
-        return entry.zoo.data_context(tasks, split=splits[0], device=self.device)
+        return splits[0]
+
+    def _context(self, entry: ZooEntry, method, tasks: Sequence[str]):
+        split = self.data_split(entry, method, tasks)
+        return None if split is None else entry.zoo.data_context(tasks, split=split, device=self.device)
 
     def merge(self, zoo_id: str, method: str, params: Mapping[str, Any] | None = None,
               tasks: Sequence[str] | None = None, progress=None, owner: str = "",

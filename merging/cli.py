@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="largest shard of --format sharded (default 5G)")
             cmd.add_argument("--eval", action="store_true", help="evaluate per task on the test split (the zoo's, "
                                                                  "or --evaluator's)")
+            cmd.add_argument("--test-time", action="store_true", help="data-driven methods (AdaMerging, CALM) "
+                             "adapt on the zoo's unlabeled test images, as their official code does (default: val)")
         elif name == "stats":
             cmd.add_argument("--csv", help="also write the tables as CSV files into this folder")
         else:
@@ -179,11 +181,12 @@ def _modifiers(args) -> list[tuple[str, dict]]:
 
 def _apply_recipe(args) -> None:
     """Fill ``args`` from ``--recipe`` (command-line checkpoint paths take precedence over the recipe's)."""
-    if args.method or args.set or args.tasks or args.modifier:
-        raise RecipeError("--recipe fixes the method, parameters, modifiers and tasks: drop --method, --set, "
-                          "--modifier and --tasks")
+    if args.method or args.set or args.tasks or args.modifier or args.test_time:
+        raise RecipeError("--recipe fixes the method, parameters, modifiers, tasks and data: drop --method, --set, "
+                          "--modifier, --tasks and --test-time")
     recipe = load_recipe(args.recipe)
     args.method, args.tasks, args.dtype = recipe.method, recipe.tasks, recipe.dtype
+    args.data_split = recipe.data or "val"
     if not (args.zoo or args.pretrained):
         args.zoo = str(recipe.zoo) if recipe.zoo else None
         args.pretrained = str(recipe.pretrained) if recipe.pretrained else None
@@ -224,8 +227,9 @@ def _merge(args) -> None:
     files = _checkpoint_files(space, zoo, args)
     if args.recipe:
         verify_inputs(args.recipe_loaded, list(files.values()))
-    result = run_merge(space, method, params, progress=TerminalProgress(), context=_context(method, zoo, space),
-                       modifiers=modifiers)
+    split = getattr(args, "data_split", "test" if args.test_time else "val")
+    context = _context(method, zoo, space, split)
+    result = run_merge(space, method, params, progress=TerminalProgress(), context=context, modifiers=modifiers)
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
     print("parameters:", ", ".join(f"{k}={v}" for k, v in result.params.items()) or "none")
     for name, values in result.modifiers:
@@ -241,7 +245,8 @@ def _merge(args) -> None:
         recipe = make_recipe(recipe_out, method.name, result.params, space.task_names, files, zoo=args.zoo,
                              pretrained=None if args.zoo else args.pretrained,
                              finetuned=None if args.zoo else dict(zip(space.task_names, args.finetuned)),
-                             modifiers=result.modifiers, dtype=args.dtype)
+                             modifiers=result.modifiers, dtype=args.dtype,
+                             data=split if method.needs_data else None)
         write_recipe(recipe_out, recipe)
         print(f"wrote {recipe_out} (recipe)")
     if args.eval:
@@ -341,12 +346,12 @@ def _sweep(args) -> None:
         print(f"wrote {args.csv}")
 
 
-def _context(method, zoo, space):
+def _context(method, zoo, space, split: str = "val"):
     if not method.needs_data:
         return None
     if zoo is None:
         raise CheckpointError(f"{method.title} needs unlabeled data: give --zoo")
-    return zoo.data_context(space.task_names, split="val", device=space.device)
+    return zoo.data_context(space.task_names, split=split, device=space.device, test_time=split == "test")
 
 
 def main(argv=None) -> int:

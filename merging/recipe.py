@@ -8,6 +8,7 @@ method: ties
 params: {k: 20.0, merge: mean, lam: 1.0}   # every parameter of the method, resolved
 modifiers: []                      # [{name: lines, params: {...}}], applied in order
 selection: {split: val, grid: [0.8, 1.0], chosen: {lam: 1.0}}   # how params were chosen (informative)
+data: null                         # the split a data-driven method adapts on: val, train or test (test-time)
 dtype: float32
 seed: 0                            # the method's seed parameter when it has one, else null
 inputs: {pretrained.safetensors: <sha256>, finetuned/digits.safetensors: <sha256>, ...}
@@ -31,7 +32,8 @@ from typing import Any, Mapping, Sequence
 FORMAT = "mergescope-recipe/1"
 MAX_BYTES = 1 << 20  # a recipe is a few hundred bytes; refuse anything large before parsing it
 _KEYS = {"format", "zoo", "pretrained", "finetuned", "tasks", "method", "params", "modifiers", "selection",
-         "dtype", "seed", "inputs", "versions"}
+         "data", "dtype", "seed", "inputs", "versions"}
+DATA_SPLITS = ("val", "train", "test")  # a data-driven method's unlabeled images (test: the official test-time protocol)
 
 
 class RecipeError(ValueError):
@@ -48,6 +50,7 @@ class Recipe:
     finetuned: dict[str, Path] = field(default_factory=dict)
     modifiers: list[tuple[str, dict]] = field(default_factory=list)
     selection: dict | None = None
+    data: str | None = None  # the split a data-driven method adapted on; None for data-free methods
     dtype: str = "float32"
     seed: int | None = None
     inputs: dict[str, str] = field(default_factory=dict)  # recipe-relative path → sha256
@@ -101,7 +104,7 @@ def make_recipe(target: str | os.PathLike, method: str, params: Mapping[str, Any
                 checkpoints: Mapping[str, str | os.PathLike], *, zoo: str | os.PathLike | None = None,
                 pretrained: str | os.PathLike | None = None, finetuned: Mapping[str, str | os.PathLike] | None = None,
                 modifiers: Sequence[tuple[str, Mapping]] = (), selection: Mapping | None = None,
-                dtype: str = "float32") -> dict:
+                data: str | None = None, dtype: str = "float32") -> dict:
     """The recipe (a plain dict, ready for YAML) of a merge, with paths relative to ``target``'s folder.
 
     ``checkpoints`` maps "pretrained" and every task name to the file the merge read (hashed here)."""
@@ -116,7 +119,7 @@ def make_recipe(target: str | os.PathLike, method: str, params: Mapping[str, Any
     recipe.update({
         "tasks": list(tasks), "method": method, "params": params,
         "modifiers": [{"name": name, "params": dict(p)} for name, p in modifiers],
-        "selection": dict(selection) if selection else None, "dtype": dtype,
+        "selection": dict(selection) if selection else None, "data": data, "dtype": dtype,
         "seed": params.get("seed"),
         "inputs": {_relative(Path(p), folder): file_sha256(p) for p in dict.fromkeys(checkpoints.values())},
         "versions": versions()})
@@ -191,12 +194,15 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     inputs = typed("inputs", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in inputs.items()):
         raise RecipeError(f"recipe {name}: field 'inputs' must map paths to sha256 hex digests")
-    seed = typed("seed", int)
+    seed, data_split = typed("seed", int), typed("data", str)
+    if data_split is not None and data_split not in DATA_SPLITS:
+        raise RecipeError(f"recipe {name}: field 'data' must be one of {', '.join(DATA_SPLITS)}")
     return Recipe(method=typed("method", str, required=True), params=dict(typed("params", dict, {})),
                   tasks=list(tasks), zoo=resolve(zoo, "zoo") if zoo is not None else None,
                   pretrained=resolve(pretrained, "pretrained") if pretrained is not None else None,
                   finetuned={t: resolve(p, f"finetuned.{t}") for t, p in finetuned.items()},
-                  modifiers=modifiers, selection=typed("selection", dict), dtype=typed("dtype", str, "float32"),
+                  modifiers=modifiers, selection=typed("selection", dict), data=data_split,
+                  dtype=typed("dtype", str, "float32"),
                   seed=seed, inputs={str(resolve(k, "inputs")): v for k, v in inputs.items()},
                   versions={str(k): str(v) for k, v in typed("versions", dict, {}).items()})
 

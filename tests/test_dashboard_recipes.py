@@ -25,7 +25,8 @@ def entry(service, zoo_dir):
 
 
 @pytest.mark.parametrize("method,params,tasks", [("ties", {"k": 30, "lam": 0.7}, ["task0", "task2"]),
-                                                 ("dare", {"p": 0.4, "seed": 5}, None)])
+                                                 ("dare", {"p": 0.4, "seed": 5}, None),
+                                                 ("adamerging", {"steps": 2, "batch_size": 4}, None)])
 def test_dashboard_recipe_reruns_in_the_cli_bit_for_bit(service, entry, zoo_dir, tmp_path, method, params, tasks):
     view = service.merge(entry.id, method, params, tasks, owner="alice")
     mine = service.export_checkpoint(view.id, "open_clip", "alice", folder=tmp_path)
@@ -33,6 +34,7 @@ def test_dashboard_recipe_reruns_in_the_cli_bit_for_bit(service, entry, zoo_dir,
     recipe = yaml.safe_load(recipe_path.read_text())
     assert recipe["zoo"] == "." and str(zoo_dir) not in recipe_path.read_text()  # no server path
     assert recipe["tasks"] == view.record.tasks and recipe["method"] == method
+    assert recipe["data"] == ("val" if method == "adamerging" else None)  # the split the method learned from
     assert set(recipe["inputs"]) == {"pretrained.safetensors", *(f"finetuned/{t}.safetensors"
                                                                 for t in view.record.tasks)}
     out = tmp_path / "cli.safetensors"

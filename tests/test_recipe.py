@@ -109,3 +109,36 @@ def test_recipe_flags_conflict(files, capsys):  # noqa: F811
     assert _merge(tmp, paths, tmp / "m.safetensors", "--method", "ties") == 0
     code = main(["merge", "--recipe", str(tmp / "m.recipe.yaml"), "--method", "tall"])
     assert code == 2 and "--recipe fixes the method" in capsys.readouterr().err
+
+
+def test_test_time_adaptation_is_recorded_and_rerun(tmp_path, capsys):
+    """--test-time adapts AdaMerging on the zoo's test images (not val's), the recipe says so, and a rerun of the
+    recipe adapts on them again; --test-time beside --recipe is refused."""
+    from ck_tiny_zoo import make_tiny_zoo
+
+    zoo = make_tiny_zoo(tmp_path / "zoo", n_tasks=2, n_per_class=4)
+    common = ["merge", "--zoo", str(zoo), "--method", "adamerging", "--set", "steps=3", "batch_size=4",
+              "--device", "cpu", "--out"]
+    assert main([*common, str(tmp_path / "val.safetensors")]) == 0, capsys.readouterr().err
+    assert main([*common, str(tmp_path / "tt.safetensors"), "--test-time"]) == 0, capsys.readouterr().err
+    assert yaml.safe_load((tmp_path / "val.recipe.yaml").read_text())["data"] == "val"
+    assert yaml.safe_load((tmp_path / "tt.recipe.yaml").read_text())["data"] == "test"
+    assert _sha(tmp_path / "val.safetensors") != _sha(tmp_path / "tt.safetensors")  # other images, other λ
+    assert main(["merge", "--recipe", str(tmp_path / "tt.recipe.yaml"), "--out", str(tmp_path / "again.safetensors"),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert_same_file(tmp_path / "again.safetensors", tmp_path / "tt.safetensors")
+    code = main(["merge", "--recipe", str(tmp_path / "tt.recipe.yaml"), "--test-time",
+                 "--out", str(tmp_path / "x.safetensors")])
+    assert code == 2 and "--test-time" in capsys.readouterr().err.strip().splitlines()[-1]
+    ties = tmp_path / "ties.safetensors"
+    assert main(["merge", "--zoo", str(zoo), "--method", "ties", "--device", "cpu", "--out", str(ties)]) == 0
+    assert yaml.safe_load((tmp_path / "ties.recipe.yaml").read_text())["data"] is None  # data-free
+
+
+def test_recipe_data_field_is_checked(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"format: {FORMAT}\nmethod: calm\ntasks: [a]\nzoo: z\ndata: all\n")
+    with pytest.raises(RecipeError, match="r.yaml: field 'data' must be one of val, train, test"):
+        load_recipe(path)
+    path.write_text(f"format: {FORMAT}\nmethod: calm\ntasks: [a]\nzoo: z\ndata: test\n")
+    assert load_recipe(path).data == "test"
