@@ -208,6 +208,9 @@ def _merge(args) -> None:
     if not args.method:
         raise ParameterError("--method is required (or give --recipe)")
     method = get_method(args.method)
+    if args.test_time and not method.needs_data:
+        raise ParameterError(f"--test-time: {method.title} learns from no images (only AdaMerging, CALM and other "
+                             "data-driven methods adapt)")
     if args.recipe:
         params, modifiers = args.recipe_loaded.params, args.recipe_loaded.modifiers
     else:

@@ -33,7 +33,7 @@ FORMAT = "mergescope-recipe/1"
 MAX_BYTES = 1 << 20  # a recipe is a few hundred bytes; refuse anything large before parsing it
 _KEYS = {"format", "zoo", "pretrained", "finetuned", "tasks", "method", "params", "modifiers", "selection",
          "data", "dtype", "seed", "inputs", "versions"}
-DATA_SPLITS = ("val", "train", "test")  # a data-driven method's unlabeled images (test: the official test-time protocol)
+DATA_SPLITS = ("val", "train", "test")  # a data-driven method's unlabeled images (test: the official codes' protocol)
 
 
 class RecipeError(ValueError):

@@ -130,6 +130,9 @@ def test_test_time_adaptation_is_recorded_and_rerun(tmp_path, capsys):
     code = main(["merge", "--recipe", str(tmp_path / "tt.recipe.yaml"), "--test-time",
                  "--out", str(tmp_path / "x.safetensors")])
     assert code == 2 and "--test-time" in capsys.readouterr().err.strip().splitlines()[-1]
+    code = main(["merge", "--zoo", str(zoo), "--method", "ties", "--test-time",
+                 "--out", str(tmp_path / "t.safetensors")])
+    assert code == 2 and "--test-time: TIES" in capsys.readouterr().err and not (tmp_path / "t.safetensors").exists()
     ties = tmp_path / "ties.safetensors"
     assert main(["merge", "--zoo", str(zoo), "--method", "ties", "--device", "cpu", "--out", str(ties)]) == 0
     assert yaml.safe_load((tmp_path / "ties.recipe.yaml").read_text())["data"] is None  # data-free
