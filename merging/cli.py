@@ -186,7 +186,6 @@ def _apply_recipe(args) -> None:
                           "--modifier, --tasks and --test-time")
     recipe = load_recipe(args.recipe)
     args.method, args.tasks, args.dtype = recipe.method, recipe.tasks, recipe.dtype
-    args.data_split = recipe.data or "val"
     if not (args.zoo or args.pretrained):
         args.zoo = str(recipe.zoo) if recipe.zoo else None
         args.pretrained = str(recipe.pretrained) if recipe.pretrained else None
@@ -230,7 +229,7 @@ def _merge(args) -> None:
     files = _checkpoint_files(space, zoo, args)
     if args.recipe:
         verify_inputs(args.recipe_loaded, list(files.values()))
-    split = getattr(args, "data_split", "test" if args.test_time else "val")
+    split = (args.recipe_loaded.data or "val") if args.recipe else ("test" if args.test_time else "val")
     context = _context(method, zoo, space, split)
     result = run_merge(space, method, params, progress=TerminalProgress(), context=context, modifiers=modifiers)
     print(f"{method.title} on {space.T} tasks ({space.P:,} parameters) in {result.seconds:.2f} s on {result.device}")
